@@ -1,0 +1,124 @@
+"""Samplers as plain functions over tensors (paper Algorithm 1, and Heun for EDM teachers).
+
+Every sampler clamps each denoiser output to [-1, 1] (the original's ``clip_denoised``) and
+returns a tensor in [-1, 1]. Device and dtype come from ``x_T``. Randomness comes only from the
+``generator`` argument: one ``torch.Generator`` for the batch (the original's drawing order) or a
+list with one per image, which makes each image independent of the batch it is in.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import torch
+
+from .denoiser import Rng, noise_like, sigma_noise_scale
+from .schedule import karras_sigmas, pick_ts, ts_to_sigmas
+
+Callback = Callable[[dict], None]
+DenoiseFn = Callable[..., torch.Tensor]
+
+
+def _d(den: DenoiseFn, x: torch.Tensor, sigma: float, class_labels: torch.Tensor | None,
+       dropout_rng: Rng) -> torch.Tensor:
+    """One clamped denoiser evaluation at a scalar ``sigma``."""
+    s = torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32)
+    kw = {"dropout_rng": dropout_rng} if dropout_rng is not None else {}
+    return den(x, s, class_labels, **kw).clamp(-1, 1)
+
+
+def onestep(den: DenoiseFn, x_T: torch.Tensor, class_labels: torch.Tensor | None = None,
+            sigma_max: float | None = None, dropout_rng: Rng = None,
+            callback: Callback | None = None) -> torch.Tensor:
+    """One-step generation ``clamp(D(x_T, sigma_max), -1, 1)`` (paper Algorithm 1 with N=1).
+
+    ``x_T``: [B, 3, H, W] Gaussian noise already multiplied by ``sigma_max`` (80).
+    """
+    smax = sigma_max if sigma_max is not None else getattr(den, "sigma_max", 80.0)
+    x0 = _d(den, x_T, smax, class_labels, dropout_rng)
+    if callback is not None:
+        callback({"i": 0, "n": 1, "sigma": smax, "denoised": x0})
+    return x0
+
+
+def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], steps: int,
+              generator: Rng, class_labels: torch.Tensor | None = None,
+              dropout_rng: Rng = None, callback: Callback | None = None) -> torch.Tensor:
+    """Multistep consistency sampling (paper Algorithm 1), the original ``stochastic_iterative_sampler``.
+
+    ``ts`` are indices into a ``steps``-point Karras grid (rho 7, 80 -> 0.002). For each
+    consecutive pair (t_i, t_{i+1}): ``x0 = clamp(D(x, t_i))``, then
+    ``x = x0 + randn * sqrt(t_{i+1}^2 - sigma_min^2)`` (one draw per step, also for the last
+    pair, whose scale is 0). ``len(ts) - 1`` network evaluations; result clamped to [-1, 1].
+    """
+    smin = getattr(den, "sigma_min", 0.002)
+    smax = getattr(den, "sigma_max", 80.0)
+    sig = ts_to_sigmas(ts, steps, sigma_min=smin, sigma_max=smax)
+    x = x_T
+    for i in range(len(sig) - 1):
+        x0 = _d(den, x, sig[i], class_labels, dropout_rng)
+        x = x0 + noise_like(x0, generator) * sigma_noise_scale(sig[i + 1], smin)
+        if callback is not None:
+            callback({"i": i, "n": len(sig) - 1, "sigma": sig[i], "denoised": x0})
+    return x.clamp(-1, 1)
+
+
+def multistep_n(den: DenoiseFn, x_T: torch.Tensor, num_steps: int, steps: int,
+                generator: Rng, class_labels: torch.Tensor | None = None,
+                default_ts: Sequence[int] = (), dropout_rng: Rng = None,
+                callback: Callback | None = None) -> torch.Tensor:
+    """Convenience form: ``num_steps`` evaluations with indices from :func:`cm_core.schedule.pick_ts`
+    (the registry's tuned ``ts`` when it has that many steps). ``num_steps == 1`` is :func:`onestep`."""
+    if num_steps == 1:
+        return onestep(den, x_T, class_labels, dropout_rng=dropout_rng, callback=callback)
+    ts = pick_ts(num_steps, steps, default_ts)
+    return multistep(den, x_T, ts, steps, generator, class_labels, dropout_rng, callback)
+
+
+def heun(den: DenoiseFn, x_T: torch.Tensor, num_steps: int,
+         class_labels: torch.Tensor | None = None, dropout_rng: Rng = None,
+         callback: Callback | None = None) -> torch.Tensor:
+    """Deterministic Heun sampler of the PF ODE for EDM teachers (Karras et al. 2022, Alg. 1).
+
+    ``num_steps`` Karras sigmas (80 -> 0.002, rho 7) then 0: Heun steps between them and a
+    final Euler step to 0, so ``2 * num_steps - 1`` evaluations (40 steps = 79).
+    """
+    if num_steps < 2:
+        raise ValueError(f"heun needs num_steps >= 2, got {num_steps}")
+    smin = getattr(den, "sigma_min", 0.002)
+    smax = getattr(den, "sigma_max", 80.0)
+    sig = karras_sigmas(num_steps, smin, smax)
+    x = x_T
+    for i in range(len(sig) - 1):
+        s, s_next = sig[i], sig[i + 1]
+        x0 = _d(den, x, s, class_labels, dropout_rng)
+        d = (x - x0) / s
+        if s_next == 0:
+            x = x + d * (s_next - s)
+        else:
+            x2 = x + d * (s_next - s)
+            d2 = (x2 - _d(den, x2, s_next, class_labels, dropout_rng)) / s_next
+            x = x + (d + d2) / 2 * (s_next - s)
+        if callback is not None:
+            callback({"i": i, "n": len(sig) - 1, "sigma": s, "denoised": x0})
+    return x.clamp(-1, 1)
+
+
+_DROPOUT_STREAM = 0x5DEECE66D  # offsets dropout seeds away from the noise seeds
+
+
+def make_generators(seed: int, n: int, device: str | torch.device = "cpu",
+                    stream: str = "noise") -> list[torch.Generator]:
+    """Per-image generators: image ``i`` uses seed ``seed + i`` (``stream="noise"``), so its result
+    does not depend on the batch size. ``stream="dropout"`` gives an independent stream for
+    Monte-Carlo dropout masks derived from the same per-image seeds."""
+    if stream not in ("noise", "dropout"):
+        raise ValueError(f"stream must be 'noise' or 'dropout', got {stream!r}")
+    off = 0 if stream == "noise" else _DROPOUT_STREAM
+    return [torch.Generator(device=device).manual_seed((seed + i + off) % 2 ** 63) for i in range(n)]
+
+
+def initial_noise(shape: Sequence[int], generator: Rng, sigma_max: float = 80.0,
+                  device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """``x_T = sigma_max * z``, z ~ N(0, I) of ``shape`` [B, C, H, W] from ``generator`` (see noise_like)."""
+    ref = torch.empty(tuple(shape), device=device, dtype=dtype)
+    return noise_like(ref, generator) * sigma_max

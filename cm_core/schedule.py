@@ -1,0 +1,79 @@
+"""Noise-level schedules: the Karras et al. (2022) grid and the consistency-model step indices.
+
+All sigma arithmetic on the grid is done in Python floats (float64), as the original
+``stochastic_iterative_sampler`` does with NumPy, so that step sigmas match it exactly.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+SIGMA_MIN = 0.002
+SIGMA_MAX = 80.0
+RHO = 7.0
+
+
+def karras_sigma(index: float, steps: int, sigma_min: float = SIGMA_MIN,
+                 sigma_max: float = SIGMA_MAX, rho: float = RHO) -> float:
+    """Sigma of grid point ``index`` on a ``steps``-point Karras grid (EDM eq. 5), as a float.
+
+    ``sigma_i = (sigma_max^(1/rho) + i/(steps-1) * (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``;
+    index 0 is ``sigma_max`` and index ``steps-1`` is ``sigma_min``.
+    """
+    if steps < 2:
+        raise ValueError(f"a Karras grid needs at least 2 points, got steps={steps}")
+    hi, lo = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
+    return (hi + index / (steps - 1) * (lo - hi)) ** rho
+
+
+def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
+                  rho: float = RHO, append_zero: bool = True) -> list[float]:
+    """The ``n`` Karras sigmas from ``sigma_max`` down to ``sigma_min``, then 0 if ``append_zero``."""
+    sig = [karras_sigma(i, n, sigma_min, sigma_max, rho) for i in range(n)]
+    return sig + [0.0] if append_zero else sig
+
+
+def ts_to_sigmas(ts: Sequence[int], steps: int, sigma_min: float = SIGMA_MIN,
+                 sigma_max: float = SIGMA_MAX, rho: float = RHO) -> list[float]:
+    """Map step indices ``ts`` on a ``steps``-point grid to sigmas, clipped to [sigma_min, sigma_max]."""
+    validate_ts(ts, steps)
+    return [min(max(karras_sigma(t, steps, sigma_min, sigma_max, rho), sigma_min), sigma_max)
+            for t in ts]
+
+
+def validate_ts(ts: Sequence[int], steps: int) -> None:
+    """Check that ``ts`` are at least two strictly increasing integer indices in ``[0, steps-1]``."""
+    if steps < 2:
+        raise ValueError(f"steps must be >= 2 (the number of grid points), got {steps}")
+    ts = list(ts)
+    if len(ts) < 2:
+        raise ValueError(f"ts needs at least two indices (e.g. 0,{steps - 1}); got {ts}")
+    if any(int(t) != t for t in ts) or any(t < 0 or t > steps - 1 for t in ts):
+        raise ValueError(f"ts must be integer indices in [0, {steps - 1}] for steps={steps}; got {ts}")
+    if any(b <= a for a, b in zip(ts, ts[1:])):
+        raise ValueError(f"ts must be strictly increasing; got {ts}")
+
+
+def pick_ts(num_steps: int, steps: int, default_ts: Sequence[int] = ()) -> list[int]:
+    """Indices for ``num_steps`` network evaluations on a ``steps``-point grid.
+
+    The original sampler evaluates the network at every index but the last (whose sigma is
+    sigma_min and adds no noise), so ``num_steps`` evaluations need ``num_steps + 1`` indices.
+    The registry's tuned ``default_ts`` is used when it has the right length; otherwise the
+    indices are spread evenly from 0 to ``steps - 1``.
+    """
+    if num_steps < 1:
+        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
+    if num_steps > steps - 1:
+        raise ValueError(f"at most {steps - 1} steps on a {steps}-point grid, got {num_steps}")
+    if len(default_ts) == num_steps + 1:
+        return [int(t) for t in default_ts]
+    return [round(i * (steps - 1) / num_steps) for i in range(num_steps + 1)]
+
+
+def sigma_tensor(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """A per-image sigma vector of shape [B] on ``x``'s device, in float32 or ``x``'s dtype."""
+    if isinstance(sigma, torch.Tensor) and sigma.ndim == 1:
+        return sigma.to(x.device)
+    return torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)
