@@ -1,0 +1,67 @@
+"""Command line: ``python -m cm_core sample|train|models ...``.
+
+Subcommands live beside the code they drive; this module only assembles them.
+"""
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import registry
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """cm-studio: OpenAI's consistency models, exactly and fast."""
+
+
+@main.command("models")
+def models_cmd() -> None:
+    """List registered models and whether each is on disk."""
+    from .checkpoints import is_available
+    for spec in registry.REGISTRY.values():
+        mark = "on disk" if is_available(spec) else "missing"
+        click.echo(f"{spec.name:24s} {spec.method:12s} {spec.dataset:22s} {spec.resolution:4d}px  {mark}")
+
+
+@main.command("sample")
+@click.option("--model", default=registry.DEFAULT_MODEL, show_default=True,
+              help=f"registry name ({', '.join(registry.REGISTRY)})")
+@click.option("--checkpoint", type=click.Path(), default=None,
+              help="load weights from this .pt/.safetensors/diffusers folder instead of the registry file")
+@click.option("--steps", type=int, default=1, show_default=True,
+              help="network evaluations (1 = one-step; EDM teachers: Heun steps)")
+@click.option("--ts", default=None, help="explicit step indices, e.g. 0,22,39 (overrides --steps)")
+@click.option("--grid-steps", type=int, default=None, help="points of the Karras grid for --ts")
+@click.option("--seed", type=int, default=0, show_default=True, help="image i uses seed+i")
+@click.option("--class-label", type=int, default=None, help="class for every image (random if unset)")
+@click.option("--n", "num", type=int, default=16, show_default=True, help="number of images")
+@click.option("--num-samples", type=int, default=None, help="alias of --n for large .npz runs")
+@click.option("--batch-size", type=int, default=64, show_default=True)
+@click.option("--dropout", type=float, default=0.0, show_default=True, help="Monte-Carlo dropout")
+@click.option("--device", default=None, help="cuda, mps or cpu (default: best available)")
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32")
+@click.option("--out", type=click.Path(), default="grid.png", show_default=True,
+              help=".png grid, or .npz in OpenAI's evaluation layout (arr_0 uint8 NHWC, arr_1 labels)")
+def sample_cmd(**kw) -> None:
+    """Generate images (one-step, multistep or Heun) to a PNG grid or an .npz file."""
+    from .generate import run_sample_command
+    try:
+        run_sample_command(**kw)
+    except (ValueError, RuntimeError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _register_optional() -> None:
+    try:
+        from .train.cli import train  # noqa: PLC0415
+    except ImportError:
+        return
+    main.add_command(train)
+
+
+_register_optional()
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

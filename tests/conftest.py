@@ -1,0 +1,22 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+def golden_dir() -> Path:
+    return Path(os.environ.get("CM_GOLDEN_DIR", ROOT.parent / "shared" / "golden"))
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    d = golden_dir()
+    if not (d / "cases.json").is_file():
+        pytest.skip(f"reference vectors not found at {d} (set CM_GOLDEN_DIR)")
+    return d
