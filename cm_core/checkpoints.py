@@ -52,7 +52,7 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
 def local_path(spec: ModelSpec) -> Path:
     """Where the file of ``spec`` is (or would be) on disk."""
     if spec.embedded:
-        return EMBEDDED_DIR / str(spec.filename)
+        return Path(os.environ.get("CM_EMBEDDED_DIR", EMBEDDED_DIR)) / str(spec.filename)
     return checkpoint_dir() / str(spec.filename)
 
 
