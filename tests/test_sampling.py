@@ -1,0 +1,114 @@
+"""Properties of the denoiser and samplers: boundary condition, determinism, batch independence."""
+import pytest
+import torch
+
+from cm_core import sampling, schedule
+from cm_core.denoiser import Denoiser
+from cm_core.network import build_unet
+from cm_core.registry import ArchSpec
+
+TINY = ArchSpec(32, 32, 1, (16, 8), class_cond=True, use_scale_shift_norm=True, num_head_channels=32,
+                channel_mult=(1, 2, 2), num_classes=10, dropout=0.1)
+
+
+@pytest.fixture(scope="module")
+def den():
+    torch.manual_seed(0)
+    net = build_unet(TINY)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(torch.randn_like(p) * 0.05)  # no zero-initialised layers
+    return Denoiser(net, "cm", num_classes=10, image_size=32)
+
+
+def test_boundary_condition(den):
+    """f(x, sigma_min) = x exactly: c_skip = 1, c_out = 0 (paper eq. 7)."""
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = den(x, torch.full((2,), 0.002), torch.tensor([0, 1]))
+    assert torch.equal(out, x) or (out - x).abs().max() < 1e-7
+
+
+def test_edm_scalings_differ_at_sigma_min(den):
+    edm = Denoiser(den.net, "edm", num_classes=10)
+    c_skip, c_out, c_in = edm.scalings(torch.tensor([0.002]))
+    assert c_out.item() > 0 and c_skip.item() < 1
+
+
+def test_karras_grid_endpoints_and_ts():
+    sig = schedule.karras_sigmas(40)
+    assert sig[0] == pytest.approx(80.0) and sig[39] == pytest.approx(0.002) and sig[-1] == 0.0
+    assert schedule.ts_to_sigmas([0, 22, 39], 40)[1] == pytest.approx(sig[22])
+    assert schedule.pick_ts(2, 40, (0, 22, 39)) == [0, 22, 39]
+    assert schedule.pick_ts(4, 40) == [0, 10, 20, 29, 39]
+    for bad in ([0], [3, 2], [0, 40], [0.5, 3]):
+        with pytest.raises(ValueError, match="ts"):
+            schedule.validate_ts(bad, 40)
+
+
+def test_heun_uses_2n_minus_1_evaluations(den):
+    calls = []
+
+    def counting(x, s, y=None, **kw):
+        calls.append(1)
+        return den(x, s, y, **kw)
+
+    with torch.no_grad():
+        sampling.heun(counting, torch.randn(1, 3, 32, 32) * 80, 5, torch.tensor([3]))
+    assert len(calls) == 9
+
+
+def test_per_image_generators_make_batch_independent(den):
+    y = torch.tensor([1, 2, 3])
+    with torch.no_grad():
+        g3 = sampling.make_generators(10, 3)
+        x3 = sampling.initial_noise((3, 3, 32, 32), g3)
+        out3 = sampling.multistep(den, x3, [0, 22, 39], 40, g3, y)
+        g1 = sampling.make_generators(11, 1)
+        x1 = sampling.initial_noise((1, 3, 32, 32), g1)
+        out1 = sampling.multistep(den, x1, [0, 22, 39], 40, g1, y[1:2])
+    assert torch.allclose(out3[1:2], out1, atol=1e-5)
+
+
+def test_dropout_is_real_and_reproducible(den):
+    x, s, y = torch.randn(2, 3, 32, 32) * 80, torch.full((2,), 80.0), torch.tensor([4, 5])
+    with torch.no_grad():
+        base = den(x, s, y)
+        den.dropout = 0.3
+        a = den(x, s, y, dropout_rng=sampling.make_generators(1, 2, stream="dropout"))
+        b = den(x, s, y, dropout_rng=sampling.make_generators(1, 2, stream="dropout"))
+        c = den(x, s, y, dropout_rng=sampling.make_generators(2, 2, stream="dropout"))
+        den.dropout = 0.0
+        again = den(x, s, y)
+    assert torch.equal(a, b)
+    assert (a - base).abs().max() > 1e-3 and (a - c).abs().max() > 1e-3
+    assert torch.equal(base, again)
+    with pytest.raises(ValueError, match="dropout"):
+        den.dropout = 1.5
+
+
+def test_class_label_errors(den):
+    x = torch.randn(2, 3, 32, 32)
+    with pytest.raises(ValueError, match="class-conditional"):
+        den(x, torch.ones(2))
+    with pytest.raises(ValueError, match=r"\[0, 9\]"):
+        den(x, torch.ones(2), torch.tensor([3, 10]))
+
+
+def test_onestep_clamped_and_deterministic(den):
+    x = sampling.initial_noise((2, 3, 32, 32), sampling.make_generators(0, 2))
+    with torch.no_grad():
+        a = sampling.onestep(den, x, torch.tensor([1, 2]))
+        b = sampling.onestep(den, x, torch.tensor([1, 2]))
+    assert torch.equal(a, b) and a.abs().max() <= 1
+
+
+def test_half_precision_runs_close(den):
+    x = sampling.initial_noise((2, 3, 32, 32), sampling.make_generators(0, 2))
+    y = torch.tensor([1, 2])
+    with torch.no_grad():
+        ref = sampling.onestep(den, x, y)
+        bf = Denoiser(build_unet(TINY).to(torch.bfloat16), "cm", num_classes=10)
+        bf.net.load_state_dict({k: v.to(torch.bfloat16) for k, v in den.net.state_dict().items()})
+        out = sampling.onestep(bf, x, y)
+    assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1
