@@ -53,6 +53,46 @@ def sample_cmd(**kw) -> None:
         raise click.ClickException(str(e)) from None
 
 
+@main.command("fetch")
+@click.argument("names", nargs=-1)
+@click.option("--hub", is_flag=True, help="fetch the openai/diffusers-* Hub repo instead of the .pt")
+@click.option("--dir", "dest", type=click.Path(), default=None, help="target folder ($CM_CHECKPOINT_DIR)")
+def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
+    """Download released checkpoints (NAMES, or 'all'): resumable, verified, atomic."""
+    from pathlib import Path
+
+    from tqdm import tqdm
+
+    from .checkpoints import CheckpointError
+    from .download import describe, fetch_hub, fetch_original
+    wanted = [s for s in registry.REGISTRY.values() if not s.embedded]
+    if names and names != ("all",):
+        try:
+            wanted = [registry.get_spec(n) for n in names]
+        except registry.UnknownModelError as e:
+            raise click.ClickException(str(e)) from None
+    failed = []
+    for spec in wanted:
+        try:
+            if hub:
+                click.echo(f"{spec.name}: {fetch_hub(spec)}")
+                continue
+            with tqdm(desc=spec.name, unit="B", unit_scale=True, delay=1.0) as bar:
+
+                def progress(done: int, total: int | None, bar=bar) -> None:
+                    bar.total = total
+                    bar.n = done
+                    bar.refresh()
+
+                path = fetch_original(spec, Path(dest) if dest else None, progress)
+            click.echo(describe(path))
+        except CheckpointError as e:
+            failed.append(spec.name)
+            click.echo(f"error: {spec.name}: {e}", err=True)
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(wanted)} failed: {', '.join(failed)}")
+
+
 def _register_optional() -> None:
     try:
         from .train.cli import train  # noqa: PLC0415
