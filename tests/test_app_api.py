@@ -1,0 +1,164 @@
+"""Drive the running app (``python app.py`` in a subprocess) through ``gradio_client``.
+
+Every api_name returns images of the model's size, the same seed gives the same image, concurrent
+generate requests are batched, and bad inputs come back as clear error messages.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+gradio_client = pytest.importorskip("gradio_client")
+from gradio_client import Client, handle_file  # noqa: E402
+
+from app_server import AppServer  # noqa: E402
+
+R = 32  # the embedded models' resolution
+MODEL = "cd_digits32"
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    srv = AppServer(tmp_path_factory.mktemp("app"))
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server) -> Client:
+    return Client(server.url, verbose=False)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, str]:
+    d = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    photo = Image.fromarray(rng.integers(0, 256, (96, 128, 3), dtype=np.uint8))  # not square, not 32 px
+    photo.save(d / "photo.png")
+    mask = np.zeros((96, 128, 4), np.uint8)
+    mask[30:70, 40:90] = (255, 0, 255, 255)
+    Image.fromarray(mask, "RGBA").save(d / "mask.png")
+    Image.fromarray(np.zeros((96, 128, 4), np.uint8), "RGBA").save(d / "empty_mask.png")
+    (d / "not_an_image.png").write_text("this is text, not a PNG")
+    return {p.stem: str(p) for p in d.iterdir()}
+
+
+def _size(path: str) -> tuple[int, int]:
+    with Image.open(path) as im:
+        return im.size
+
+
+def _pixels(path: str) -> np.ndarray:
+    with Image.open(path) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def _gen(client: Client, seed: int = 0, n: int = 2, steps: int = 1, cls="random", api="/generate"):
+    return client.predict(MODEL, steps, "", seed, n, 0.0, cls, 18, api_name=api)
+
+
+def test_every_api_name_is_published(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    for api in ("generate", "colorize", "inpaint", "super_resolve", "interpolate", "denoise",
+                "stroke_guided", "generate_steps", "compare_teacher", "model_info"):
+        assert f"/{api}" in names
+
+
+def test_generate_sizes_timing_and_same_seed_same_image(client, server):
+    t = time.perf_counter()
+    gallery, info = _gen(client, seed=7, n=3)
+    latency = time.perf_counter() - t
+    assert len(gallery) == 3 and all(_size(g["image"]) == (R, R) for g in gallery)
+    assert "images/s" in info and "one-step" in info
+    assert gallery[0]["caption"].startswith("seed 7")
+    same, _ = _gen(client, seed=7, n=3)  # the same request gives the same images, bit for bit
+    assert all(np.array_equal(_pixels(a["image"]), _pixels(b["image"])) for a, b in zip(gallery, same))
+    # per-image seeds: image i uses seed + i whatever the batch (equal up to float rounding of
+    # batched convolutions)
+    again, _ = _gen(client, seed=8, n=1)
+    assert np.abs(_pixels(gallery[1]["image"]).astype(int) - _pixels(again[0]["image"])).max() <= 3
+    assert np.abs(_pixels(gallery[0]["image"]).astype(int) - _pixels(again[0]["image"])).max() > 10
+    print(f"\napp start {server.start_seconds:.1f} s; generate round trip {latency:.3f} s ({info})")
+    assert latency < 5.0
+
+
+def test_generate_multistep_class_and_edm_teacher(client):
+    gallery, info = _gen(client, seed=1, n=2, steps=2, cls="7", api="/generate_steps")
+    assert [_size(g["image"]) for g in gallery] == [(R, R)] * 2 and "class 7" in gallery[0]["caption"]
+    assert "2-step" in info
+    teacher, tinfo = client.predict(MODEL, 1, 2, "random", 3, api_name="/compare_teacher")
+    assert len(teacher) == 2 and _size(teacher[0]["image"]) == (R, R)
+    assert "edm_digits32" in tinfo and "5 network evaluations" in tinfo
+
+
+def test_concurrent_generate_requests_are_batched(client):
+    jobs = [client.submit(MODEL, 1, "", 100 + 10 * i, 1, 0.0, "random", 18, api_name="/generate")
+            for i in range(6)]
+    infos = [j.result(timeout=60)[1] for j in jobs]
+    assert any("batched with" in i for i in infos), infos
+
+
+def test_edit_endpoints_return_model_size_images(client, files):
+    photo = handle_file(files["photo"])
+    outs = {
+        "colorize": client.predict(MODEL, photo, 2, "", 0, "random", api_name="/colorize"),
+        "inpaint": client.predict(MODEL, {"background": photo, "layers": [handle_file(files["mask"])],
+                                          "composite": None}, 2, "", 0, "random", api_name="/inpaint"),
+        "super_resolve": client.predict(MODEL, photo, False, 4, 2, "", 0, "random", api_name="/super_resolve"),
+        "denoise": client.predict(MODEL, photo, 40, True, 1, 0, "random", api_name="/denoise"),
+        "stroke_guided": client.predict(MODEL, {"background": photo, "layers": [], "composite": None},
+                                        4.0, 2, 0, "random", api_name="/stroke_guided"),
+    }
+    for api, (used, ref, out, info) in outs.items():
+        assert _size(used) == _size(ref) == _size(out) == (R, R), api
+        assert " s" in info
+    # the reference actually used: grey for colorize, 8 px blocks for x4 super-resolution
+    ref = _pixels(outs["colorize"][1]).astype(int)
+    assert np.abs(ref[..., 0] - ref[..., 1]).max() <= 1
+    sr = _pixels(outs["super_resolve"][1])
+    assert np.array_equal(sr[::4, ::4].repeat(4, 0).repeat(4, 1), sr)
+    again = client.predict(MODEL, photo, 2, "", 0, "random", api_name="/colorize")
+    assert np.array_equal(_pixels(again[2]), _pixels(outs["colorize"][2]))
+
+
+def test_interpolate_gallery_and_gif(client, files):
+    frames, gif, info = client.predict(MODEL, "seeds", 3, 4, None, None, 5, 1, "", "random",
+                                       api_name="/interpolate")
+    assert len(frames) == 5 and all(_size(f["image"]) == (R, R) for f in frames)
+    with Image.open(gif) as g:
+        assert g.format == "GIF" and g.n_frames >= 5
+    first, _ = _gen(client, seed=3, n=1)  # frame 0 is seed 3's sample
+    assert np.abs(_pixels(frames[0]["image"]).astype(int) - _pixels(first[0]["image"])).max() <= 3
+    photo = handle_file(files["photo"])
+    frames, gif, _ = client.predict(MODEL, "images", 0, 0, photo, photo, 3, 1, "", "random",
+                                    api_name="/interpolate")
+    assert len(frames) == 3 and _size(frames[0]["image"]) == (R, R)
+
+
+@pytest.mark.parametrize("api,args,needle", [
+    ("/colorize", lambda f: (MODEL, handle_file(f["not_an_image"]), 2, "", 0, "random"), "image"),
+    ("/inpaint", lambda f: (MODEL, {"background": handle_file(f["photo"]), "layers": [handle_file(f["empty_mask"])],
+                                    "composite": None}, 2, "", 0, "random"), "mask is empty"),
+    ("/inpaint", lambda f: (MODEL, {"background": handle_file(f["photo"]), "layers": [], "composite": None},
+                            2, "", 0, "random"), "paint"),
+    ("/colorize", lambda f: (MODEL, None, 2, "", 0, "random"), "upload"),
+    ("/generate_steps", lambda f: (MODEL, 1, "0,50", 0, 1, 0.0, "random", 18), "ts"),
+    ("/generate_steps", lambda f: (MODEL, 1, "", 0, 1, 0.0, "eleven", 18), "class"),
+    ("/generate_steps", lambda f: ("no_such_model", 1, "", 0, 1, 0.0, "random", 18), "unknown model"),
+    ("/generate", lambda f: ("cd_imagenet64_l2", 1, "", 0, 1, 0.0, "random", 18), "fetch_checkpoints.sh"),
+    ("/colorize", lambda f: ("edm_digits32", handle_file(f["photo"]), 2, "", 0, "random"), "consistency model"),
+    ("/super_resolve", lambda f: (MODEL, handle_file(f["photo"]), False, 5, 2, "", 0, "random"), "patch"),
+])
+def test_bad_input_is_a_clear_error_not_a_crash(client, files, api, args, needle):
+    with pytest.raises(Exception) as e:
+        client.predict(*args(files), api_name=api)
+    assert needle.lower() in str(e.value).lower(), str(e.value)
+
+
+def test_app_still_serves_after_errors(client):
+    gallery, _ = _gen(client, seed=0, n=1)
+    assert _size(gallery[0]["image"]) == (R, R)
