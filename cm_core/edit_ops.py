@@ -1,0 +1,174 @@
+"""The shared Algorithm-4 loop and the orthogonal transforms ``A`` of the editors.
+
+See :mod:`cm_core.editing` for the algorithm; everything public here is re-exported there.
+"""
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from .denoiser import Rng, noise_like, sigma_noise_scale
+from .schedule import ts_to_sigmas
+
+Callback = Callable[[dict], None]
+DenoiseFn = Callable[..., torch.Tensor]
+ReplaceFn = Callable[[torch.Tensor], torch.Tensor]
+NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
+LUMINANCE = (0.2989, 0.5870, 0.1140)
+
+
+# ----------------------------------------------------------------------------- the shared loop
+def _d(den: DenoiseFn, x: torch.Tensor, sigma: float, class_labels: torch.Tensor | None,
+       dropout_rng: Rng) -> torch.Tensor:
+    """One denoiser evaluation at scalar ``sigma``, clamped to [-1, 1] (the original's clip_denoised)."""
+    s = torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32)
+    kw = {"dropout_rng": dropout_rng} if dropout_rng is not None else {}
+    return den(x, s, class_labels, **kw).clamp(-1, 1)
+
+
+def _sigma_range(den: Any) -> tuple[float, float]:
+    return float(getattr(den, "sigma_min", 0.002)), float(getattr(den, "sigma_max", 80.0))
+
+
+def _noise_scale(sigma_next: float, sigma_min: float) -> float:
+    """sqrt(t_next^2 - sigma_min^2), exactly 0 when ``t_next`` is sigma_min up to float rounding.
+
+    The Karras grid's last point evaluates to 0.002000000000000003, so the original adds noise
+    of std ~1e-10 at its last step; snapping it to 0 keeps the known pixels exactly (a change of
+    at most ~1e-9, far below the reference tolerance). The noise is still drawn.
+    """
+    if sigma_next - sigma_min <= 1e-9 * sigma_min:
+        return 0.0
+    return sigma_noise_scale(sigma_next, sigma_min)
+
+
+def sigma_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generator: Rng,
+               replace: ReplaceFn | None = None, class_labels: torch.Tensor | None = None, *,
+               dropout_rng: Rng = None, callback: Callback | None = None,
+               noise: NoiseFn | None = None) -> torch.Tensor:
+    """Algorithm 4 over explicit noise levels ``sigmas`` (t_0 > t_1 > ... >= sigma_min).
+
+    ``x``: [B, C, H, W] at noise level ``sigmas[0]``. ``len(sigmas) - 1`` evaluations; after each,
+    ``replace`` (if any) puts the known part back and one noise draw of ``x``'s shape (from
+    ``generator``, or ``noise(i, x0)`` when given) scaled by sqrt(t_{i+1}^2 - sigma_min^2) is added.
+    With ``generator=None`` a zero-scale step draws nothing. Returns the final ``x``, NOT clamped.
+    ``callback`` gets {"i", "n", "sigma", "denoised"} where "denoised" is x0 after replacement.
+    """
+    smin, _ = _sigma_range(den)
+    n = len(sigmas) - 1
+    if n < 1:
+        raise ValueError(f"need at least two noise levels, got {list(sigmas)}")
+    for i in range(n):
+        x0 = _d(den, x, float(sigmas[i]), class_labels, dropout_rng)
+        if replace is not None:
+            x0 = replace(x0)
+        scale = _noise_scale(float(sigmas[i + 1]), smin)
+        if noise is not None:
+            x = x0 + noise(i, x0) * scale
+        elif generator is None and scale == 0.0:
+            x = x0
+        else:
+            x = x0 + noise_like(x0, generator) * scale
+        if callback is not None:
+            callback({"i": i, "n": n, "sigma": float(sigmas[i]), "denoised": x0})
+    return x
+
+
+def edit_loop(den: DenoiseFn, x: torch.Tensor, ts: Sequence[int], steps: int, generator: Rng,
+              replace: ReplaceFn | None = None, class_labels: torch.Tensor | None = None, *,
+              dropout_rng: Rng = None, callback: Callback | None = None,
+              noise: NoiseFn | None = None) -> torch.Tensor:
+    """Algorithm 4 with grid indices ``ts`` on a ``steps``-point Karras grid (see module doc).
+
+    With ``replace=None`` this is exactly :func:`cm_core.sampling.multistep` before its final clamp.
+    Returns the final ``x`` [B, C, H, W], not clamped (callers clamp).
+    """
+    smin, smax = _sigma_range(den)
+    sig = ts_to_sigmas(ts, steps, sigma_min=smin, sigma_max=smax)
+    return sigma_loop(den, x, sig, generator, replace, class_labels, dropout_rng=dropout_rng,
+                      callback=callback, noise=noise)
+
+
+# ----------------------------------------------------------------------------- transforms A
+@functools.lru_cache(maxsize=16)
+def _qr_basis(first: tuple[float, ...]) -> np.ndarray:
+    """Orthogonal float64 matrix whose column 0 is ``first`` normalised (QR of the identity with
+    column 0 replaced), negated if column 0 sums negative: the original's ``obtain_orthogonal_matrix``."""
+    v = np.asarray(first, dtype=np.float64)
+    v = v / np.linalg.norm(v)
+    m = np.eye(len(v))
+    m[:, 0] = v
+    q = np.linalg.qr(m)[0]
+    if np.sum(q[:, 0]) < 0:
+        q = -q
+    return q
+
+
+def luminance_basis(device: torch.device | str = "cpu") -> torch.Tensor:
+    """[3, 3] float32 orthogonal colour basis; column 0 = (0.2989, 0.5870, 0.1140) / norm."""
+    return torch.from_numpy(_qr_basis(LUMINANCE)).to(device=device, dtype=torch.float32)
+
+
+def patch_basis(patch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
+    """[p^2, p^2] float32 orthogonal basis of a flattened p x p patch; column 0 = constant 1/p."""
+    return torch.from_numpy(_qr_basis((1.0,) * patch_size ** 2)).to(device=device, dtype=torch.float32)
+
+
+def _color_replacement(q: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(a, b) -> Q [(Q^T a) * keep + (Q^T b) * (1 - keep)]`` with keep = colour axis 0."""
+    mask = torch.zeros(3, 1, 1, device=q.device, dtype=q.dtype)
+    mask[0] = 1.0
+
+    def replacement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ca = torch.einsum("bchw,cd->bdhw", a, q)
+        cb = torch.einsum("bchw,cd->bdhw", b, q)
+        return torch.einsum("bdhw,cd->bchw", ca * mask + cb * (1.0 - mask), q)
+    return replacement
+
+
+def _check_patch(x: torch.Tensor, p: int) -> None:
+    h, w = x.shape[-2:]
+    if not isinstance(p, int) or p < 1 or h % p or w % p:
+        ok = [d for d in range(1, min(h, w) + 1) if h % d == 0 and w % d == 0]
+        raise ValueError(f"patch_size must be a positive integer dividing the image size {h}x{w}; "
+                         f"got {p!r}. Valid sizes: {ok}")
+
+
+def _patchify(x: torch.Tensor, p: int) -> torch.Tensor:
+    """[B, C, H, W] -> [B, C, (H/p)(W/p), p^2] in the original's patch order."""
+    b, c, h, w = x.shape
+    return x.reshape(b, c, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, -1, p * p)
+
+
+def _unpatchify(x: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
+    """Inverse of :func:`_patchify`."""
+    b, c = x.shape[:2]
+    return x.reshape(b, c, h // p, w // p, p, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, w)
+
+
+def patch_means(images: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, C, H/p, W/p]: the mean of every non-overlapping p x p patch (a low-resolution image)."""
+    _check_patch(images, patch_size)
+    return torch.nn.functional.avg_pool2d(images, patch_size)
+
+
+def _patch_replacement(q: torch.Tensor, p: int
+                       ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+    """``(a, b) ->`` patches of ``a`` with coefficient 0 (the mean) of ``a`` and the rest of ``b``."""
+    def replacement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        h, w = a.shape[-2:]
+        ca = torch.einsum("bcnd,de->bcne", _patchify(a, p), q)
+        cb = torch.einsum("bcnd,de->bcne", _patchify(b, p), q)
+        mix = torch.cat([ca[..., :1], cb[..., 1:]], dim=-1)
+        return _unpatchify(torch.einsum("bcne,de->bcnd", mix, q), p, h, w)
+    return replacement
+
+
+def _average_patches(x: torch.Tensor, p: int) -> torch.Tensor:
+    """Every p x p patch replaced by its mean (the original's ``average_image_patches``)."""
+    flat = _patchify(x, p)
+    return _unpatchify(flat.mean(dim=-1, keepdim=True).expand_as(flat), p, *x.shape[-2:])
