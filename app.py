@@ -231,7 +231,7 @@ def _gpu(event, fn, inputs, outputs, api_name, **kw):
 def _seed_row(label: str = "Seed"):
     with gr.Row(equal_height=True):
         seed = gr.Number(value=0, precision=0, minimum=0, label=label, scale=4)
-        dice = gr.Button("🎲 Randomise", scale=1, min_width=80)
+        dice = gr.Button("Randomise", scale=1, min_width=80)
     dice.click(random_seed, None, seed, api_name=False, queue=False)
     return seed
 

@@ -128,7 +128,7 @@ class ModelCache:
         free = self._free_memory(self.device)
         if free is None:
             return
-        need = int(1.5 * model_bytes(spec, on_disk_only=False) or 0)
+        need = int(1.5 * (model_bytes(spec, on_disk_only=False) or 0)) or 1
         while self._models and free < need:
             self._evict_oldest()
             free = self._free_memory(self.device) or 0

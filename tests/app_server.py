@@ -49,11 +49,14 @@ class AppServer:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = tmp / "app.log"
-        env = {**os.environ, "CM_EMBEDDED_DIR": str(random_embedded_models(tmp / "embedded")),
+        real = os.environ.get("CM_APP_TEST_REAL_MODELS") == "1"
+        env = {**os.environ, "CM_EMBEDDED_DIR": "" if real else str(random_embedded_models(tmp / "embedded")),
                "CM_CHECKPOINT_DIR": str(tmp / "checkpoints"), "GRADIO_SERVER_PORT": str(self.port),
                "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False",
                "GRADIO_EXAMPLES_CACHE": str(tmp / "examples_cache"), "CM_TORCH_THREADS": "1",
                "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(extra_env or {})}
+        if os.environ.get("CM_APP_TEST_REAL_MODELS") == "1":  # README screenshots: trained weights
+            env.pop("CM_EMBEDDED_DIR")
         env.pop("CM_DEFAULT_MODEL", None)
         env.pop("CM_SHARE", None)
         self.started = time.perf_counter()

@@ -1,0 +1,139 @@
+"""cm_core.service without a server: the model cache, the model table, classes, validation."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cm_core import service as S
+from cm_core.checkpoints import CheckpointError
+from cm_core.imagenet_classes import imagenet_class_index, imagenet_class_names
+from cm_core.registry import REGISTRY, get_spec
+
+
+class _Fake(torch.nn.Module):
+    def __init__(self, name):
+        super().__init__()
+        self.name = name
+
+
+def _cache(cap=2, fail=(), oom_once=(), free=None):
+    calls = []
+    oom_left = set(oom_once)
+
+    def loader(name, device=None, dtype=None):
+        calls.append(name)
+        if name in fail:
+            raise CheckpointError(f"{name} is broken")
+        if name in oom_left:
+            oom_left.discard(name)
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return _Fake(name)
+    return S.ModelCache(capacity=cap, device="cpu", loader=loader, free_memory=free or (lambda d: None)), calls
+
+
+def test_cache_is_a_bounded_lru():
+    c, calls = _cache(cap=2)
+    for name in ("cd_digits32", "ct_digits32", "cd_digits32", "edm_digits32"):
+        c.get(name)
+    assert c.names() == ["cd_digits32", "edm_digits32"]  # ct was least recently used
+    assert calls == ["cd_digits32", "ct_digits32", "edm_digits32"]
+
+
+def test_failed_load_is_not_cached():
+    c, calls = _cache(fail={"ct_digits32"})
+    with pytest.raises(CheckpointError):
+        c.get("ct_digits32")
+    with pytest.raises(CheckpointError):
+        c.get("ct_digits32")
+    assert calls == ["ct_digits32"] * 2 and c.names() == []
+
+
+def test_oom_evicts_the_others_and_retries():
+    c, calls = _cache(cap=3, oom_once={"edm_digits32"})
+    c.get("cd_digits32")
+    c.get("ct_digits32")
+    c.get("edm_digits32")
+    assert c.names() == ["edm_digits32"] and calls.count("edm_digits32") == 2
+
+
+def test_gpu_memory_aware_eviction_before_a_load():
+    free = {"bytes": 0}
+    c, _ = _cache(cap=5, free=lambda d: free["bytes"])
+    c.get("cd_digits32")  # nothing to evict yet: loads anyway
+    c.get("ct_digits32")
+    assert c.names() == ["ct_digits32"]  # no free memory: the older model made room
+    free["bytes"] = 10 ** 12
+    c.get("edm_digits32")
+    assert c.names() == ["ct_digits32", "edm_digits32"]
+
+
+def test_cache_size_from_environment(monkeypatch):
+    monkeypatch.setenv("CM_MODEL_CACHE_SIZE", "3")
+    assert S.ModelCache(device="cpu").capacity == 3
+    monkeypatch.setenv("CM_MODEL_CACHE_SIZE", "0")
+    with pytest.raises(ValueError):
+        S.ModelCache(device="cpu")
+
+
+def test_model_rows_cover_the_registry():
+    rows = S.model_rows()
+    assert [r[0] for r in rows] == list(REGISTRY)
+    by = {r[0]: dict(zip(S.TABLE_HEADERS, r)) for r in rows}
+    assert by["cd_imagenet64_lpips"]["kind"] == "CD-LPIPS" and by["ct_bedroom256"]["resolution"] == "256x256"
+    assert by["edm_imagenet64_ema"]["kind"] == "EDM teacher"
+    if by["cd_imagenet64_l2"]["on disk"] == "no":
+        assert "fetch_checkpoints.sh cd_imagenet64_l2" in by["cd_imagenet64_l2"]["how to get it"]
+        assert by["cd_imagenet64_l2"]["size"] == "~1.18 GB"
+
+
+def test_imagenet_class_names():
+    names = imagenet_class_names()
+    assert len(names) == 1000 and len(set(names)) == 1000
+    assert names[0] == "tench" and names[1] == "goldfish" and names[207] == "Golden Retriever"
+    assert names[281] == "tabby cat" and names[999] == "toilet paper"
+    assert imagenet_class_index("golden retriever") == 207
+
+
+def test_parse_class():
+    inet, digits = get_spec("cd_imagenet64_l2"), get_spec("cd_digits32")
+    assert S.parse_class(inet, "207: Golden Retriever") == 207
+    assert S.parse_class(inet, "goldfish") == 1 and S.parse_class(inet, 999) == 999
+    assert S.parse_class(inet, "random") is None and S.parse_class(inet, None) is None
+    assert S.parse_class(digits, "7") == 7
+    assert S.parse_class(get_spec("cd_bedroom256_l2"), "3") is None  # unconditional
+    for bad in (1000, "1000", "retriever of gold"):
+        with pytest.raises(ValueError):
+            S.parse_class(inet, bad)
+    assert S.class_choices(inet)[:2] == ["random", "0: tench"] and len(S.class_choices(inet)) == 1001
+
+
+@pytest.mark.parametrize("kw,needle", [
+    (dict(batch_size=0), "batch size"), (dict(batch_size=2.5), "integer"), (dict(seed=-1), "seed"),
+    (dict(dropout=0.95), "dropout"), (dict(steps=40), "steps"), (dict(ts="0,40"), "ts"),
+    (dict(ts="a,b"), "comma-separated"), (dict(model="nope"), "unknown model"),
+    (dict(model="edm_digits32", heun_steps=1), "Heun steps"),
+])
+def test_plan_rejects_bad_parameters(kw, needle):
+    with pytest.raises(ValueError, match=f"(?i){needle}"):
+        S.plan(S.GenerateRequest(**kw))
+
+
+def test_plan_describes_the_sampling():
+    assert S.plan(S.GenerateRequest()).evaluations == 1
+    p = S.plan(S.GenerateRequest(ts="0,106,200/201", seed=5, batch_size=3))
+    assert p.evaluations == 2 and p.seeds == (5, 6, 7) and "201-point" in p.description
+    p = S.plan(S.GenerateRequest(model="edm_digits32"))
+    assert p.evaluations == 2 * get_spec("edm_digits32").heun_steps - 1
+    assert S.teacher_for("cd_imagenet64_lpips") == "edm_imagenet64_ema"
+    assert S.teacher_for("ct_digits32") == "edm_digits32"
+
+
+def test_example_files(tmp_path):
+    from PIL import Image
+    files = S.example_files(tmp_path)
+    with Image.open(files["digit"]) as im:
+        assert im.size == (32, 32)
+    with Image.open(files["mask"]) as m:
+        a = np.asarray(m)
+        assert m.mode == "RGBA" and 0 < (a[..., 3] > 0).mean() < 1
