@@ -22,7 +22,7 @@ LUMINANCE = (0.2989, 0.5870, 0.1140)
 
 
 # ----------------------------------------------------------------------------- the shared loop
-def _d(den: DenoiseFn, x: torch.Tensor, sigma: float, class_labels: torch.Tensor | None,
+def clamped_denoise(den: DenoiseFn, x: torch.Tensor, sigma: float, class_labels: torch.Tensor | None,
        dropout_rng: Rng) -> torch.Tensor:
     """One denoiser evaluation at scalar ``sigma``, clamped to [-1, 1] (the original's clip_denoised)."""
     s = torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32)
@@ -63,7 +63,7 @@ def sigma_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generat
     if n < 1:
         raise ValueError(f"need at least two noise levels, got {list(sigmas)}")
     for i in range(n):
-        x0 = _d(den, x, float(sigmas[i]), class_labels, dropout_rng)
+        x0 = clamped_denoise(den, x, float(sigmas[i]), class_labels, dropout_rng)
         if replace is not None:
             x0 = replace(x0)
         scale = _noise_scale(float(sigmas[i + 1]), smin)

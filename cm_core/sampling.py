@@ -11,19 +11,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .denoiser import Rng, noise_like, sigma_noise_scale
-from .schedule import karras_sigmas, pick_ts, ts_to_sigmas
+from .denoiser import Rng, noise_like
+from .edit_ops import clamped_denoise, edit_loop
+from .schedule import karras_sigmas, pick_ts
 
 Callback = Callable[[dict], None]
 DenoiseFn = Callable[..., torch.Tensor]
-
-
-def _d(den: DenoiseFn, x: torch.Tensor, sigma: float, class_labels: torch.Tensor | None,
-       dropout_rng: Rng) -> torch.Tensor:
-    """One clamped denoiser evaluation at a scalar ``sigma``."""
-    s = torch.full((x.shape[0],), sigma, device=x.device, dtype=torch.float32)
-    kw = {"dropout_rng": dropout_rng} if dropout_rng is not None else {}
-    return den(x, s, class_labels, **kw).clamp(-1, 1)
 
 
 def onestep(den: DenoiseFn, x_T: torch.Tensor, class_labels: torch.Tensor | None = None,
@@ -34,7 +27,7 @@ def onestep(den: DenoiseFn, x_T: torch.Tensor, class_labels: torch.Tensor | None
     ``x_T``: [B, 3, H, W] Gaussian noise already multiplied by ``sigma_max`` (80).
     """
     smax = sigma_max if sigma_max is not None else getattr(den, "sigma_max", 80.0)
-    x0 = _d(den, x_T, smax, class_labels, dropout_rng)
+    x0 = clamped_denoise(den, x_T, smax, class_labels, dropout_rng)
     if callback is not None:
         callback({"i": 0, "n": 1, "sigma": smax, "denoised": x0})
     return x0
@@ -49,17 +42,10 @@ def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], steps: int,
     consecutive pair (t_i, t_{i+1}): ``x0 = clamp(D(x, t_i))``, then
     ``x = x0 + randn * sqrt(t_{i+1}^2 - sigma_min^2)`` (one draw per step, also for the last
     pair, whose scale is 0). ``len(ts) - 1`` network evaluations; result clamped to [-1, 1].
+    This is Algorithm 4's loop (:func:`cm_core.edit_ops.edit_loop`) with nothing replaced.
     """
-    smin = getattr(den, "sigma_min", 0.002)
-    smax = getattr(den, "sigma_max", 80.0)
-    sig = ts_to_sigmas(ts, steps, sigma_min=smin, sigma_max=smax)
-    x = x_T
-    for i in range(len(sig) - 1):
-        x0 = _d(den, x, sig[i], class_labels, dropout_rng)
-        x = x0 + noise_like(x0, generator) * sigma_noise_scale(sig[i + 1], smin)
-        if callback is not None:
-            callback({"i": i, "n": len(sig) - 1, "sigma": sig[i], "denoised": x0})
-    return x.clamp(-1, 1)
+    return edit_loop(den, x_T, ts, steps, generator, None, class_labels, dropout_rng=dropout_rng,
+                     callback=callback).clamp(-1, 1)
 
 
 def multistep_n(den: DenoiseFn, x_T: torch.Tensor, num_steps: int, steps: int,
@@ -90,13 +76,13 @@ def heun(den: DenoiseFn, x_T: torch.Tensor, num_steps: int,
     x = x_T
     for i in range(len(sig) - 1):
         s, s_next = sig[i], sig[i + 1]
-        x0 = _d(den, x, s, class_labels, dropout_rng)
+        x0 = clamped_denoise(den, x, s, class_labels, dropout_rng)
         d = (x - x0) / s
         if s_next == 0:
             x = x + d * (s_next - s)
         else:
             x2 = x + d * (s_next - s)
-            d2 = (x2 - _d(den, x2, s_next, class_labels, dropout_rng)) / s_next
+            d2 = (x2 - clamped_denoise(den, x2, s_next, class_labels, dropout_rng)) / s_next
             x = x + (d + d2) / 2 * (s_next - s)
         if callback is not None:
             callback({"i": i, "n": len(sig) - 1, "sigma": s, "denoised": x0})
