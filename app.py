@@ -1,7 +1,7 @@
 """cm-studio web app: consistency models (Song et al. 2023) in the browser and over an API.
 
 UI only: every computation is in :mod:`cm_core.service`. Start with ``python app.py``; settings
-come from the environment (see docs/APP.md): ``CM_CHECKPOINT_DIR``, ``CM_DEFAULT_MODEL``,
+come from the environment (see README.md, "Configuration"): ``CM_CHECKPOINT_DIR``, ``CM_DEFAULT_MODEL``,
 ``GRADIO_SERVER_PORT`` / ``PORT`` (7860), ``GRADIO_SERVER_NAME`` (127.0.0.1; 0.0.0.0 in Docker),
 ``CM_SHARE`` (1 = public share link), ``CM_MODEL_CACHE_SIZE``, ``CM_CONCURRENCY``, ``CM_QUEUE_SIZE``.
 API names: generate, generate_steps, compare_teacher, colorize, inpaint, super_resolve,
