@@ -44,6 +44,10 @@ def models_cmd() -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32")
 @click.option("--out", type=click.Path(), default="grid.png", show_default=True,
               help=".png grid, or .npz in OpenAI's evaluation layout (arr_0 uint8 NHWC, arr_1 labels)")
+@click.option("--fast/--no-fast", default=None, help="fast path: fp16, channels_last, CUDA graphs "
+              "(default: on with CUDA, off elsewhere)")
+@click.option("--compile/--no-compile", default=None, help="torch.compile in the fast path "
+              "(default: on with CUDA; cached in $TORCHINDUCTOR_CACHE_DIR)")
 def sample_cmd(**kw) -> None:
     """Generate images (one-step, multistep or Heun) to a PNG grid or an .npz file."""
     from .generate import run_sample_command

@@ -6,7 +6,6 @@ random class label), so results do not depend on the batch size or on how a run 
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .denoiser import Denoiser
+from .denoiser import Denoiser, noise_like, sigma_noise_scale
+from .fast import FastDenoiser
 from .registry import ModelSpec
 from .sampling import heun, initial_noise, make_generators, multistep, onestep
-from .schedule import pick_ts, validate_ts
+from .schedule import pick_ts, ts_to_sigmas, validate_ts
 
 
 _LABEL_STREAM = 0x2545F4914F6CDD1D  # random class labels: a stream apart from the noise seeds
@@ -57,23 +57,41 @@ def labels_for(spec: ModelSpec, seeds: Sequence[int], class_label: int | None) -
 
 
 @torch.no_grad()
-def sample_batch(den: Denoiser, spec: ModelSpec, seeds: Sequence[int], settings: SampleSettings,
-                 labels: torch.Tensor | None, callback: Callable[[dict], None] | None = None
-                 ) -> torch.Tensor:
-    """Images [B, 3, R, R] in [-1, 1] for per-image ``seeds`` on ``den``'s device."""
+def sample_batch(den: Denoiser | FastDenoiser, spec: ModelSpec, seeds: Sequence[int],
+                 settings: SampleSettings, labels: torch.Tensor | None,
+                 callback: Callable[[dict], None] | None = None) -> torch.Tensor:
+    """Images [B, 3, R, R] in [-1, 1] for per-image ``seeds`` on ``den``'s device.
+
+    With a :class:`~cm_core.fast.FastDenoiser`, a consistency model without dropout or callback
+    runs as one :meth:`~cm_core.fast.FastDenoiser.sample_plan` call (one CUDA graph replay),
+    fed the same per-image noise draws in the same order as :func:`cm_core.sampling.multistep`.
+    """
     dev = next(den.parameters()).device
     gens = [g for s in seeds for g in make_generators(s, 1, dev)]
     drop = [g for s in seeds for g in make_generators(s, 1, dev, "dropout")] if settings.dropout else None
     den.dropout = settings.dropout
     r = spec.resolution
     x_T = initial_noise((len(seeds), 3, r, r), gens, spec.sigma_max, device=dev)
-    labels = labels.to(dev) if labels is not None else None
+    labels = labels.to(dev) if labels is not None and not isinstance(den, FastDenoiser) else labels
     if spec.kind == "edm":
         return heun(den, x_T, max(settings.steps, 2), labels, drop, callback)
     plan = settings.resolved_ts(spec)
+    if isinstance(den, FastDenoiser) and not settings.dropout and callback is None:
+        return _fast_plan(den, x_T, plan, gens, labels)
     if plan is None:
         return onestep(den, x_T, labels, dropout_rng=drop, callback=callback)
     return multistep(den, x_T, plan[0], plan[1], gens, labels, drop, callback)
+
+
+def _fast_plan(den: FastDenoiser, x_T: torch.Tensor, plan: tuple[list[int], int] | None,
+               gens: list[torch.Generator], labels: torch.Tensor | None) -> torch.Tensor:
+    """Sigmas, noise scales and pre-drawn noise [K, B, 3, R, R] of a CM plan, run as one call."""
+    if plan is None:
+        return den.sample_plan(x_T, [den.sigma_max], [0.0], None, labels)
+    sig = ts_to_sigmas(plan[0], plan[1], sigma_min=den.sigma_min, sigma_max=den.sigma_max)
+    scales = [sigma_noise_scale(s, den.sigma_min) for s in sig[1:]]
+    noises = torch.stack([noise_like(x_T, gens) for _ in scales])
+    return den.sample_plan(x_T, sig[:-1], scales, noises, labels)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:
@@ -105,40 +123,74 @@ def _ts_arg(ts: str | None) -> tuple[int, ...] | None:
 def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str | None,
                        grid_steps: int | None, seed: int, class_label: int | None, num: int,
                        num_samples: int | None, batch_size: int, dropout: float, device: str | None,
-                       dtype: str, out: str) -> None:
-    """The ``sample`` CLI command; under ``torchrun`` each rank samples its share of the seeds."""
-    from tqdm import tqdm
+                       dtype: str, out: str, fast: bool | None = None,
+                       compile: bool | None = None) -> None:
+    """The ``sample`` CLI command; under ``torchrun`` each rank samples its share of the seeds.
 
-    from .checkpoints import load_denoiser
+    Image ``i`` (0 <= i < total) has seed ``seed + i`` and goes to rank ``i % world``; rank 0
+    gathers the uint8 images in chunks and writes them in seed order, so the file does not
+    depend on the number of processes or the batch size. ``fast``: use :func:`cm_core.fast.optimize`
+    (default: on CUDA only; it then picks its own dtype, ``dtype`` is used when not float32);
+    ``compile``: torch.compile in fast mode (default: on CUDA only).
+    """
+    from .checkpoints import load_denoiser, pick_device
+    from .distributed import gather_strided, local_device, rank_world
     from .registry import get_spec
     spec = get_spec(model)
     total = num_samples or num
     if total < 1 or batch_size < 1:
         raise ValueError("--n/--num-samples and --batch-size must be >= 1")
     settings = SampleSettings(steps=steps, ts=_ts_arg(ts), grid_steps=grid_steps, dropout=dropout)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    den = load_denoiser(checkpoint or model, arch=spec.arch, kind=spec.kind, device=device,
-                        dtype=getattr(torch, dtype))
-    mine = list(range(seed + rank, seed + total, world))
-    imgs, labs = [], []
-    for i in tqdm(range(0, len(mine), batch_size), desc=f"sampling (rank {rank}/{world})",
-                  disable=rank != 0):
-        seeds = mine[i:i + batch_size]
-        labels = labels_for(spec, seeds, class_label)
-        imgs.append(to_uint8(sample_batch(den, spec, seeds, settings, labels)))
-        labs.append(labels.numpy() if labels is not None else np.zeros(len(seeds), np.int64))
-    _write(out, mine, imgs, labs, rank, world, seed, total)
+    rank, world = rank_world()
+    dev = local_device(pick_device(device))
+    fast = dev.type == "cuda" if fast is None else fast
+    den = load_denoiser(checkpoint or model, arch=spec.arch, kind=spec.kind, device=dev,
+                        dtype=torch.float32 if fast else getattr(torch, dtype))
+    if fast:
+        from .fast import optimize
+        den = optimize(den, dtype="auto" if dtype == "float32" else dtype,
+                       compile="auto" if compile is None else compile,
+                       warm_buckets=(batch_size,))
+    imgs, labs = sample_shard(den, spec, seed, range(rank, total, world), settings,
+                              class_label, batch_size, progress=rank == 0)
+    arr, lab = gather_strided(imgs, labs, total, rank, world)
+    if rank == 0:
+        _write(out, arr, lab)
 
 
-def _write(out: str, mine: list[int], imgs: list[np.ndarray], labs: list[np.ndarray], rank: int,
-           world: int, seed: int, total: int) -> None:
-    from .distributed import gather_to_rank0
-    seeds, arr, lab = gather_to_rank0(np.array(mine), np.concatenate(imgs), np.concatenate(labs),
-                                      rank, world, out)
-    if rank != 0:
-        return
-    order = np.argsort(seeds)
-    arr, lab = arr[order], lab[order]
+def sample_shard(den: Denoiser | FastDenoiser, spec: ModelSpec, seed: int, indices: Sequence[int],
+                 settings: SampleSettings, class_label: int | None, batch_size: int,
+                 progress: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 NHWC images [n, R, R, 3] and int64 labels [n] for images ``indices`` (seeds
+    ``seed + i``), sampled ``batch_size`` at a time into preallocated arrays (no float copies
+    of the whole shard are ever held).
+
+    A short last batch is padded (repeating its last seed) to ``batch_size``: kernels may round
+    differently at another batch size (~1e-6), while an image's result never depends on which
+    images share its batch, so a fixed network batch size makes the uint8 file bit-identical
+    for any number of processes. Across different ``batch_size`` values it is identical up to
+    rare 1-level rounding flips (see tests/test_distributed.py).
+    """
+    from tqdm import tqdm
+    r, n = spec.resolution, len(indices)
+    imgs = np.empty((n, r, r, 3), np.uint8)
+    labs = np.zeros(n, np.int64)
+    with tqdm(total=n, desc="sampling", unit="img", disable=not progress) as bar:
+        for i in range(0, n, batch_size):
+            seeds = [seed + j for j in indices[i:i + batch_size]]
+            k = len(seeds)
+            seeds += seeds[-1:] * (batch_size - k)
+            labels = labels_for(spec, seeds, class_label)
+            imgs[i:i + k] = to_uint8(sample_batch(den, spec, seeds, settings, labels)[:k])
+            if labels is not None:
+                labs[i:i + k] = labels[:k].numpy()
+            bar.update(k)
+    return imgs, labs
+
+
+def _write(out: str, arr: np.ndarray, lab: np.ndarray) -> None:
+    """``.npz`` in OpenAI's evaluation layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) or a PNG grid."""
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
     if out.endswith(".npz"):
         np.savez(out, arr_0=arr, arr_1=lab)
     else:

@@ -1,0 +1,253 @@
+"""Benchmark: our fast path vs diffusers' ``ConsistencyModelPipeline``, same process, same weights.
+
+    python bench/bench.py --device cuda            # ImageNet 64 and LSUN 256 (random weights)
+    python bench/bench.py --device cpu             # embedded 32px model + ImageNet 64 at batch 1
+
+Every row samples with the same ``UNet2DModel`` weights. "diffusers" is
+``ConsistencyModelPipeline`` + ``CMStochasticIterativeScheduler`` (``output_type="pt"``);
+"exact" is our fp32 :class:`~cm_core.denoiser.Denoiser`; "fast" is :func:`cm_core.fast.optimize`
+(CUDA: fp16, channels_last, torch.compile max-autotune-no-cudagraphs, whole-call CUDA graphs;
+CPU: its defaults, i.e. fp32 eager). Columns: ms at batch 1, img/s at the large batch, peak GPU
+memory, compile seconds (blocking compilation of the two buckets used), speed-up over the best
+diffusers row of the same model and steps, fraction of the compute limit
+(FLOPs per image / the device's dense fp16 tensor peak), and max |fast - fp32 exact| on the same
+noise. Prints a Markdown table (paste it into bench/RESULTS.md).
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from cm_core.denoiser import Denoiser  # noqa: E402
+from cm_core.fast import optimize, timed  # noqa: E402
+from cm_core.generate import SampleSettings, labels_for, sample_batch  # noqa: E402
+from cm_core.network import build_unet  # noqa: E402
+from cm_core.registry import IMAGENET64, LSUN256, ArchSpec, ModelSpec, get_spec  # noqa: E402
+
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "4090": 165.0}
+PARAMS = {IMAGENET64: 295_899_267, LSUN256: 526_304_771}
+
+
+@dataclass
+class Row:
+    model: str
+    steps: int
+    impl: str
+    ms_b1: float | None = None
+    ips: float | None = None
+    batch: int = 0
+    mem_gib: float | None = None
+    compile_s: float | None = None
+    err: float | None = None
+    flops: float = 0.0
+
+
+def flops_per_image(arch: ArchSpec) -> float:
+    """Forward FLOPs of one image (2 per multiply-add), counted on the meta device (free)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    with torch.device("meta"):
+        net = build_unet(arch)
+        x, t = torch.zeros(1, 3, arch.image_size, arch.image_size), torch.zeros(1)
+        lab = torch.zeros(1, dtype=torch.long) if arch.class_cond else None
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        net(x, t, class_labels=lab)
+    return float(fc.get_total_flops())
+
+
+def measure(fn: Callable[[], object], device: torch.device, iters: int) -> float:
+    """Median seconds of ``fn`` over ``iters`` runs after one warm-up run."""
+    fn()
+    times = []
+    for _ in range(iters):
+        with timed(device) as t:
+            fn()
+        times.append(t["s"])
+    return statistics.median(times)
+
+
+def make_denoiser(spec: ModelSpec, device: torch.device) -> Denoiser:
+    """The registry model if its file is on disk (embedded models), else random weights."""
+    from cm_core.checkpoints import is_available, load_denoiser
+    if spec.embedded and is_available(spec):
+        return load_denoiser(spec.name, device=device)
+    torch.manual_seed(0)
+    net = build_unet(spec.arch)
+    n = sum(p.numel() for p in net.parameters())
+    if spec.arch in PARAMS and n != PARAMS[spec.arch]:
+        raise SystemExit(f"{spec.name}: {n} parameters, expected {PARAMS[spec.arch]}")
+    return Denoiser(net, spec.kind, num_classes=spec.arch.num_classes if spec.class_cond else None,
+                    image_size=spec.resolution, name=spec.name).to(device).eval()
+
+
+def diffusers_call(den: Denoiser, spec: ModelSpec, dtype: torch.dtype, device: torch.device
+                   ) -> Callable[[int, int], torch.Tensor]:
+    """``run(batch, steps)`` with diffusers' pipeline on a copy of ``den``'s UNet in ``dtype``."""
+    from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline
+    sched = CMStochasticIterativeScheduler(num_train_timesteps=spec.steps, sigma_min=spec.sigma_min,
+                                           sigma_max=spec.sigma_max)
+    pipe = ConsistencyModelPipeline(unet=copy.deepcopy(den.net), scheduler=sched).to(device, dtype)
+    pipe.set_progress_bar_config(disable=True)
+
+    def run(batch: int, steps: int) -> torch.Tensor:
+        lab = torch.arange(batch, device=device) % spec.arch.num_classes if spec.class_cond else None
+        kw = {"num_inference_steps": 1} if steps == 1 else {"timesteps": [spec.ts[1], 0],
+                                                            "num_inference_steps": None}
+        return pipe(batch_size=batch, class_labels=lab, generator=torch.Generator(device).manual_seed(0),
+                    output_type="pt", **kw).images
+    return run
+
+
+def ours_call(den: Denoiser, spec: ModelSpec) -> Callable[[int, int], torch.Tensor]:
+    """``run(batch, steps)`` through ``generate.sample_batch`` (per-image seeds, as the app/CLI)."""
+    def run(batch: int, steps: int) -> torch.Tensor:
+        seeds = list(range(batch))
+        return sample_batch(den, spec, seeds, SampleSettings(steps=steps),
+                            labels_for(spec, seeds, None))
+    return run
+
+
+def max_err(fast: Callable, exact: Callable, steps: int) -> float:
+    return (fast(2, steps).float() - exact(2, steps).float()).abs().max().item()
+
+
+def editing_call(den: Denoiser, spec: ModelSpec) -> Callable[[int, int], torch.Tensor]:
+    """``run(batch, steps)``: inpainting (Algorithm 4, cm_core.editing) of a half-masked image."""
+    from cm_core import editing
+    from cm_core.sampling import initial_noise, make_generators
+    r = spec.resolution
+    dev = next(den.parameters()).device
+
+    def run(batch: int, steps: int) -> torch.Tensor:
+        gens = make_generators(0, batch, dev)
+        x = initial_noise((batch, 3, r, r), gens, spec.sigma_max, device=dev)
+        images = torch.zeros(batch, 3, r, r, device=dev)
+        mask = torch.zeros(r, r, device=dev)
+        mask[:, : r // 2] = 1
+        lab = labels_for(spec, list(range(batch)), None)
+        with torch.no_grad():
+            return editing.inpaint(den, images, mask, x, list(spec.ts), spec.steps, gens, lab)
+    return run
+
+
+def _weights_gib(module: torch.nn.Module) -> float:
+    return sum(p.numel() * p.element_size() for p in module.parameters()) / 2 ** 30
+
+
+def run_row(row: Row, fn: Callable[[int, int], torch.Tensor], device: torch.device, iters: int,
+            weights_gib: float, batch1: bool = True) -> Row:
+    """Fill ``row``'s latency, throughput and (CUDA) peak memory for ``fn``."""
+    cuda = device.type == "cuda"
+    base = torch.cuda.memory_allocated(device) if cuda else 0
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+    if batch1:
+        row.ms_b1 = 1e3 * measure(lambda: fn(1, row.steps), device, iters)
+    if row.batch > 1:
+        row.ips = row.batch / measure(lambda: fn(row.batch, row.steps), device, max(1, iters // 4))
+    if cuda:
+        row.mem_gib = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 30 + weights_gib
+    print(f"  {row.model} {row.steps}-step {row.impl}: b1 {row.ms_b1} ms, {row.ips} img/s", flush=True)
+    return row
+
+
+def bench_model(spec: ModelSpec, device: torch.device, big: int, steps_list: tuple[int, ...],
+                iters: int, batch1: bool = True, edit: bool = True) -> list[Row]:
+    """All rows of one model: diffusers fp32 (+fp16 on CUDA), exact fp32, fast; plus editing."""
+    cuda = device.type == "cuda"
+    den = make_denoiser(spec, device)
+    flops = flops_per_image(spec.arch)
+    with timed(device) as t:
+        fast = optimize(den, copy=True, warm_buckets=(1, big), background=False)
+    compile_s = t["s"] if fast._compiled is not None else None
+    impls: list[tuple[str, Callable, float]] = [
+        ("diffusers fp32", diffusers_call(den, spec, torch.float32, device), _weights_gib(den))]
+    if cuda:
+        impls.append(("diffusers fp16", diffusers_call(den, spec, torch.float16, device),
+                      _weights_gib(den) / 2))
+    impls += [("ours exact fp32", ours_call(den, spec), _weights_gib(den)),
+              (f"ours fast {str(fast.dtype)[6:]}", ours_call(fast, spec), _weights_gib(fast))]
+    rows = []
+    for steps in steps_list:
+        err = max_err(ours_call(fast, spec), ours_call(den, spec), steps)
+        for name, fn, gib in impls:
+            row = Row(spec.name, steps, name, batch=big, flops=flops)
+            if name.startswith("ours fast"):
+                row.compile_s, row.err = compile_s, err
+            rows.append(run_row(row, fn, device, iters, gib, batch1))
+    if edit:
+        ne = len(spec.ts) - 1
+        for name, d in (("edit: inpaint exact fp32", den), ("edit: inpaint fast", fast)):
+            rows.append(run_row(Row(spec.name, ne, name, batch=big, flops=flops),
+                                editing_call(d, spec), device, iters, _weights_gib(d), batch1))
+    return rows
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def _f(v: float | None, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def table(rows: list[Row], peak: float | None) -> str:
+    """Markdown table; ratios against the best diffusers row of the same model and steps."""
+    out = ["| model | steps | impl | ms @ b1 | img/s @ batch | peak GiB | compile s | "
+           "x diffusers (b1 / batch) | % of limit (b1 / batch) | max abs vs fp32 |",
+           "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        ref = [x for x in rows if x.model == r.model and x.steps == r.steps and "diffusers" in x.impl
+               and not r.impl.startswith("edit")]  # diffusers has no editing: no ratio there
+        b1 = min((x.ms_b1 for x in ref if x.ms_b1), default=None)
+        ips = max((x.ips for x in ref if x.ips), default=None)
+        sp = f"{_f(b1 / r.ms_b1 if b1 and r.ms_b1 else None, '.2f')} / {_f(r.ips / ips if ips and r.ips else None, '.2f')}"
+        lim = "-"
+        if peak:
+            lim_ms = 1e3 * r.flops * r.steps / (peak * 1e12)
+            lim = (f"{_f(100 * lim_ms / r.ms_b1 if r.ms_b1 else None, '.1f')} / "
+                   f"{_f(100 * r.ips * lim_ms / 1e3 if r.ips else None, '.1f')}")
+        out.append(f"| {r.model} | {r.steps} | {r.impl} | {_f(r.ms_b1, '.1f')} | "
+                   f"{_f(r.ips, '.1f')} @ {r.batch} | {_f(r.mem_gib, '.2f')} | {_f(r.compile_s, '.0f')} | "
+                   f"{sp} | {lim} | {_f(r.err, '.1e')} |")
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--iters", type=int, default=None, help="timed runs per point (default 20 GPU, 3 CPU)")
+    ap.add_argument("--models", default=None, help="comma list (default: by device)")
+    args = ap.parse_args()
+    dev = torch.device(args.device)
+    cuda = dev.type == "cuda"
+    iters = args.iters or (20 if cuda else 3)
+    plan = ({"cd_imagenet64_lpips": (256, (1, 2), True), "cd_bedroom256_lpips": (32, (1, 2), True)}
+            if cuda else {"cd_digits32": (16, (1, 2), True), "cd_imagenet64_lpips": (1, (1,), False)})
+    if args.models:
+        plan = {m: plan.get(m, (16, (1,), False)) for m in args.models.split(",")}
+    rows = []
+    for name, (big, steps, edit) in plan.items():
+        print(f"{name}: FLOPs/image {flops_per_image(get_spec(name).arch) / 1e9:.1f} G", flush=True)
+        rows += bench_model(get_spec(name), dev, big, steps, iters, edit=edit)
+    what = torch.cuda.get_device_name(dev) if cuda else f"{platform.processor() or platform.machine()}, " \
+        f"{torch.get_num_threads()} threads"
+    print(f"\n{what}; torch {torch.__version__}; {datetime.date.today()}\n")
+    print(table(rows, peak_tflops(dev)))
+
+
+if __name__ == "__main__":
+    main()

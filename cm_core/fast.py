@@ -1,0 +1,474 @@
+"""The fast path: a :class:`Denoiser` in half precision, channels_last, compiled and CUDA-graphed.
+
+``optimize(den)`` returns a :class:`FastDenoiser` that is a drop-in replacement for the
+:class:`~cm_core.denoiser.Denoiser` (same call ``den(x, sigma, class_labels)``, same attributes used
+by the samplers), plus :meth:`FastDenoiser.sample_plan`, which runs a whole one-step or multistep
+call (network evaluations, clamps and pre-drawn noise) as one unit, captured in a CUDA graph.
+
+Why this is hand-written rather than just ``torch.compile(mode="reduce-overhead")``:
+
+- **Bounded compile cost.** Every new batch shape costs a compilation (about 90 s with
+  max-autotune on an H100). Batches are padded to the next of a small fixed set of *buckets*
+  (``(1, 2, 4, ..., 256)``), so at most ``len(buckets)`` shapes are ever compiled, and the
+  Inductor FX-graph / autotune caches are kept in a persistent directory (plus Dynamo's
+  "mega-cache" artifacts) so a restart reloads instead of recompiling.
+- **No waiting for compilation.** Buckets compile in a background thread while the eager
+  network serves requests; a bucket switches to its compiled version once it is ready. A
+  failed compilation leaves the eager path in place (and is reported in ``stats``).
+- **Whole-loop CUDA graphs.** ``reduce-overhead`` graphs each compiled call separately and
+  cannot hold the sampler's loop; here one graph per ``(bucket, steps)`` holds every network
+  evaluation, the clamps and the noise additions, with sigmas and noise in static device buffers,
+  so a multistep call is one ``replay()`` with no host synchronisation inside.
+- **fp32 sigma math, fp32 time input.** Scalings ``c_skip, c_out, c_in`` and the time input
+  ``250 log sigma`` stay float32 (in bf16, ``250 log 80 = 1095`` would be rounded to a multiple
+  of 8); only the UNet body runs in bf16/fp16.
+
+On CPU the defaults give the exact path (fp32, eager, no padding): same numbers as the
+:class:`Denoiser`. Everything CUDA-specific is guarded by ``device.type == "cuda"``.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from .denoiser import Denoiser, Rng
+
+log = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+StepFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Compiler = Callable[[StepFn], StepFn]
+
+
+# ----------------------------------------------------------------------------------------- setup
+def pick_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch.dtype:
+    """Network dtype: ``"auto"`` = fp16 on CUDA, fp32 elsewhere; explicit choices are strings
+    ``"float32" | "float16" | "bfloat16" | "fp32" | "fp16" | "bf16"`` or torch dtypes.
+
+    Why fp16 rather than bf16 by default: the released checkpoints were trained and sampled in
+    fp16 (``--use_fp16 True`` in the original launch.sh), so fp16 activations do not overflow,
+    and fp16's 10-bit mantissa keeps the one-step output within ~2e-3 of fp32, where bf16
+    (7 bits) gives ~9e-3 on ImageNet-64 and ~2e-2 on the embedded 32px net (random weights,
+    measured on CPU), over the 1e-2 bound. H100/A100 run both at the same tensor-core rate.
+    bf16 stays available (``dtype="bf16"``); a GPU without fast fp16 is not a target.
+    """
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    alias = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
+    if dtype != "auto":
+        return getattr(torch, alias.get(dtype, dtype))
+    return torch.float16 if device.type == "cuda" else torch.float32
+
+
+def bucket_for(n: int, buckets: Sequence[int]) -> int:
+    """The smallest bucket >= ``n``; above the largest, ``n`` rounded up to a multiple of it."""
+    if n < 1:
+        raise ValueError(f"batch size must be >= 1, got {n}")
+    for b in sorted(buckets):
+        if b >= n:
+            return b
+    top = max(buckets)
+    return -(-n // top) * top
+
+
+def configure_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Make Inductor's caches persistent: ``$TORCHINDUCTOR_CACHE_DIR`` (kept if set), else
+    ``cache_dir``, else ``~/.cache/cm-studio/inductor``; FX-graph and autotune caches on.
+
+    Returns the directory. Compiled kernels and autotuning results are reused across processes,
+    so only the first start on a machine pays the full compilation.
+    """
+    default = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "cm-studio" / "inductor"
+    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default)))
+    path.mkdir(parents=True, exist_ok=True)
+    import torch._inductor.config as ic
+    ic.fx_graph_cache = True
+    if hasattr(ic, "autotune_local_cache"):
+        ic.autotune_local_cache = True
+    return path
+
+
+def _raise_recompile_limit(n: int) -> None:
+    """One Dynamo cache entry per bucket (and per labels/no-labels): raise the per-function limit."""
+    import torch._dynamo.config as dc
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dc, name):
+            setattr(dc, name, max(getattr(dc, name), n))
+
+
+def _mega_cache(path: Path, save: bool) -> None:
+    """Load or save Dynamo's portable cache artifacts (torch >= 2.7); silently absent otherwise."""
+    try:
+        if save:
+            art = torch.compiler.save_cache_artifacts()
+            if art is not None:
+                path.write_bytes(art[0])
+        elif path.is_file():
+            torch.compiler.load_cache_artifacts(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - cache is an optimisation only
+        log.debug("mega-cache %s failed: %s", "save" if save else "load", e)
+
+
+def default_compiler(mode: str) -> Compiler:
+    """``torch.compile`` with static shapes (one graph per bucket) in ``mode``."""
+    def comp(fn: StepFn) -> StepFn:
+        return torch.compile(fn, mode=mode, dynamic=False, fullgraph=False)
+    return comp
+
+
+def _pad(t: torch.Tensor | None, b: int) -> torch.Tensor | None:
+    """Pad dim 0 to ``b`` rows by repeating the last row (valid sigmas and labels, finite images)."""
+    if t is None or t.shape[0] == b:
+        return t
+    return torch.cat([t, t[-1:].expand(b - t.shape[0], *t.shape[1:])])
+
+
+def attention_processors(net: torch.nn.Module) -> set[str]:
+    """Names of the attention processors in ``net`` (``AttnProcessor2_0`` = PyTorch SDPA, which
+    dispatches to flash / memory-efficient kernels on CUDA in half precision)."""
+    return {type(m.processor).__name__ for m in net.modules() if hasattr(m, "processor")}
+
+
+# ----------------------------------------------------------------------------------- CUDA graphs
+class GraphedCall:
+    """One CUDA graph of ``fn(*inputs) -> Tensor`` with static input buffers (CUDA only).
+
+    ``fn`` must be free of host synchronisation and of shape-dependent Python branching on
+    values (true of :meth:`FastDenoiser._plan_impl`). ``None`` inputs stay ``None``. Calling
+    copies the inputs into the static buffers, replays, and returns a clone of the output.
+    Reusable for any device-only loop of fixed shapes, e.g. an editing loop.
+    """
+
+    def __init__(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None],
+                 pool: tuple | None = None, warmup_iters: int = 2) -> None:
+        self.inputs = [t.clone() if t is not None else None for t in inputs]
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # lazy inits (cuBLAS/cuDNN handles, workspaces) off-capture
+            for _ in range(warmup_iters):
+                fn(*self.inputs)
+        torch.cuda.current_stream().wait_stream(side)
+        self.graph = torch.cuda.CUDAGraph()
+        # thread_local: a background compile in another thread must not invalidate this capture
+        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
+            self.out = fn(*self.inputs)
+
+    def __call__(self, *inputs: torch.Tensor | None) -> torch.Tensor:
+        for dst, src in zip(self.inputs, inputs):
+            if dst is not None:
+                dst.copy_(src, non_blocking=True)
+        self.graph.replay()
+        return self.out.clone()
+
+
+# --------------------------------------------------------------------------------- the denoiser
+class FastDenoiser(torch.nn.Module):
+    """A :class:`Denoiser` run fast: same call contract, plus whole-loop :meth:`sample_plan`.
+
+    ``den(x, sigma, class_labels, dropout_rng=None)``: ``x`` [B, C, H, W] (any float dtype),
+    ``sigma`` [B] or a float, labels [B] long (or one label for all); returns the unclamped clean
+    estimate in ``x``'s dtype. Monte-Carlo dropout (``dropout > 0`` with an rng) runs the exact
+    eager :class:`Denoiser`, since per-image dropout generators cannot be compiled or graphed.
+    Build it with :func:`optimize`.
+    """
+
+    def __init__(self, den: Denoiser, device: torch.device, dtype: torch.dtype,
+                 compiler: Compiler | None, buckets: Sequence[int], pad: bool,
+                 channels_last: bool, cuda_graphs: bool, cache_file: Path | None = None) -> None:
+        super().__init__()
+        self.den = den.to(device=device, dtype=dtype).eval()
+        if channels_last:
+            self.den.net.to(memory_format=torch.channels_last)
+        self.device, self.dtype, self.channels_last = device, dtype, channels_last
+        self.buckets, self.pad = tuple(sorted(buckets)), pad
+        self.cuda_graphs = cuda_graphs and device.type == "cuda"
+        self.resolution = int(den.image_size or den.net.config.sample_size)
+        self._compiled = compiler(self._step_impl) if compiler is not None else None
+        self._ready: set[int] = set()
+        self._queued: set[int] = set()
+        self._queue: list[int] = []
+        self._cv = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._graphs: dict[tuple, GraphedCall] = {}
+        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
+        self._lock = threading.RLock()
+        self._cache_file = cache_file
+        self.stats: dict = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0,
+                            "compile_s": {}, "compile_error": None, "graph_error": None}
+
+    # --- Denoiser attributes used by the samplers, generate.py and the app
+    kind = property(lambda self: self.den.kind)
+    name = property(lambda self: self.den.name)
+    sigma_min = property(lambda self: self.den.sigma_min)
+    sigma_max = property(lambda self: self.den.sigma_max)
+    sigma_data = property(lambda self: self.den.sigma_data)
+    num_classes = property(lambda self: self.den.num_classes)
+    class_cond = property(lambda self: self.den.class_cond)
+    image_size = property(lambda self: self.den.image_size)
+    net = property(lambda self: self.den.net)
+
+    @property
+    def dropout(self) -> float:
+        return self.den.dropout
+
+    @dropout.setter
+    def dropout(self, p: float) -> None:
+        self.den.dropout = p
+
+    def ready(self, bucket: int) -> bool:
+        """Whether ``bucket`` runs compiled (else eager)."""
+        return bucket in self._ready
+
+    # --- one network evaluation
+    def _step_impl(self, x: torch.Tensor, sig: torch.Tensor, labels: torch.Tensor | None
+                   ) -> torch.Tensor:
+        """``D(x, sig)`` unclamped. x: [B,C,H,W] f32 contiguous, sig: [B] f32, labels: [B] long.
+
+        The compile target. Scalings and the time input stay float32; the UNet runs in
+        ``self.dtype`` and channels_last; the result is f32 and contiguous (stable strides keep
+        Dynamo's guards, hence one graph per bucket).
+        """
+        c_skip, c_out, c_in = (c.view(-1, 1, 1, 1) for c in self.den.scalings(sig))
+        x_in = (c_in * x).to(self.dtype)
+        if self.channels_last:
+            x_in = x_in.contiguous(memory_format=torch.channels_last)
+        out = self.den.net(x_in, self.den.time_input(sig), class_labels=labels).sample
+        return (c_out * out.float() + c_skip * x).contiguous()
+
+    def _fn_for(self, bucket: int) -> StepFn:
+        if self._compiled is not None and bucket in self._ready and self.den.dropout == 0:
+            self.stats["compiled_calls"] += 1
+            return self._compiled
+        if self._compiled is not None:
+            self._request(bucket)
+        self.stats["eager_calls"] += 1
+        return self._step_impl
+
+    def _bucket(self, n: int) -> int:
+        return bucket_for(n, self.buckets) if self.pad else n
+
+    def _check_labels(self, labels: torch.Tensor | int | None, n: int) -> torch.Tensor | None:
+        """Labels [n] long on the device; range-checked on the host when given on the CPU (a
+        check of device labels would synchronise, so those are trusted)."""
+        if not self.class_cond:
+            return None
+        if labels is None:
+            raise ValueError(f"this model is class-conditional: pass class_labels in "
+                             f"[0, {self.num_classes - 1}] (one per image)")
+        lab = torch.as_tensor(labels).long().reshape(-1)
+        if lab.numel() == 1 and n > 1:
+            lab = lab.expand(n)
+        if lab.numel() != n:
+            raise ValueError(f"got {lab.numel()} class labels for a batch of {n}")
+        if lab.device.type == "cpu" and (lab.min() < 0 or lab.max() >= self.num_classes):
+            raise ValueError(f"class labels must be in [0, {self.num_classes - 1}], got {lab.tolist()}")
+        return lab.to(self.device, non_blocking=True).contiguous()
+
+    def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
+                class_labels: torch.Tensor | None = None, dropout_rng: Rng = None) -> torch.Tensor:
+        if self.den.dropout > 0 and dropout_rng is not None:
+            return self.den(x, sigma, class_labels, dropout_rng)
+        n = x.shape[0]
+        sig = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
+        sig = sig.expand(n) if sig.numel() == 1 else sig
+        labels = self._check_labels(class_labels, n)
+        b = self._bucket(n)
+        with torch.no_grad():
+            out = self._fn_for(b)(_pad(x.float().contiguous(), b), _pad(sig.contiguous(), b),
+                                  _pad(labels, b))
+        return out[:n].to(x.dtype)
+
+    # --- a whole sampling call
+    def _plan_impl(self, step: StepFn, x_T: torch.Tensor, noises: torch.Tensor | None,
+                   labels: torch.Tensor | None, sig_t: torch.Tensor, scale_t: torch.Tensor
+                   ) -> torch.Tensor:
+        """Algorithm 1 on device tensors only: for each i, ``x0 = clamp(D(x, sig_t[i]))`` and
+        ``x = x0 + noises[i] * scale_t[i]``; returns ``clamp(x)``. No host synchronisation, so
+        the whole loop can be captured in one CUDA graph. Shapes: x_T [B,C,H,W] f32,
+        noises [K,B,C,H,W] f32 (None for K = 1), sig_t / scale_t [K] f32."""
+        x, b = x_T, x_T.shape[0]
+        for i in range(sig_t.shape[0]):
+            x0 = step(x, sig_t[i:i + 1].expand(b).contiguous(), labels).clamp(-1, 1)
+            x = x0 + noises[i] * scale_t[i] if noises is not None else x0
+        return x.clamp(-1, 1)
+
+    def sample_plan(self, x_T: torch.Tensor, sigmas: Sequence[float], scales: Sequence[float],
+                    noises: torch.Tensor | None, class_labels: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+        """One-step (``len(sigmas) == 1``) or multistep consistency sampling as one call.
+
+        ``x_T``: [B,C,H,W] initial noise times sigma_max; ``sigmas``: the K evaluation sigmas;
+        ``scales``: the K noise stds ``sqrt(sigma_{i+1}^2 - sigma_min^2)`` (last one 0);
+        ``noises``: [K,B,C,H,W] standard normal, pre-drawn (see ``generate.sample_batch``), or
+        None when K = 1. Equals :func:`cm_core.sampling.multistep` fed the same draws.
+        Returns [B,C,H,W] float32 in [-1, 1]. On CUDA with graphs on, one graph replay.
+        """
+        n, k = x_T.shape[0], len(sigmas)
+        if k > 1 and (noises is None or noises.shape[:2] != (k, n)):
+            raise ValueError(f"multistep needs noises of shape [{k}, {n}, ...]")
+        labels = self._check_labels(class_labels, n)
+        b = self._bucket(n)
+        dev = dict(device=self.device, dtype=torch.float32)
+        args = (_pad(x_T.to(**dev).contiguous(), b),
+                None if noises is None or k == 1 else
+                _pad(noises.to(**dev).transpose(0, 1), b).transpose(0, 1).contiguous(),
+                _pad(labels, b), torch.tensor(list(sigmas), **dev), torch.tensor(list(scales), **dev))
+        with torch.no_grad():
+            out = self._graphed(b, k, args) if self.cuda_graphs else None
+            if out is None:
+                out = self._plan_impl(self._fn_for(b), *args)
+        return out[:n]
+
+    def _graphed(self, b: int, k: int, args: tuple) -> torch.Tensor | None:
+        """Replay (capturing first if needed) the graph for (bucket, steps); None if capture failed."""
+        compiled = self._compiled is not None and b in self._ready and self.den.dropout == 0
+        if self._compiled is not None and not compiled:
+            self._request(b)
+        key = (b, k, args[1] is None, args[2] is None, compiled)
+        with self._lock:
+            g = self._graphs.get(key)
+            if g is None and self.stats["graph_error"] is None:
+                step = self._compiled if compiled else self._step_impl
+                try:
+                    g = GraphedCall(lambda *a: self._plan_impl(step, *a), args, self._pool)
+                except Exception as e:  # noqa: BLE001 - fall back to the un-graphed loop
+                    self.stats["graph_error"] = f"{type(e).__name__}: {e}"
+                    log.warning("CUDA graph capture failed, running without graphs: %s", e)
+                    return None
+                self._graphs = {kk: v for kk, v in self._graphs.items() if kk[:4] != key[:4]}
+                self._graphs[key] = g
+            if g is None:
+                return None
+            self.stats["graph_replays"] += 1
+            self.stats["compiled_calls" if compiled else "eager_calls"] += k
+            return g(*args)
+
+    # --- background compilation
+    def warmup(self, buckets: Sequence[int] | None = None, block: bool = False) -> None:
+        """Queue the buckets of batch sizes ``buckets`` (default: all buckets) for compilation in
+        the background thread, smallest first; ``block`` waits until they are compiled (or failed)."""
+        if self._compiled is None:
+            return
+        for b in sorted({self._bucket(n) for n in (buckets or self.buckets)}):
+            self._request(b)
+        if block:
+            self.wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the compile queue to drain; True when it did."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    _busy = False
+
+    def _request(self, b: int) -> None:
+        with self._cv:
+            if b in self._ready or b in self._queued or self.stats["compile_error"]:
+                return
+            self._queued.add(b)
+            self._queue.append(b)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="cm-compile", daemon=True)
+                self._worker.start()
+            self._cv.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: bool(self._queue))
+                b = self._queue.pop(0)
+                self._busy = True
+            try:
+                self._compile_bucket(b)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _compile_bucket(self, b: int) -> None:
+        """Trace, compile and run bucket ``b`` once on dummy inputs; on failure stay eager."""
+        t0 = time.perf_counter()
+        x = torch.zeros(b, 3, self.resolution, self.resolution, device=self.device)
+        sig = torch.full((b,), float(self.sigma_max), device=self.device)
+        lab = torch.zeros(b, dtype=torch.long, device=self.device) if self.class_cond else None
+        try:
+            with torch.no_grad():
+                assert self._compiled is not None
+                self._compiled(x, sig, lab)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as e:  # noqa: BLE001 - no compiler toolchain, OOM, ...: stay eager
+            self.stats["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            log.warning("compilation of batch bucket %d failed, staying eager: %s", b, e)
+            with self._cv:
+                self._queue.clear()
+            return
+        self.stats["compile_s"][b] = time.perf_counter() - t0
+        self._ready.add(b)
+        if self._cache_file is not None:
+            _mega_cache(self._cache_file, save=True)
+
+
+# ------------------------------------------------------------------------------------ the entry
+def optimize(den: Denoiser, device: str | torch.device | None = None,
+             dtype: str | torch.dtype = "auto", compile: bool | str = "auto",
+             mode: str | None = None, batch_buckets: Sequence[int] = DEFAULT_BUCKETS,
+             channels_last: bool | str = "auto", cuda_graphs: bool | str = "auto",
+             warm_buckets: Sequence[int] | None = (1,), background: bool = True,
+             cache_dir: str | os.PathLike | None = None, copy: bool = False,
+             compiler: Compiler | None = None) -> FastDenoiser:
+    """Wrap ``den`` in a :class:`FastDenoiser` (moves and casts ``den`` in place unless ``copy``).
+
+    ``dtype``: ``"auto"`` (fp16 on CUDA, fp32 on CPU; see :func:`pick_dtype`) or explicit. ``compile``:
+    ``"auto"`` = on CUDA only (on CPU Inductor takes minutes for a small gain). ``mode``:
+    torch.compile mode, default ``"max-autotune-no-cudagraphs"`` on CUDA (graphs are ours);
+    ``"reduce-overhead"`` turns our whole-loop graphs off and lets Inductor graph each call.
+    Batches are padded to the next of ``batch_buckets`` whenever compile or graphs are on.
+    ``warm_buckets`` are queued for background compilation at once (others when first used);
+    ``background=False`` blocks until they are compiled. ``compiler`` overrides torch.compile
+    (tests). CPU defaults: fp32, eager, no padding, i.e. the exact :class:`Denoiser` numbers.
+    """
+    dev = torch.device(device) if device is not None else next(den.parameters()).device
+    cuda = dev.type == "cuda"
+    use_compile = compiler is not None or (cuda if compile == "auto" else bool(compile))
+    mode = mode or ("max-autotune-no-cudagraphs" if cuda else "default")
+    cache_file = None
+    if use_compile and compiler is None:
+        cache = configure_compile_cache(cache_dir)
+        _raise_recompile_limit(2 * len(batch_buckets) + 4)
+        cache_file = cache / f"mega-{den.name or 'model'}-{mode}.bin".replace("/", "_")
+        _mega_cache(cache_file, save=False)
+        compiler = default_compiler(mode)
+    graphs = cuda and (cuda if cuda_graphs == "auto" else bool(cuda_graphs)) and mode != "reduce-overhead"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    if copy:
+        import copy as _copy
+        den = _copy.deepcopy(den)
+    fast = FastDenoiser(den, dev, pick_dtype(dev, dtype), compiler if use_compile else None,
+                        batch_buckets, pad=use_compile or graphs,
+                        channels_last=cuda if channels_last == "auto" else bool(channels_last),
+                        cuda_graphs=graphs, cache_file=cache_file)
+    if use_compile and warm_buckets:
+        fast.warmup(warm_buckets, block=not background)
+    return fast
+
+
+@contextlib.contextmanager
+def timed(device: torch.device) -> Iterator[dict]:
+    """``with timed(dev) as t: ...`` then ``t["s"]``: wall seconds, synchronising CUDA around it."""
+    res: dict = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    yield res
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    res["s"] = time.perf_counter() - t0
