@@ -57,6 +57,74 @@ def _err(fn):
     return wrapped
 
 
+def _atomic_save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
+    """Gradio's ``save_pil_to_cache`` with an atomic write. Its files are named by content hash and
+    rewritten in place, so two requests with an identical output image (the same upload shown as
+    "input", a shared example) let one download the file while the other has truncated it: the
+    client gets 0 bytes ("peer closed connection"; 1 in 50 in the load test). A temporary file
+    then ``os.replace`` means readers see the old or the new (equal) bytes, never a partial file."""
+    import tempfile
+    from pathlib import Path
+
+    from gradio import processing_utils as pu
+    data = pu.encode_pil_to_bytes(img, format)
+    folder = Path(cache_dir) / pu.hash_bytes(data)
+    folder.mkdir(exist_ok=True, parents=True)
+    target = (folder / f"{name}.{format}").resolve()
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, target)
+    return str(target)
+
+
+def _install_atomic_image_cache() -> None:
+    from gradio import processing_utils as pu
+    if hasattr(pu, "encode_pil_to_bytes") and hasattr(pu, "hash_bytes"):
+        pu.save_pil_to_cache = _atomic_save_pil_to_cache
+
+
+_install_atomic_image_cache()
+
+
+def _guard_upload(read, path):
+    """Refuse an upload that is not an image or exceeds Pillow's pixel limit (a decompression
+    bomb) from its header, before Gradio decodes it; damaged files get the same kind of message."""
+    from PIL import Image
+
+    from cm_core.images import ImageEditError, check_upload
+
+    def clean(e: Exception) -> str:  # the server's temporary path is none of the user's business
+        return str(e).replace(str(path), os.path.basename(str(path))) if path else str(e)
+    try:
+        if path:
+            check_upload(str(path))
+        return read()
+    except ImageEditError as e:
+        raise gr.Error(clean(e), print_exception=False) from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise gr.Error(f"could not read the upload as an image ({clean(e)}); upload a PNG, JPEG, WebP, "
+                       "GIF or BMP file", print_exception=False) from None
+
+
+def UploadImage(**kw) -> gr.Image:  # noqa: N802 - reads like the component it makes
+    """A ``gr.Image`` whose uploads pass :func:`_guard_upload` first. (Wrapped on the instance: a
+    subclass would make Gradio write an ``app.pyi`` stub next to this file at every start.)"""
+    comp = gr.Image(**kw)
+    read = comp.preprocess
+    comp.preprocess = lambda payload: _guard_upload(lambda: read(payload), getattr(payload, "path", None))
+    return comp
+
+
+def UploadEditor(**kw) -> gr.ImageEditor:  # noqa: N802
+    """A ``gr.ImageEditor`` whose background and layers pass :func:`_guard_upload` first."""
+    comp = gr.ImageEditor(**kw)
+    read = comp.convert_and_format_image
+    comp.convert_and_format_image = lambda file, flatten_on_white=False: _guard_upload(
+        lambda: read(file, flatten_on_white), getattr(file, "path", None))
+    return comp
+
+
 def _progress(progress: gr.Progress):
     return lambda frac, desc: progress(frac, desc=desc)
 
@@ -321,7 +389,7 @@ def build_app() -> gr.Blocks:
 
             with gr.Tab("Colorize", id="colorize"):
                 with gr.Row():
-                    c_img = gr.Image(label="Image (colour or grey)", type="pil", format="png")
+                    c_img = UploadImage(label="Image (colour or grey)", type="pil", image_mode=None, format="png")
                     with gr.Column():
                         c_steps, c_ts = _steps_ts(spec)
                         c_seed = _seed_row()
@@ -333,7 +401,7 @@ def build_app() -> gr.Blocks:
 
             with gr.Tab("Inpaint", id="inpaint"):
                 with gr.Row():
-                    i_ed = gr.ImageEditor(label="Upload, then paint the region to fill", type="pil",
+                    i_ed = UploadEditor(label="Upload, then paint the region to fill", type="pil",
                                           image_mode="RGBA", format="png", sources=["upload", "clipboard"],
                                           brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
                                           transforms=(), layers=False, height=360)
@@ -349,7 +417,7 @@ def build_app() -> gr.Blocks:
 
             with gr.Tab("Super-resolution", id="super_resolve"):
                 with gr.Row():
-                    s_img = gr.Image(label="Image", type="pil", format="png")
+                    s_img = UploadImage(label="Image", type="pil", image_mode=None, format="png")
                     with gr.Column():
                         s_low = gr.Radio([("high-resolution: downsample it first", False),
                                           ("low-resolution: upsample it", True)], value=False,
@@ -373,8 +441,8 @@ def build_app() -> gr.Blocks:
                             n_a = gr.Number(value=0, precision=0, minimum=0, label="Seed A")
                             n_b = gr.Number(value=1, precision=0, minimum=0, label="Seed B")
                         with gr.Row():
-                            n_ia = gr.Image(label="Image A (its noise)", type="pil", format="png")
-                            n_ib = gr.Image(label="Image B (its noise)", type="pil", format="png")
+                            n_ia = UploadImage(label="Image A (its noise)", type="pil", image_mode=None, format="png")
+                            n_ib = UploadImage(label="Image B (its noise)", type="pil", image_mode=None, format="png")
                     with gr.Column():
                         n_frames = gr.Slider(2, 32, value=8, step=1, label="Frames")
                         n_steps, n_ts = _steps_ts(spec, 1)
@@ -392,7 +460,7 @@ def build_app() -> gr.Blocks:
 
             with gr.Tab("Denoise", id="denoise"):
                 with gr.Row():
-                    d_img = gr.Image(label="Image (noisy, or clean with 'add noise')", type="pil", format="png")
+                    d_img = UploadImage(label="Image (noisy, or clean with 'add noise')", type="pil", image_mode=None, format="png")
                     with gr.Column():
                         d_level = gr.Slider(0, 255, value=40, step=1,
                                             label="Noise level (std in grey levels of 255)")
@@ -407,7 +475,7 @@ def build_app() -> gr.Blocks:
 
             with gr.Tab("Stroke-guided", id="stroke_guided"):
                 with gr.Row():
-                    k_ed = gr.ImageEditor(label="Paint rough strokes (or upload a painting)", type="pil",
+                    k_ed = UploadEditor(label="Paint rough strokes (or upload a painting)", type="pil",
                                           image_mode="RGB", format="png", transforms=(), layers=False,
                                           height=360, canvas_size=(256, 256),
                                           brush=gr.Brush(color_mode="defaults"))

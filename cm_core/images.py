@@ -43,6 +43,7 @@ class ImageEditError(ValueError):
 def _open(src: ImageSource) -> Image.Image:
     """Open ``src`` lazily; raise :class:`ImageEditError` for anything that is not an image."""
     if isinstance(src, Image.Image):
+        _check_pixels(src)  # e.g. decoded by a web framework, which only warns about bombs
         return src
     if isinstance(src, np.ndarray):
         return _from_array(src)
@@ -61,6 +62,25 @@ def _open(src: ImageSource) -> Image.Image:
     except (UnidentifiedImageError, OSError) as e:
         raise ImageEditError(f"could not read the upload as an image ({e}); upload a PNG, JPEG, "
                              "WebP, GIF or BMP file") from None
+
+
+def _check_pixels(img: Image.Image) -> None:
+    limit = Image.MAX_IMAGE_PIXELS
+    if limit and img.width * img.height > limit:
+        raise ImageEditError(f"the image is too large to process safely ({img.width}x{img.height} = "
+                             f"{img.width * img.height} pixels, limit {limit}); downscale it below "
+                             f"{limit / 1e6:.0f} megapixels")
+
+
+def check_upload(src: ImageSource) -> tuple[int, int]:
+    """(W, H) of an upload from its header alone, before anything decodes it: an
+    :class:`ImageEditError` for a file that is not an image or exceeds Pillow's pixel limit."""
+    img = _open(src)
+    try:
+        return img.size
+    finally:
+        if img is not src:
+            img.close()
 
 
 def _from_array(a: np.ndarray) -> Image.Image:

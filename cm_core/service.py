@@ -38,6 +38,7 @@ USER_ERRORS = (ValueError, CheckpointError)  # UnknownModelError is a ValueError
 _PARAMS = {IMAGENET64: 295_899_267, LSUN256: 526_304_771}
 MAX_SEED = 2 ** 63 - 1
 MAX_HEUN_STEPS = 200
+MAX_TS_STEPS = 200  # network evaluations per image with explicit ts (the largest released grid has 201 points)
 
 
 def default_model() -> str:
@@ -169,6 +170,7 @@ class ModelCache:
                 return fn(spec, den)
             except Exception as e2:  # noqa: BLE001
                 if _is_oom(e2):
+                    self._empty_cuda()  # give the failed attempt's blocks back before the next request
                     raise ValueError(f"out of GPU memory running {name}: use a smaller batch size") from None
                 raise
 
@@ -371,6 +373,9 @@ def parse_ts(text: str | Sequence[int] | None, grid: int) -> tuple[tuple[int, ..
         except ValueError:
             raise ValueError(f"ts must be comma-separated integers like 0,22,39 (optionally /<grid "
                              f"points>, e.g. 0,106,200/201); got {text!r}") from None
+    if len(ts) - 1 > MAX_TS_STEPS:  # a long custom grid would let one request run for hours
+        raise ValueError(f"ts has {len(ts) - 1} steps; at most {MAX_TS_STEPS} network evaluations "
+                         "per image are allowed")
     validate_ts(ts, grid)
     return ts, grid
 
@@ -380,6 +385,8 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
         f = float(value)
     except (TypeError, ValueError):
         raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if f != f or f in (float("inf"), float("-inf")):  # int() of these raises an unclear error
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
     if f != int(f):
         raise ValueError(f"{name} must be an integer, got {value}")
     if not lo <= int(f) <= hi:

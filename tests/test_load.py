@@ -1,0 +1,62 @@
+"""Load: 50 concurrent mixed requests through ``gradio_client`` against the running app.
+
+Loopback only, bounded in count (50) and time (a 60 s timeout per request, < 90 s in all): every
+request succeeds, or gets the clear error it was built to get, or a clear queue-full message;
+nothing waits forever, the server's RSS stays bounded, and the app still answers afterwards.
+The same burst, with its figures, is in ``scripts/reliability_report.py``.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("gradio_client")
+pytest.importorskip("psutil")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import reliability_report as RR  # noqa: E402
+
+N = 50
+GiB = 2 ** 30
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    from app_server import AppServer
+    tmp = tmp_path_factory.mktemp("load")
+    srv = AppServer(tmp / "app", {"CM_CACHE_EXAMPLES": "0"})
+    yield srv, RR.make_uploads(tmp / "uploads")
+    srv.stop()
+
+
+def test_fifty_concurrent_mixed_requests(server):
+    srv, files = server
+    t = time.perf_counter()
+    b = RR.burst(srv.url, srv.proc.pid, files, n=N, timeout=60.0)
+    wall = time.perf_counter() - t
+    print(f"\n{N} requests in {b.wall:.1f} s: {dict(b.outcomes)}; p50 {b.pct(0.5):.2f} s, p95 {b.pct(0.95):.2f} s; "
+          f"RSS {b.rss_baseline / 2 ** 20:.0f} -> peak {b.rss_peak / 2 ** 20:.0f} MiB")
+    assert sum(b.outcomes.values()) == N
+    assert not b.failures, b.failures  # includes timeouts
+    assert b.outcomes["ok"] + b.outcomes["clear error"] + b.outcomes["queue full"] == N
+    assert b.outcomes["clear error"] == N // 10  # the invalid ones, with their message
+    assert wall < 90
+    assert b.rss_peak < b.rss_baseline + 1 * GiB and b.rss_peak < 3 * GiB
+    assert srv.proc.poll() is None
+
+
+def test_app_still_answers_after_the_burst(server):
+    from gradio_client import Client
+    srv, _ = server
+    o = RR.run_case(Client(srv.url, verbose=False), RR.Case("recovery", "after", "/generate", lambda: RR._gen()))
+    assert o.succeeded, o.message
+
+
+def test_a_full_queue_is_a_clear_message(tmp_path):
+    """With CM_QUEUE_SIZE=2, simultaneous requests beyond the queue are refused at once, clearly."""
+    q = RR.queue_full_check(tmp_path, {}, n=12, queue=2, timeout=60.0)
+    assert q["queue full"] >= 1 and q["ok"] >= 1, q
+    assert set(q) <= {"ok", "queue full"}, q
