@@ -197,6 +197,7 @@ class FastDenoiser(torch.nn.Module):
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self._graphs: dict[tuple, GraphedCall] = {}
+        self._plans: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lock = threading.RLock()
         self._cache_file = cache_file
@@ -319,12 +320,21 @@ class FastDenoiser(torch.nn.Module):
         args = (_pad(x_T.to(**dev).contiguous(), b),
                 None if noises is None or k == 1 else
                 _pad(noises.to(**dev).transpose(0, 1), b).transpose(0, 1).contiguous(),
-                _pad(labels, b), torch.tensor(list(sigmas), **dev), torch.tensor(list(scales), **dev))
+                _pad(labels, b), *self._plan_tensors(tuple(sigmas), tuple(scales)))
         with torch.no_grad():
             out = self._graphed(b, k, args) if self.cuda_graphs else None
             if out is None:
                 out = self._plan_impl(self._fn_for(b), *args)
         return out[:n]
+
+    def _plan_tensors(self, sigmas: tuple[float, ...], scales: tuple[float, ...]
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Device float32 [K] tensors of a plan, cached (no host-to-device copy per call)."""
+        key = (sigmas, scales)
+        if key not in self._plans:
+            dev = dict(device=self.device, dtype=torch.float32)
+            self._plans[key] = (torch.tensor(list(sigmas), **dev), torch.tensor(list(scales), **dev))
+        return self._plans[key]
 
     def _graphed(self, b: int, k: int, args: tuple) -> torch.Tensor | None:
         """Replay (capturing first if needed) the graph for (bucket, steps); None if capture failed."""
@@ -349,6 +359,34 @@ class FastDenoiser(torch.nn.Module):
             self.stats["graph_replays"] += 1
             self.stats["compiled_calls" if compiled else "eager_calls"] += k
             return g(*args)
+
+    def run_graphed(self, key: object, fn: Callable[..., torch.Tensor],
+                    *inputs: torch.Tensor | None) -> torch.Tensor:
+        """Run ``fn(*inputs)`` as one CUDA graph cached under ``key`` (put shapes and the step
+        count in it); a plain call on CPU or if capture fails.
+
+        For device-only loops that call this denoiser, e.g. an editing loop
+        (``cm_core.edit_ops.edit_loop``) given pre-drawn noise through its ``noise`` argument and
+        sigmas as ``torch.full`` on the device: no host synchronisation may happen inside
+        (labels on the device, no ``.item()``). The graph is re-captured once the compiled step
+        of the batch's bucket is ready.
+        """
+        if not self.cuda_graphs:
+            return fn(*inputs)
+        b = self._bucket(next(t for t in inputs if t is not None).shape[0])
+        full = ("user", key, b in self._ready)
+        with self._lock:
+            g = self._graphs.get(full)
+            if g is None:
+                try:
+                    g = GraphedCall(fn, inputs, self._pool)
+                except Exception as e:  # noqa: BLE001 - run it un-graphed
+                    log.warning("CUDA graph capture of %r failed: %s", key, e)
+                    return fn(*inputs)
+                self._graphs = {k: v for k, v in self._graphs.items() if k[:2] != full[:2]}
+                self._graphs[full] = g
+            self.stats["graph_replays"] += 1
+            return g(*inputs)
 
     # --- background compilation
     def warmup(self, buckets: Sequence[int] | None = None, block: bool = False) -> None:

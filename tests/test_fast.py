@@ -5,6 +5,7 @@ import threading
 import pytest
 import torch
 
+from cm_core import fast as fast_mod
 from cm_core import sampling
 from cm_core.denoiser import Denoiser
 from cm_core.fast import FastDenoiser, bucket_for, optimize, pick_dtype
@@ -113,6 +114,47 @@ def test_dropout_uses_exact_path(den):
     den.dropout = 0.0
     assert torch.equal(a, b)
     assert isinstance(fast, FastDenoiser)
+
+
+def test_graph_bookkeeping_with_fake_graphs(den, monkeypatch):
+    """The CUDA-graph logic on CPU with a stand-in for GraphedCall: one capture per (bucket,
+    steps), re-captured once the compiled step is ready, un-graphed fallback if capture fails."""
+    captures = []
+
+    class FakeGraph:
+        def __init__(self, fn, inputs, pool):
+            captures.append(len(inputs))
+            self.fn = fn
+
+        def __call__(self, *a):
+            return self.fn(*a)
+    monkeypatch.setattr(fast_mod, "GraphedCall", FakeGraph)
+    gate = threading.Event()
+
+    def gated(fn):
+        return lambda *a: (gate.wait(30), fn(*a))[1]
+    fast = optimize(den, copy=True, compiler=gated, warm_buckets=())
+    fast.cuda_graphs = True
+    seeds, st = [5, 6, 7], SampleSettings(steps=2)
+    lab = labels_for(SPEC, seeds, None)
+    exact = sample_batch(den, SPEC, seeds, st, lab)
+    for _ in range(2):  # eager graph: captured once, replayed twice
+        assert (sample_batch(fast, SPEC, seeds, st, lab) - exact).abs().max() < 1e-5
+    assert len(captures) == 1 and fast.stats["graph_replays"] == 2
+    gate.set()
+    assert fast.wait(timeout=30) and fast.ready(4)
+    assert (sample_batch(fast, SPEC, seeds, st, lab) - exact).abs().max() < 1e-5
+    assert len(captures) == 2 and len(fast._graphs) == 1 and list(fast._graphs)[0][-1] is True
+
+    def broken(*a, **k):
+        raise RuntimeError("capture invalidated")
+    monkeypatch.setattr(fast_mod, "GraphedCall", broken)
+    fast._graphs.clear()
+    assert (sample_batch(fast, SPEC, seeds, st, lab) - exact).abs().max() < 1e-5
+    assert "capture invalidated" in fast.stats["graph_error"]
+    x = torch.randn(3, 3, 32, 32)
+    out = fast.run_graphed("double", lambda t: fast(t, 80.0, lab) * 2, x)  # capture fails: plain call
+    assert (out - 2 * den(x, 80.0, lab)).abs().max() < 1e-5
 
 
 @pytest.mark.slow
