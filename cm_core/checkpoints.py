@@ -78,6 +78,12 @@ def verify(path: Path, spec: ModelSpec) -> None:
         raise CheckpointError(f"{path}: sha256 mismatch; delete it and run {FETCH_CMD} {spec.name}")
 
 
+def _first_line(e: BaseException) -> str:
+    """``Type: first line of the message`` (some errors, e.g. EOFError, have an empty message)."""
+    lines = str(e).splitlines()
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+
+
 def read_original(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of an original ``.pt``, refusing anything that would unpickle code."""
     try:
@@ -85,10 +91,10 @@ def read_original(path: Path) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{path}: refused to load: the file contains pickled objects other than "
                               f"tensors (it could run code); only plain state_dict files are accepted "
-                              f"({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+                              f"({_first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"{path}: not a readable checkpoint (truncated or corrupt?): "
-                              f"{str(e).splitlines()[0][:200]}; re-download it with {FETCH_CMD}") from None
+        raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated or corrupt: "
+                              f"{_first_line(e)}); re-download it with {FETCH_CMD}") from None
     for key in ("state_dict", "model", "ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -287,7 +293,10 @@ def load_denoiser(source: str | os.PathLike, arch: ArchSpec | dict | None = None
     else:
         sd, arch, kind = _weights_for(path, arch, kind)
         net = build_unet(arch)
-        load_converted(net, sd, str(path))
+        try:
+            load_converted(net, sd, str(path))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
         den = Denoiser(net, kind=kind, sigma_min=spec.sigma_min if spec else 0.002,  # type: ignore[arg-type]
                        sigma_max=spec.sigma_max if spec else 80.0,
                        sigma_data=spec.sigma_data if spec else 0.5,

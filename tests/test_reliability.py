@@ -72,9 +72,6 @@ def test_hostile_input_matrix_through_the_api(hostile_app):
     assert not any("/tmp/gradio" in o.message for o in outcomes if o.case.kind == "upload")
 
 
-@pytest.mark.xfail(reason="defect in cm_core/checkpoints.read_original (lead's file): a 0-byte .pt raises "
-                          "EOFError with no message and str(e).splitlines()[0] raises IndexError",
-                   strict=False)
 def test_empty_pt_is_a_clear_error_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CM_CHECKPOINT_DIR", str(tmp_path))
     (tmp_path / "cd_bedroom256_l2.pt").write_bytes(b"")
