@@ -25,11 +25,13 @@ Why this is hand-written rather than just ``torch.compile(mode="reduce-overhead"
 
 On CPU the defaults give the exact path (fp32, eager, no padding): same numbers as the
 :class:`Denoiser`. Everything CUDA-specific is guarded by ``device.type == "cuda"``.
+
+Parts: :mod:`cm_core.cuda_graphs` (:class:`GraphedCall`) and :mod:`cm_core.compile_cache` (persistent
+caches, :class:`~cm_core.compile_cache.BackgroundCompiler`); their public names are re-exported here.
 """
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import threading
 import time
@@ -38,13 +40,15 @@ from pathlib import Path
 
 import torch
 
+from .compile_cache import (BackgroundCompiler, Compiler, StepFn, _mega_cache, _raise_recompile_limit,
+                            configure_compile_cache, default_compiler, log)
+from .cuda_graphs import GraphedCall
 from .denoiser import Denoiser, Rng
 
-log = logging.getLogger(__name__)
+__all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
+           "configure_compile_cache", "default_compiler", "optimize", "pick_dtype", "timed"]
 
 DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
-StepFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
-Compiler = Callable[[StepFn], StepFn]
 
 
 # ----------------------------------------------------------------------------------------- setup
@@ -78,51 +82,6 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
     return -(-n // top) * top
 
 
-def configure_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
-    """Make Inductor's caches persistent: ``$TORCHINDUCTOR_CACHE_DIR`` (kept if set), else
-    ``cache_dir``, else ``~/.cache/cm-studio/inductor``; FX-graph and autotune caches on.
-
-    Returns the directory. Compiled kernels and autotuning results are reused across processes,
-    so only the first start on a machine pays the full compilation.
-    """
-    default = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "cm-studio" / "inductor"
-    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default)))
-    path.mkdir(parents=True, exist_ok=True)
-    import torch._inductor.config as ic
-    ic.fx_graph_cache = True
-    if hasattr(ic, "autotune_local_cache"):
-        ic.autotune_local_cache = True
-    return path
-
-
-def _raise_recompile_limit(n: int) -> None:
-    """One Dynamo cache entry per bucket (and per labels/no-labels): raise the per-function limit."""
-    import torch._dynamo.config as dc
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dc, name):
-            setattr(dc, name, max(getattr(dc, name), n))
-
-
-def _mega_cache(path: Path, save: bool) -> None:
-    """Load or save Dynamo's portable cache artifacts (torch >= 2.7); silently absent otherwise."""
-    try:
-        if save:
-            art = torch.compiler.save_cache_artifacts()
-            if art is not None:
-                path.write_bytes(art[0])
-        elif path.is_file():
-            torch.compiler.load_cache_artifacts(path.read_bytes())
-    except Exception as e:  # noqa: BLE001 - cache is an optimisation only
-        log.debug("mega-cache %s failed: %s", "save" if save else "load", e)
-
-
-def default_compiler(mode: str) -> Compiler:
-    """``torch.compile`` with static shapes (one graph per bucket) in ``mode``."""
-    def comp(fn: StepFn) -> StepFn:
-        return torch.compile(fn, mode=mode, dynamic=False, fullgraph=False)
-    return comp
-
-
 def _pad(t: torch.Tensor | None, b: int) -> torch.Tensor | None:
     """Pad dim 0 to ``b`` rows by repeating the last row (valid sigmas and labels, finite images)."""
     if t is None or t.shape[0] == b:
@@ -136,40 +95,8 @@ def attention_processors(net: torch.nn.Module) -> set[str]:
     return {type(m.processor).__name__ for m in net.modules() if hasattr(m, "processor")}
 
 
-# ----------------------------------------------------------------------------------- CUDA graphs
-class GraphedCall:
-    """One CUDA graph of ``fn(*inputs) -> Tensor`` with static input buffers (CUDA only).
-
-    ``fn`` must be free of host synchronisation and of shape-dependent Python branching on
-    values (true of :meth:`FastDenoiser._plan_impl`). ``None`` inputs stay ``None``. Calling
-    copies the inputs into the static buffers, replays, and returns a clone of the output.
-    Reusable for any device-only loop of fixed shapes, e.g. an editing loop.
-    """
-
-    def __init__(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None],
-                 pool: tuple | None = None, warmup_iters: int = 2) -> None:
-        self.inputs = [t.clone() if t is not None else None for t in inputs]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # lazy inits (cuBLAS/cuDNN handles, workspaces) off-capture
-            for _ in range(warmup_iters):
-                fn(*self.inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: a background compile in another thread must not invalidate this capture
-        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-            self.out = fn(*self.inputs)
-
-    def __call__(self, *inputs: torch.Tensor | None) -> torch.Tensor:
-        for dst, src in zip(self.inputs, inputs):
-            if dst is not None:
-                dst.copy_(src, non_blocking=True)
-        self.graph.replay()
-        return self.out.clone()
-
-
 # --------------------------------------------------------------------------------- the denoiser
-class FastDenoiser(torch.nn.Module):
+class FastDenoiser(BackgroundCompiler, torch.nn.Module):
     """A :class:`Denoiser` run fast: same call contract, plus whole-loop :meth:`sample_plan`.
 
     ``den(x, sigma, class_labels, dropout_rng=None)``: ``x`` [B, C, H, W] (any float dtype),
@@ -387,71 +314,6 @@ class FastDenoiser(torch.nn.Module):
                 self._graphs[full] = g
             self.stats["graph_replays"] += 1
             return g(*inputs)
-
-    # --- background compilation
-    def warmup(self, buckets: Sequence[int] | None = None, block: bool = False) -> None:
-        """Queue the buckets of batch sizes ``buckets`` (default: all buckets) for compilation in
-        the background thread, smallest first; ``block`` waits until they are compiled (or failed)."""
-        if self._compiled is None:
-            return
-        for b in sorted({self._bucket(n) for n in (buckets or self.buckets)}):
-            self._request(b)
-        if block:
-            self.wait()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the compile queue to drain; True when it did."""
-        with self._cv:
-            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
-
-    _busy = False
-
-    def _request(self, b: int) -> None:
-        with self._cv:
-            if b in self._ready or b in self._queued or self.stats["compile_error"]:
-                return
-            self._queued.add(b)
-            self._queue.append(b)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="cm-compile", daemon=True)
-                self._worker.start()
-            self._cv.notify_all()
-
-    def _work(self) -> None:
-        while True:
-            with self._cv:
-                self._cv.wait_for(lambda: bool(self._queue))
-                b = self._queue.pop(0)
-                self._busy = True
-            try:
-                self._compile_bucket(b)
-            finally:
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
-
-    def _compile_bucket(self, b: int) -> None:
-        """Trace, compile and run bucket ``b`` once on dummy inputs; on failure stay eager."""
-        t0 = time.perf_counter()
-        x = torch.zeros(b, 3, self.resolution, self.resolution, device=self.device)
-        sig = torch.full((b,), float(self.sigma_max), device=self.device)
-        lab = torch.zeros(b, dtype=torch.long, device=self.device) if self.class_cond else None
-        try:
-            with torch.no_grad():
-                assert self._compiled is not None
-                self._compiled(x, sig, lab)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-        except Exception as e:  # noqa: BLE001 - no compiler toolchain, OOM, ...: stay eager
-            self.stats["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
-            log.warning("compilation of batch bucket %d failed, staying eager: %s", b, e)
-            with self._cv:
-                self._queue.clear()
-            return
-        self.stats["compile_s"][b] = time.perf_counter() - t0
-        self._ready.add(b)
-        if self._cache_file is not None:
-            _mega_cache(self._cache_file, save=True)
 
 
 # ------------------------------------------------------------------------------------ the entry

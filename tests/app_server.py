@@ -84,3 +84,16 @@ class AppServer:
                 self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
+
+
+def server_fixture(folder: str):
+    """A module-scoped pytest fixture ``server``: an :class:`AppServer` in a fresh temporary
+    ``folder``, stopped after the module. Use as ``server = server_fixture("app")``."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def server(tmp_path_factory):
+        srv = AppServer(tmp_path_factory.mktemp(folder))
+        yield srv
+        srv.stop()
+    return server

@@ -15,17 +15,13 @@ from PIL import Image
 gradio_client = pytest.importorskip("gradio_client")
 from gradio_client import Client, handle_file  # noqa: E402
 
-from app_server import AppServer  # noqa: E402
+from app_server import server_fixture  # noqa: E402
 
 R = 32  # the embedded models' resolution
 MODEL = "cd_digits32"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = AppServer(tmp_path_factory.mktemp("app"))
-    yield srv
-    srv.stop()
+server = server_fixture("app")
 
 
 @pytest.fixture(scope="module")

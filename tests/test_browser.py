@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from app_server import ROOT, AppServer
+from app_server import ROOT, server_fixture
 
 CHROMIUM = os.environ.get("CM_CHROMIUM", "/usr/bin/chromium")
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -26,11 +26,7 @@ if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    srv = AppServer(tmp_path_factory.mktemp("browser-app"))
-    yield srv
-    srv.stop()
+server = server_fixture("browser-app")
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,66 @@
+"""Small reusable widgets of the tabs (each builds Gradio components in the current layout)."""
+from __future__ import annotations
+
+from typing import Any
+
+import gradio as gr
+
+from cm_core import service as S
+from cm_core.registry import ModelSpec
+
+from .handlers import random_seed
+
+GPU = "gpu"  # one concurrency group for every event that runs a model
+
+
+def _gpu(event: Any, fn: Any, inputs: list, outputs: list, api_name: str, **kw: Any) -> Any:
+    """Attach a model-running handler: one shared concurrency group, a public API name."""
+    return event(fn, inputs, outputs, api_name=api_name, concurrency_id=GPU,
+                 concurrency_limit=S.concurrency(), **kw)
+
+
+def _seed_row(label: str = "Seed") -> gr.Number:
+    with gr.Row(equal_height=True):
+        seed = gr.Number(value=0, precision=0, minimum=0, label=label, scale=4)
+        dice = gr.Button("Randomise", scale=1, min_width=80)
+    dice.click(random_seed, None, seed, api_name=False, queue=False)
+    return seed
+
+
+def _class_dd(spec: ModelSpec) -> gr.Dropdown:
+    choices = S.class_choices(spec)
+    return gr.Dropdown(choices or [S.RANDOM_CLASS], value=S.RANDOM_CLASS, label="Class", filterable=True,
+                       allow_custom_value=True, visible=bool(choices),
+                       info="type to search; 'random' = one per image from its seed")
+
+
+def _seed_class_button(spec: ModelSpec, button: str) -> tuple[gr.Number, gr.Dropdown, gr.Button]:
+    """The end of every editing tab's controls: seed row, class dropdown, the run button."""
+    seed = _seed_row()
+    cls = _class_dd(spec)
+    btn = gr.Button(button, variant="primary")
+    return seed, cls, btn
+
+
+def _steps_ts(spec: ModelSpec, default: int = 2) -> tuple[gr.Slider, gr.Textbox]:
+    with gr.Row():
+        steps = gr.Slider(1, S.MAX_STEPS, value=default, step=1, label="Steps (network evaluations)")
+        ts = gr.Textbox(label="ts (experts)", placeholder=",".join(map(str, spec.ts)), value="")
+    return steps, ts
+
+
+def _io_images() -> tuple[gr.Image, gr.Image, gr.Image, gr.Markdown]:
+    with gr.Row():
+        used = gr.Image(label="Input (as fitted to the model)", type="pil", format="png",
+                        interactive=False, elem_classes="pixelated")
+        ref = gr.Image(label="Reference actually used", type="pil", format="png", interactive=False,
+                       elem_classes="pixelated")
+        out = gr.Image(label="Output", type="pil", format="png", interactive=False,
+                       elem_classes="pixelated")
+    info = gr.Markdown()
+    return used, ref, out, info
+
+
+def _examples(rows: list, inputs: list, outputs: list, fn: Any) -> gr.Examples:
+    return gr.Examples(rows, inputs, outputs, fn=fn, cache_examples=S.cache_examples(),
+                       cache_mode="lazy", examples_per_page=6)

@@ -1,0 +1,189 @@
+"""Event handlers: thin adapters from Gradio inputs to :mod:`cm_core.service` and back.
+
+Each model-running handler is also a public API endpoint (its api_name is set in
+:mod:`cm_app.layout`); the library's user errors become ``gr.Error`` messages.
+"""
+from __future__ import annotations
+
+import functools
+import random
+
+import gradio as gr
+
+from cm_core import service as S
+from cm_core.registry import get_spec
+
+
+def _err(fn):
+    """Show the library's user errors (bad input, missing checkpoint) as a message, not a crash."""
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except S.USER_ERRORS as e:
+            raise gr.Error(str(e), print_exception=False) from None
+    return wrapped
+
+
+def _progress(progress: gr.Progress):
+    return lambda frac, desc: progress(frac, desc=desc)
+
+
+def _gallery(result: S.GenerateResult) -> list:
+    return list(zip(result.images, result.captions))
+
+
+# ----------------------------------------------------------------------------- model picker
+def model_updates(name: str, cls: list, steps: list, g_ts, g_heun, gen_btn, gen_steps_btn,
+                  cmp_btn, model_md, fetch_btn) -> dict:
+    """What changes when another model is picked: info, fetch button, classes, step ranges."""
+    spec = get_spec(name)
+    info = S.model_info(name)
+    choices = S.class_choices(spec)
+    edm = spec.kind == "edm"
+    out = {model_md: S.model_markdown(name),
+           fetch_btn: gr.update(visible=info["fetchable"] and not info["available"]),
+           g_ts: gr.update(placeholder=",".join(map(str, spec.ts)), value="", visible=not edm),
+           g_heun: gr.update(value=spec.heun_steps, visible=edm),
+           gen_btn: gr.update(visible=not edm), gen_steps_btn: gr.update(visible=edm),
+           cmp_btn: gr.update(visible=not edm)}
+    for c in cls:
+        out[c] = gr.update(choices=choices or [S.RANDOM_CLASS], value=S.RANDOM_CLASS, visible=bool(choices))
+    for i, st in enumerate(steps):
+        out[st] = gr.update(maximum=spec.steps - 1, value=(1, 2, 2, 2, 1)[i], visible=not (edm and i == 0))
+    return out
+
+
+@_err
+def model_table():
+    return S.model_rows()
+
+
+@_err
+def fetch_model(name: str, progress=gr.Progress()):
+    path = S.fetch_model(name, _progress(progress))
+    return S.model_markdown(name) + f"\n\nFetched to `{path}`.", S.model_rows()
+
+
+def random_seed() -> int:
+    return random.randrange(0, 2 ** 31)
+
+
+def _flag_multistep(model: str, steps, ts: str | None) -> bool:
+    """Whether the UI should use the progress-reporting generate (multistep, Heun)."""
+    try:
+        return get_spec(model).kind == "edm" or bool(ts and str(ts).strip()) or int(steps or 1) > 1
+    except (ValueError, TypeError):
+        return False
+
+
+def on_steps_change(model: str, steps, ts: str | None):
+    multi = _flag_multistep(model, steps, ts)
+    return gr.update(visible=not multi), gr.update(visible=multi)
+
+
+# ----------------------------------------------------------------------------- generate
+def _request(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps) -> S.GenerateRequest:
+    return S.GenerateRequest(model=model, steps=steps, ts=ts, seed=seed, batch_size=batch_size,
+                             dropout=dropout, class_label=class_label, heun_steps=heun_steps)
+
+
+def generate(models, steps, ts, seeds, batch_sizes, dropouts, class_labels, heun_steps):
+    """Batched (Gradio ``batch=True``): concurrent requests with equal settings run as one batch.
+
+    Each argument is a list with one entry per queued request. Invalid requests fail alone: when all
+    are invalid the call raises (the client sees the message); otherwise their gallery is empty and
+    the info line carries the error.
+    """
+    reqs, errors = [], []
+    for args in zip(models, steps, ts, seeds, batch_sizes, dropouts, class_labels, heun_steps):
+        req = _request(*args)
+        try:
+            S.plan(req)
+            reqs.append(req)
+            errors.append(None)
+        except S.USER_ERRORS as e:
+            reqs.append(None)
+            errors.append(str(e))
+    if all(e is not None for e in errors):
+        raise gr.Error(errors[0], print_exception=False)
+    good = [r for r in reqs if r is not None]
+    try:
+        results = iter(S.generate_many(good))
+    except S.USER_ERRORS as e:
+        raise gr.Error(str(e), print_exception=False) from None
+    galleries, infos = [], []
+    for err in errors:
+        if err is not None:
+            galleries.append([])
+            infos.append(f"Error: {err}")
+        else:
+            r = next(results)
+            galleries.append(_gallery(r))
+            infos.append(r.summary())
+    return galleries, infos
+
+
+@_err
+def generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps,
+                   progress=gr.Progress()):
+    """One request with a progress bar (multistep and Heun sampling)."""
+    r = S.generate(_request(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps),
+                   _progress(progress))
+    return _gallery(r), r.summary()
+
+
+@_err
+def compare_teacher(model, seed, batch_size, class_label, heun_steps, progress=gr.Progress()):
+    """The same seeds and classes on the EDM teacher (Heun), to set beside the one-step samples."""
+    req = S.GenerateRequest(model=model, seed=seed, batch_size=batch_size, class_label=class_label,
+                            heun_steps=heun_steps if get_spec(model).kind == "edm" else None)
+    r = S.compare_with_teacher(req, _progress(progress))
+    return _gallery(r), f"Teacher {S.teacher_for(model)}: {r.summary()}"
+
+
+# ----------------------------------------------------------------------------- editing
+def _edit_outputs(r: S.EditResult):
+    return r.input, r.reference, r.output, r.summary()
+
+
+@_err
+def colorize(model, image, steps, ts, seed, class_label, progress=gr.Progress()):
+    return _edit_outputs(S.colorize(model, image, steps=steps, ts=ts, seed=seed,
+                                    class_label=class_label, progress=_progress(progress)))
+
+
+@_err
+def inpaint(model, editor, steps, ts, seed, class_label, progress=gr.Progress()):
+    return _edit_outputs(S.inpaint(model, editor, steps=steps, ts=ts, seed=seed,
+                                   class_label=class_label, progress=_progress(progress)))
+
+
+@_err
+def super_resolve(model, image, is_low_res, patch_size, steps, ts, seed, class_label,
+                  progress=gr.Progress()):
+    return _edit_outputs(S.super_resolve(model, image, low_res=is_low_res, patch_size=patch_size,
+                                         steps=steps, ts=ts, seed=seed, class_label=class_label,
+                                         progress=_progress(progress)))
+
+
+@_err
+def interpolate(model, mode, seed_a, seed_b, image_a, image_b, frames, steps, ts, class_label,
+                progress=gr.Progress()):
+    r = S.interpolate(model, mode=mode, seed_a=seed_a, seed_b=seed_b, image_a=image_a,
+                      image_b=image_b, frames=frames, steps=steps, ts=ts, class_label=class_label,
+                      progress=_progress(progress))
+    return list(zip(r.frames, r.captions)), r.gif_path, r.summary()
+
+
+@_err
+def denoise(model, image, noise_level, add_noise, steps, seed, class_label, progress=gr.Progress()):
+    return _edit_outputs(S.denoise(model, image, noise_level=noise_level, add_noise=add_noise,
+                                   steps=steps, seed=seed, class_label=class_label,
+                                   progress=_progress(progress)))
+
+
+@_err
+def stroke_guided(model, editor, sigma, steps, seed, class_label, progress=gr.Progress()):
+    return _edit_outputs(S.stroke_guided(model, editor, sigma=sigma, steps=steps, seed=seed,
+                                         class_label=class_label, progress=_progress(progress)))

@@ -1,0 +1,113 @@
+"""The page: intro, model picker and registry table, the tabs, and every event with its api_name.
+
+API names: generate, generate_steps, compare_teacher, colorize, inpaint, super_resolve,
+interpolate, denoise, stroke_guided (plus model_info, model_table, fetch_model).
+"""
+from __future__ import annotations
+
+import gradio as gr
+
+from cm_core import service as S
+from cm_core.registry import REGISTRY, get_spec
+
+from . import handlers as H
+from . import tabs as T
+from .components import _gpu
+
+INTRO = """
+# cm-studio: consistency models
+
+**Consistency models** (Song, Dhariwal, Chen & Sutskever, 2023) map a noisy image at *any* noise level
+straight to a clean image, `f(x_σ, σ) ≈ x_0`. So one network evaluation turns pure noise (σ = 80) into a
+sample: **one-step generation**. Extra steps trade time for quality: denoise, add back noise at a smaller
+σ (the step indices `ts` on a 40-point Karras grid), denoise again. The same trick edits images
+zero-shot: after each step, the known part of a reference (its grey levels, the unmasked pixels, its
+low-resolution patch means) is put back. **CD** models are distilled from an EDM diffusion teacher (L2 or
+LPIPS metric), **CT** models are trained from scratch; the **EDM teacher** needs its Heun ODE sampler
+(e.g. 40 steps = 79 evaluations) for comparable quality.
+"""
+CONTROLS = """
+**Controls.** *Model*: any checkpoint of the registry (the embedded 32 px digits models run on any CPU).
+*Steps*: network evaluations (1 = one-step); *ts*: explicit grid indices for experts, e.g. `0,22,39`
+(or `0,106,200/201` for another grid), overriding *Steps*; *Heun steps*: the EDM teacher's sampler.
+*Seed*: image *i* of a batch uses seed + *i*, so an image does not depend on the batch size.
+*Dropout*: Monte-Carlo dropout at inference (0 = deterministic). *Class*: the label of class-conditional
+models (searchable; *random* draws one per image from its seed). Editing tabs use *Steps* as in
+multistep sampling; each shows the input, the reference actually used, and the output.
+"""
+CSS = """
+#gallery img, .pixelated img { image-rendering: pixelated; }
+"""
+
+
+def _header(name: str) -> tuple[gr.Dropdown, gr.Markdown, gr.Button, gr.Dataframe, gr.Button]:
+    """Intro, the model dropdown with its description, the fetch button and the registry table."""
+    gr.Markdown(INTRO)
+    with gr.Row():
+        model = gr.Dropdown(list(REGISTRY), value=name, label="Model", filterable=True,
+                            allow_custom_value=True, scale=1, elem_id="model")
+        model_md = gr.Markdown(S.model_markdown(name))
+    fetch_btn = gr.Button("Fetch this model (download)", visible=False)
+    with gr.Accordion("All models (registry)", open=False):
+        table = gr.Dataframe(S.model_rows(), headers=S.TABLE_HEADERS, interactive=False, wrap=True)
+        refresh = gr.Button("Refresh", size="sm")
+    with gr.Accordion("What the controls do", open=False):
+        gr.Markdown(CONTROLS)
+    return model, model_md, fetch_btn, table, refresh
+
+
+def _model_events(demo: gr.Blocks, model: gr.Dropdown, model_md: gr.Markdown, fetch_btn: gr.Button,
+                  table: gr.Dataframe, refresh: gr.Button, gen: T.Tab, tabs: list[T.Tab]) -> None:
+    """Picking a model updates the info, the class dropdowns and step sliders of ``tabs`` (the
+    generate tab first), the generate buttons; fetch and refresh the table."""
+    g = gen.extra
+    all_cls = [t.cls for t in tabs]
+    all_steps = [t.steps for t in tabs if t.steps is not None]
+    picked = [model_md, fetch_btn, *all_cls, *all_steps, g["ts"], g["heun"], gen.button, g["gen_steps_btn"],
+              g["cmp_btn"]]
+
+    @H._err
+    def on_model_change(name: str):
+        return H.model_updates(name, all_cls, all_steps, g["ts"], g["heun"], gen.button, g["gen_steps_btn"],
+                               g["cmp_btn"], model_md, fetch_btn)
+    model.change(on_model_change, model, picked, api_name="model_info", queue=False)
+    for ev in (gen.steps.change, g["ts"].change):
+        ev(H.on_steps_change, [model, gen.steps, g["ts"]], [gen.button, g["gen_steps_btn"]], api_name=False,
+           queue=False)
+    fetch_btn.click(H.fetch_model, model, [model_md, table], api_name="fetch_model")
+    demo.load(on_model_change, model, picked, api_name=False, queue=False)
+    refresh.click(H.model_table, None, table, api_name="model_table", queue=False)
+
+
+def _run_events(gen: T.Tab, edits: dict[str, T.Tab]) -> None:
+    """The model-running events, one concurrency group; ``edits`` maps api_name to its tab."""
+    _gpu(gen.button.click, H.generate, gen.inputs, gen.outputs, "generate", batch=True,
+         max_batch_size=S.max_batched_requests())
+    _gpu(gen.extra["gen_steps_btn"].click, H.generate_steps, gen.inputs, gen.outputs, "generate_steps")
+    _gpu(gen.extra["cmp_btn"].click, H.compare_teacher, gen.extra["compare_inputs"],
+         gen.extra["compare_outputs"], "compare_teacher")
+    for api_name, tab in edits.items():
+        _gpu(tab.button.click, getattr(H, api_name), tab.inputs, tab.outputs, api_name)
+
+
+def build_app() -> gr.Blocks:
+    name = S.default_model()
+    spec = get_spec(name)
+    ex = S.example_files()
+    with gr.Blocks(title="cm-studio: consistency models") as demo:
+        model, model_md, fetch_btn, table, refresh = _header(name)
+        with gr.Tabs():
+            gen = T.generate_tab(model, name, spec)
+            edits = {"colorize": T.colorize_tab(model, name, spec, ex),
+                     "inpaint": T.inpaint_tab(model, name, spec, ex),
+                     "super_resolve": T.super_resolution_tab(model, name, spec, ex),
+                     "interpolate": T.interpolate_tab(model, name, spec),
+                     "denoise": T.denoise_tab(model, name, spec, ex),
+                     "stroke_guided": T.stroke_tab(model, name, spec, ex)}
+        # as before the split, the denoise tab's class dropdown does not follow the model picker
+        followers = [gen, *(edits[k] for k in ("colorize", "inpaint", "super_resolve", "interpolate",
+                                               "stroke_guided"))]
+        _model_events(demo, model, model_md, fetch_btn, table, refresh, gen, followers)
+        _run_events(gen, edits)
+    demo.queue(max_size=S.queue_size(), default_concurrency_limit=S.concurrency())
+    return demo

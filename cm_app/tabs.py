@@ -1,0 +1,177 @@
+"""One builder per tab. Each is called inside ``gr.Tabs()`` with the shared model dropdown, builds
+its components (in the order the page shows them) and its examples, and returns what the events
+need (:class:`Tab`); :mod:`cm_app.layout` attaches the handlers."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import gradio as gr
+
+from cm_core import service as S
+from cm_core.registry import ModelSpec
+
+from . import handlers as H
+from .components import _class_dd, _examples, _io_images, _seed_class_button, _seed_row, _steps_ts
+from .uploads import UploadEditor, UploadImage
+
+
+@dataclass
+class Tab:
+    """A tab's handler inputs and outputs, its run button, class dropdown and steps slider (if any)."""
+
+    inputs: list
+    outputs: list
+    button: gr.Button
+    cls: gr.Dropdown
+    steps: gr.Slider | None = None
+    extra: dict[str, Any] = field(default_factory=dict)  # the generate tab's other components
+
+
+def _gallery(label: str, height: int, **kw: Any) -> gr.Gallery:
+    return gr.Gallery(label=label, format="png", columns=4, height=height, object_fit="contain",
+                      buttons=["download", "download_all", "fullscreen"], **kw)
+
+
+def generate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
+    with gr.Tab("Generate", id="generate"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                steps, ts = _steps_ts(spec, 1)
+                heun = gr.Slider(2, S.MAX_HEUN_STEPS, value=spec.heun_steps, step=1,
+                                 label="Heun steps (EDM teacher: 2n-1 evaluations)", visible=spec.kind == "edm")
+                seed = _seed_row()
+                batch = gr.Slider(1, S.max_batch(), value=4, step=1, label="Batch size")
+                drop = gr.Slider(0.0, 0.9, value=0.0, step=0.05, label="Dropout (inference)")
+                cls = _class_dd(spec)
+                multi = H._flag_multistep(name, 1, "")
+                gen_btn = gr.Button("Generate", variant="primary", visible=not multi, elem_id="generate-btn")
+                gen_steps_btn = gr.Button("Generate", variant="primary", visible=multi,
+                                          elem_id="generate-steps-btn")
+                cmp_btn = gr.Button("Compare with the EDM teacher (same seeds)", visible=spec.kind != "edm")
+            with gr.Column(scale=2):
+                gallery = _gallery("Samples", 360, elem_id="gallery")
+                info = gr.Markdown(elem_id="generate-info")
+                t_gallery = _gallery("EDM teacher, same seeds", 240, elem_classes="pixelated")
+                t_info = gr.Markdown()
+        inputs = [model, steps, ts, seed, batch, drop, cls, heun]
+        choices = S.class_choices(spec)
+        _examples([[name, 1, "", 0, 8, 0.0, S.RANDOM_CLASS, spec.heun_steps],
+                   [name, 2, "", 0, 8, 0.0, S.RANDOM_CLASS, spec.heun_steps],
+                   [name, 1, "", 100, 8, 0.0, choices[4] if choices else S.RANDOM_CLASS, spec.heun_steps]],
+                  inputs, [gallery, info], H.generate_steps)
+    return Tab(inputs, [gallery, info], gen_btn, cls, steps, extra=dict(
+        ts=ts, heun=heun, gen_steps_btn=gen_steps_btn, cmp_btn=cmp_btn,
+        compare_inputs=[model, seed, batch, cls, heun], compare_outputs=[t_gallery, t_info]))
+
+
+def colorize_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+    with gr.Tab("Colorize", id="colorize"):
+        with gr.Row():
+            img = UploadImage(label="Image (colour or grey)", type="pil", image_mode=None, format="png")
+            with gr.Column():
+                steps, ts = _steps_ts(spec)
+                seed, cls, btn = _seed_class_button(spec, "Colorize")
+        out = list(_io_images())
+        inputs = [model, img, steps, ts, seed, cls]
+        _examples([[name, ex["grey"], 3, "", 0, S.RANDOM_CLASS]], inputs, out, H.colorize)
+    return Tab(inputs, out, btn, cls, steps)
+
+
+def inpaint_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+    with gr.Tab("Inpaint", id="inpaint"):
+        with gr.Row():
+            ed = UploadEditor(label="Upload, then paint the region to fill", type="pil",
+                              image_mode="RGBA", format="png", sources=["upload", "clipboard"],
+                              brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
+                              transforms=(), layers=False, height=360)
+            with gr.Column():
+                steps, ts = _steps_ts(spec)
+                seed, cls, btn = _seed_class_button(spec, "Inpaint")
+        out = list(_io_images())
+        inputs = [model, ed, steps, ts, seed, cls]
+        _examples([[name, {"background": ex["digit"], "layers": [ex["mask"]], "composite": None},
+                    3, "", 0, S.RANDOM_CLASS]], inputs, out, H.inpaint)
+    return Tab(inputs, out, btn, cls, steps)
+
+
+def super_resolution_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+    with gr.Tab("Super-resolution", id="super_resolve"):
+        with gr.Row():
+            img = UploadImage(label="Image", type="pil", image_mode=None, format="png")
+            with gr.Column():
+                low = gr.Radio([("high-resolution: downsample it first", False),
+                                ("low-resolution: upsample it", True)], value=False, label="The upload is")
+                patch = gr.Dropdown([2, 4, 8], value=4, allow_custom_value=True,
+                                    label="Patch factor (p x p pixels per low-res pixel)")
+                steps, ts = _steps_ts(spec)
+                seed, cls, btn = _seed_class_button(spec, "Super-resolve")
+        out = list(_io_images())
+        inputs = [model, img, low, patch, steps, ts, seed, cls]
+        _examples([[name, ex["digit"], False, 4, 3, "", 0, S.RANDOM_CLASS],
+                   [name, ex["lowres"], True, 4, 3, "", 0, S.RANDOM_CLASS]], inputs, out, H.super_resolve)
+    return Tab(inputs, out, btn, cls, steps)
+
+
+def interpolate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
+    with gr.Tab("Interpolate", id="interpolate"):
+        with gr.Row():
+            with gr.Column():
+                mode = gr.Radio(["seeds", "images"], value="seeds", label="Interpolate between")
+                with gr.Row():
+                    a = gr.Number(value=0, precision=0, minimum=0, label="Seed A")
+                    b = gr.Number(value=1, precision=0, minimum=0, label="Seed B")
+                with gr.Row():
+                    ia = UploadImage(label="Image A (its noise)", type="pil", image_mode=None, format="png")
+                    ib = UploadImage(label="Image B (its noise)", type="pil", image_mode=None, format="png")
+            with gr.Column():
+                frames = gr.Slider(2, 32, value=8, step=1, label="Frames")
+                steps, ts = _steps_ts(spec, 1)
+                cls = _class_dd(spec)
+                btn = gr.Button("Interpolate", variant="primary")
+        with gr.Row():
+            gal = gr.Gallery(label="Frames", format="png", columns=8, height=200,
+                             elem_classes="pixelated", buttons=["download", "download_all"])
+            gif = gr.Image(label="Animated GIF", type="filepath", interactive=False, elem_classes="pixelated")
+        out = [gal, gif, gr.Markdown()]
+        inputs = [model, mode, a, b, ia, ib, frames, steps, ts, cls]
+        _examples([[name, "seeds", 0, 1, None, None, 8, 1, "", S.RANDOM_CLASS]], inputs, out, H.interpolate)
+    return Tab(inputs, out, btn, cls, steps)
+
+
+def _few_steps(default: int) -> gr.Slider:
+    return gr.Slider(1, 8, value=default, step=1, label="Steps")
+
+
+def denoise_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+    with gr.Tab("Denoise", id="denoise"):
+        with gr.Row():
+            img = UploadImage(label="Image (noisy, or clean with 'add noise')", type="pil", image_mode=None,
+                              format="png")
+            with gr.Column():
+                level = gr.Slider(0, 255, value=40, step=1, label="Noise level (std in grey levels of 255)")
+                add = gr.Checkbox(value=True, label="Add this much Gaussian noise first (demo)")
+                steps = _few_steps(1)
+                seed, cls, btn = _seed_class_button(spec, "Denoise")
+        out = list(_io_images())
+        inputs = [model, img, level, add, steps, seed, cls]
+        _examples([[name, ex["digit"], 60, True, 1, 0, S.RANDOM_CLASS]], inputs, out, H.denoise)
+    return Tab(inputs, out, btn, cls)
+
+
+def stroke_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+    with gr.Tab("Stroke-guided", id="stroke_guided"):
+        with gr.Row():
+            ed = UploadEditor(label="Paint rough strokes (or upload a painting)", type="pil",
+                              image_mode="RGB", format="png", transforms=(), layers=False,
+                              height=360, canvas_size=(256, 256), brush=gr.Brush(color_mode="defaults"))
+            with gr.Column():
+                sigma = gr.Slider(0.5, 20.0, value=4.0, step=0.5,
+                                  label="Noise level sigma (higher follows the strokes less)")
+                steps = _few_steps(2)
+                seed, cls, btn = _seed_class_button(spec, "Generate from strokes")
+        out = list(_io_images())
+        inputs = [model, ed, sigma, steps, seed, cls]
+        _examples([[name, {"background": ex["strokes"], "layers": [], "composite": None}, 4.0, 2, 0,
+                    S.RANDOM_CLASS]], inputs, out, H.stroke_guided)
+    return Tab(inputs, out, btn, cls)

@@ -1,0 +1,153 @@
+"""Compilation for the fast path: persistent Inductor caches and background compilation.
+
+:func:`configure_compile_cache` makes Inductor's FX-graph / autotune caches persistent and
+:func:`_mega_cache` loads or saves Dynamo's portable cache artifacts, so a restart reloads instead of
+recompiling. :class:`BackgroundCompiler` is the part of :class:`cm_core.fast.FastDenoiser` that
+compiles batch buckets in a daemon thread while the eager network serves requests.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger("cm_core.fast")  # one logger for the whole fast path
+
+StepFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
+Compiler = Callable[[StepFn], StepFn]
+
+
+def configure_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
+    """Make Inductor's caches persistent: ``$TORCHINDUCTOR_CACHE_DIR`` (kept if set), else
+    ``cache_dir``, else ``~/.cache/cm-studio/inductor``; FX-graph and autotune caches on.
+
+    Returns the directory. Compiled kernels and autotuning results are reused across processes,
+    so only the first start on a machine pays the full compilation.
+    """
+    default = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "cm-studio" / "inductor"
+    path = Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default)))
+    path.mkdir(parents=True, exist_ok=True)
+    import torch._inductor.config as ic
+    ic.fx_graph_cache = True
+    if hasattr(ic, "autotune_local_cache"):
+        ic.autotune_local_cache = True
+    return path
+
+
+def _raise_recompile_limit(n: int) -> None:
+    """One Dynamo cache entry per bucket (and per labels/no-labels): raise the per-function limit."""
+    import torch._dynamo.config as dc
+    for name in ("recompile_limit", "cache_size_limit"):
+        if hasattr(dc, name):
+            setattr(dc, name, max(getattr(dc, name), n))
+
+
+def _mega_cache(path: Path, save: bool) -> None:
+    """Load or save Dynamo's portable cache artifacts (torch >= 2.7); silently absent otherwise."""
+    try:
+        if save:
+            art = torch.compiler.save_cache_artifacts()
+            if art is not None:
+                path.write_bytes(art[0])
+        elif path.is_file():
+            torch.compiler.load_cache_artifacts(path.read_bytes())
+    except Exception as e:  # noqa: BLE001 - cache is an optimisation only
+        log.debug("mega-cache %s failed: %s", "save" if save else "load", e)
+
+
+def default_compiler(mode: str) -> Compiler:
+    """``torch.compile`` with static shapes (one graph per bucket) in ``mode``."""
+    def comp(fn: StepFn) -> StepFn:
+        return torch.compile(fn, mode=mode, dynamic=False, fullgraph=False)
+    return comp
+
+
+class BackgroundCompiler:
+    """Compiles batch buckets of ``self._compiled`` in a background thread, smallest first.
+
+    A mixin of :class:`cm_core.fast.FastDenoiser`, which sets the state used here in its
+    ``__init__``: ``_compiled`` (the compiled step, or None), ``_ready`` / ``_queued`` (bucket sets),
+    ``_queue`` (pending buckets), ``_cv`` (a Condition), ``_worker`` (the thread, or None),
+    ``_cache_file`` (mega-cache path, or None) and ``stats``; plus ``_bucket(n)``, ``buckets``,
+    ``resolution``, ``sigma_max``, ``class_cond`` and ``device``. A bucket switches to its compiled
+    version once it ran once; a failed compilation leaves the eager path in place.
+    """
+
+    _compiled: StepFn | None
+    _ready: set[int]
+    _queued: set[int]
+    _queue: list[int]
+    _cv: threading.Condition
+    _worker: threading.Thread | None
+    _cache_file: Path | None
+    stats: dict
+
+
+    def warmup(self, buckets: Sequence[int] | None = None, block: bool = False) -> None:
+        """Queue the buckets of batch sizes ``buckets`` (default: all buckets) for compilation in
+        the background thread, smallest first; ``block`` waits until they are compiled (or failed)."""
+        if self._compiled is None:
+            return
+        for b in sorted({self._bucket(n) for n in (buckets or self.buckets)}):
+            self._request(b)
+        if block:
+            self.wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the compile queue to drain; True when it did."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    _busy = False
+
+    def _request(self, b: int) -> None:
+        with self._cv:
+            if b in self._ready or b in self._queued or self.stats["compile_error"]:
+                return
+            self._queued.add(b)
+            self._queue.append(b)
+            if self._worker is None:
+                self._worker = threading.Thread(target=self._work, name="cm-compile", daemon=True)
+                self._worker.start()
+            self._cv.notify_all()
+
+    def _work(self) -> None:
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: bool(self._queue))
+                b = self._queue.pop(0)
+                self._busy = True
+            try:
+                self._compile_bucket(b)
+            finally:
+                with self._cv:
+                    self._busy = False
+                    self._cv.notify_all()
+
+    def _compile_bucket(self, b: int) -> None:
+        """Trace, compile and run bucket ``b`` once on dummy inputs; on failure stay eager."""
+        t0 = time.perf_counter()
+        x = torch.zeros(b, 3, self.resolution, self.resolution, device=self.device)
+        sig = torch.full((b,), float(self.sigma_max), device=self.device)
+        lab = torch.zeros(b, dtype=torch.long, device=self.device) if self.class_cond else None
+        try:
+            with torch.no_grad():
+                assert self._compiled is not None
+                self._compiled(x, sig, lab)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+        except Exception as e:  # noqa: BLE001 - no compiler toolchain, OOM, ...: stay eager
+            self.stats["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+            log.warning("compilation of batch bucket %d failed, staying eager: %s", b, e)
+            with self._cv:
+                self._queue.clear()
+            return
+        self.stats["compile_s"][b] = time.perf_counter() - t0
+        self._ready.add(b)
+        if self._cache_file is not None:
+            _mega_cache(self._cache_file, save=True)

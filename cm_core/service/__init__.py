@@ -1,0 +1,55 @@
+"""The app-facing layer: a bounded model cache, the model table, and request functions.
+
+Everything the Gradio app (``app.py``) computes goes through here, so the UI stays a thin shell
+and every behaviour is testable without a browser. Request functions validate their parameters
+and raise ``ValueError`` (or :class:`~cm_core.checkpoints.CheckpointError` /
+:class:`~cm_core.registry.UnknownModelError`, both of which the app also shows as messages) with
+a sentence a user can act on; they return PIL images and timings.
+
+Environment: ``CM_MODEL_CACHE_SIZE`` (models kept loaded, default 2), ``CM_DEVICE`` (default CUDA >
+MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs), ``CM_MAX_BATCH``
+(largest batch per request, default 16), plus those of :mod:`cm_core.checkpoints`.
+
+Modules, one job each: :mod:`.settings` (limits, environment), :mod:`.model_cache` (the LRU of
+loaded models, out-of-memory handling), :mod:`.sizes` and :mod:`.models` (the model table, fetching),
+:mod:`.classes` and :mod:`.params` (validation, :func:`plan`), :mod:`.generation`, :mod:`.edits`
+and :mod:`.interpolation` (request functions), :mod:`.examples` (example inputs). Every name is
+re-exported here; two are looked up *here* at call time so tests can replace them:
+``_CACHE`` (the process-wide :class:`ModelCache`, see :func:`cache`) and ``sample_batch``.
+"""
+from __future__ import annotations
+
+from ..checkpoints import FETCH_CMD, CheckpointError, is_available, load_denoiser, local_path, pick_device
+from ..denoiser import Denoiser
+from ..generate import SampleSettings, labels_for, sample_batch, to_uint8
+from ..imagenet_classes import imagenet_class_index, imagenet_class_names
+from ..registry import DEFAULT_MODEL, IMAGENET64, LSUN256, REGISTRY, ModelSpec, get_spec
+from ..schedule import validate_ts
+from .classes import RANDOM_CLASS, class_choices, class_names, parse_class
+from .edits import (EditResult, _describe, _editor_image, _fitted, _run_edit, _schedule, colorize, denoise,
+                    inpaint, stroke_guided, super_resolve)
+from .examples import example_files
+from .generation import (GenerateResult, _captions, _loaded, compare_with_teacher, generate, generate_many,
+                         image_array, noise_for_seed, to_pil, warm_up)
+from .interpolation import InterpolationResult, _gif, _interp_images, interpolate
+from .model_cache import _CACHE_LOCK, ModelCache, _env_dtype, _free_cuda_memory, _is_oom, cache
+from .models import (TABLE_HEADERS, fetch_command, fetch_model, model_info, model_markdown, model_rows,
+                     sampling_summary, teacher_for)
+from .params import USER_ERRORS, GenerateRequest, Plan, _int, parse_ts, plan
+from .progress import Progress, _progress_callback
+from .settings import (MAX_HEUN_STEPS, MAX_SEED, MAX_STEPS, MAX_TS_STEPS, _env_int, cache_examples, concurrency,
+                       configure_torch_threads, default_model, max_batch, max_batched_requests, queue_size)
+from .sizes import _PARAMS, human_size, model_bytes
+
+_CACHE: ModelCache | None = None  # the process-wide model cache, created by cache() on first use
+
+__all__ = [
+    "USER_ERRORS", "Progress", "MAX_SEED", "MAX_HEUN_STEPS", "MAX_TS_STEPS", "MAX_STEPS", "RANDOM_CLASS",
+    "TABLE_HEADERS", "ModelCache", "cache", "warm_up", "default_model", "max_batch", "concurrency",
+    "queue_size", "max_batched_requests", "cache_examples", "configure_torch_threads", "model_bytes",
+    "human_size", "fetch_command", "sampling_summary", "model_rows", "model_info", "model_markdown",
+    "fetch_model", "teacher_for", "class_names", "class_choices", "parse_class", "parse_ts",
+    "GenerateRequest", "Plan", "plan", "GenerateResult", "to_pil", "generate", "generate_many",
+    "compare_with_teacher", "noise_for_seed", "image_array", "example_files", "EditResult", "colorize",
+    "inpaint", "super_resolve", "denoise", "stroke_guided", "InterpolationResult", "interpolate",
+]

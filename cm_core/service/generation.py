@@ -1,0 +1,146 @@
+"""Generate requests: sampling (batched across requests), the teacher comparison and warm-up."""
+from __future__ import annotations
+
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..denoiser import Denoiser
+from ..generate import labels_for, to_uint8
+from ..registry import ModelSpec
+from .classes import class_names
+from .model_cache import cache
+from .models import teacher_for
+from .params import GenerateRequest, plan
+from .progress import Progress, _progress_callback
+from .settings import default_model
+
+
+@dataclass
+class GenerateResult:
+    images: list[Image.Image]
+    captions: list[str]
+    seconds: float
+    load_seconds: float
+    evaluations: int
+    description: str
+    batched_with: int = 1  # requests that ran in the same forward batch
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def images_per_second(self) -> float:
+        return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
+
+    def summary(self) -> str:
+        s = (f"{len(self.images)} image(s) in {self.seconds:.3f} s = {self.images_per_second:.1f} images/s "
+             f"({self.description}; {self.evaluations} network evaluation(s) per image)")
+        if self.load_seconds > 0.01:
+            s += f"; model loaded in {self.load_seconds:.2f} s"
+        if self.batched_with > 1:
+            s += f"; batched with {self.batched_with - 1} other request(s)"
+        return s
+
+
+def to_pil(images: torch.Tensor) -> list[Image.Image]:
+    """[-1, 1] NCHW tensor -> RGB PIL images."""
+    return [Image.fromarray(a) for a in to_uint8(images)]
+
+
+def _captions(spec: ModelSpec, seeds: Sequence[int], labels: torch.Tensor | None) -> list[str]:
+    names = class_names(spec)
+    out = []
+    for i, s in enumerate(seeds):
+        c = f"seed {s}"
+        if labels is not None:
+            k = int(labels[i])
+            c += f", class {k}" + (f" ({names[k]})" if names and names[k] != str(k) else "")
+        out.append(c)
+    return out
+
+
+def _loaded(name: str) -> tuple[ModelSpec, Denoiser, float]:
+    t0 = time.perf_counter()
+    already = name in cache()
+    spec, den = cache().get(name)
+    return spec, den, 0.0 if already else time.perf_counter() - t0
+
+
+def _sampler() -> Callable[..., torch.Tensor]:
+    """:func:`cm_core.generate.sample_batch`, looked up on the package ``cm_core.service`` (where
+    tests replace it, e.g. with a function that raises an out-of-memory error)."""
+    from .. import service
+    return service.sample_batch
+
+
+def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerateResult:
+    """Sample one request (one-step, multistep or Heun for EDM teachers)."""
+    return generate_many([req], progress)[0]
+
+
+def generate_many(reqs: Sequence[GenerateRequest], progress: Progress | None = None
+                  ) -> list[GenerateResult]:
+    """Sample several requests, running those with the same model and settings as one batch.
+
+    Used for Gradio's ``batch=True``: concurrent requests become one forward pass per group.
+    Every request is validated first, so a bad one fails before any work is done.
+    """
+    plans = [plan(r) for r in reqs]
+    groups: OrderedDict[tuple, list[int]] = OrderedDict()
+    for i, p in enumerate(plans):
+        groups.setdefault((p.spec.name, p.settings), []).append(i)
+    results: list[GenerateResult | None] = [None] * len(reqs)
+    for (name, settings), idx in groups.items():
+        spec, _, load_s = _loaded(name)
+        seeds = [s for i in idx for s in plans[i].seeds]
+        labels = [labels_for(spec, plans[i].seeds, plans[i].class_label) for i in idx]
+        lab = torch.cat(labels) if spec.class_cond else None  # type: ignore[arg-type]
+        cb = _progress_callback(progress, "Heun step" if spec.kind == "edm" else "step")
+
+        def run(spec: ModelSpec, den: Denoiser) -> torch.Tensor:
+            t = time.perf_counter()
+            out = _sampler()(den, spec, seeds, settings, lab, cb)
+            if out.is_cuda:
+                torch.cuda.synchronize()
+            return out, time.perf_counter() - t
+        images, secs = cache().run(name, run)
+        pil = to_pil(images)
+        k = 0
+        for i in idx:
+            m = len(plans[i].seeds)
+            results[i] = GenerateResult(pil[k:k + m], _captions(spec, plans[i].seeds, lab[k:k + m] if lab is not None else None),
+                                        secs, load_s, plans[i].evaluations, plans[i].description,
+                                        batched_with=len(idx), extra={"seeds": list(plans[i].seeds)})
+            k += m
+    return results  # type: ignore[return-value]
+
+
+def compare_with_teacher(req: GenerateRequest, progress: Progress | None = None) -> GenerateResult:
+    """The same seeds and classes on the EDM teacher of ``req.model``, with its Heun sampler."""
+    teacher = teacher_for(str(req.model))
+    treq = GenerateRequest(model=teacher, seed=req.seed, batch_size=req.batch_size,
+                           dropout=0.0, class_label=req.class_label, heun_steps=req.heun_steps)
+    return generate(treq, progress)
+
+
+def noise_for_seed(spec: ModelSpec, seed: int, device: torch.device | None = None) -> torch.Tensor:
+    """The initial noise ``x_T`` [1, 3, R, R] of per-image seed ``seed`` (as in :func:`generate`)."""
+    from ..sampling import initial_noise, make_generators
+    r = spec.resolution
+    return initial_noise((1, 3, r, r), make_generators(seed, 1, device or "cpu"), spec.sigma_max,
+                         device=device or "cpu")
+
+
+def image_array(img: Image.Image | np.ndarray) -> np.ndarray:
+    return np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img)
+
+
+def warm_up(name: str | None = None) -> float:
+    """Load ``name`` (the default model) and run one tiny sample; returns the seconds it took."""
+    t0 = time.perf_counter()
+    generate(GenerateRequest(model=name or default_model(), batch_size=1))
+    return time.perf_counter() - t0

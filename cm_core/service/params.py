@@ -1,0 +1,116 @@
+"""Parameter validation: integers, step indices ``ts``, and a generate request into a :class:`Plan`.
+
+Everything raises ``ValueError`` with a sentence a user can act on (the app shows
+:data:`USER_ERRORS` as messages).
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from ..checkpoints import CheckpointError
+from ..generate import SampleSettings
+from ..registry import DEFAULT_MODEL, ModelSpec, get_spec
+from ..schedule import validate_ts
+from .classes import parse_class
+from .settings import MAX_HEUN_STEPS, MAX_SEED, MAX_TS_STEPS, max_batch
+
+
+USER_ERRORS = (ValueError, CheckpointError)  # UnknownModelError is a ValueError
+
+
+def parse_ts(text: str | Sequence[int] | None, grid: int) -> tuple[tuple[int, ...] | None, int]:
+    """Explicit step indices: ``"0,22,39"`` (on the model's grid) or ``"0,106,200/201"``."""
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None, grid
+    if not isinstance(text, str):
+        ts = tuple(int(t) for t in text)
+    else:
+        body, _, g = text.replace(" ", "").partition("/")
+        try:
+            ts = tuple(int(t) for t in body.split(",") if t)
+            grid = int(g) if g else grid
+        except ValueError:
+            raise ValueError(f"ts must be comma-separated integers like 0,22,39 (optionally /<grid "
+                             f"points>, e.g. 0,106,200/201); got {text!r}") from None
+    if len(ts) - 1 > MAX_TS_STEPS:  # a long custom grid would let one request run for hours
+        raise ValueError(f"ts has {len(ts) - 1} steps; at most {MAX_TS_STEPS} network evaluations "
+                         "per image are allowed")
+    validate_ts(ts, grid)
+    return ts, grid
+
+
+def _int(name: str, value: Any, lo: int, hi: int) -> int:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if f != f or f in (float("inf"), float("-inf")):  # int() of these raises an unclear error
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if f != int(f):
+        raise ValueError(f"{name} must be an integer, got {value}")
+    if not lo <= int(f) <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {int(f)}")
+    return int(f)
+
+
+@dataclass(frozen=True)
+class GenerateRequest:
+    """One generate call: ``batch_size`` images with per-image seeds ``seed, seed+1, ...``.
+
+    ``steps``: consistency-model evaluations (1 = one-step); ``ts``: explicit indices for experts
+    (overrides ``steps``); ``heun_steps``: Heun steps for EDM teachers (``2n-1`` evaluations);
+    ``class_label``: index, name or ``"random"``; ``None`` values take the registry defaults.
+    """
+
+    model: str = DEFAULT_MODEL
+    steps: int = 1
+    ts: str | None = None
+    seed: int = 0
+    batch_size: int = 4
+    dropout: float = 0.0
+    class_label: Any = None
+    heun_steps: int | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: ModelSpec
+    settings: SampleSettings
+    seeds: tuple[int, ...]
+    class_label: int | None
+    evaluations: int
+    description: str
+
+
+def plan(req: GenerateRequest) -> Plan:
+    """Validate a request into what to run; ``ValueError`` with a clear message otherwise."""
+    spec = get_spec(str(req.model))
+    n = _int("batch size", req.batch_size, 1, max_batch())
+    seed = _int("seed", req.seed, 0, MAX_SEED - n)
+    try:
+        dropout = float(req.dropout or 0.0)
+    except (TypeError, ValueError):
+        raise ValueError(f"dropout must be a number in [0, 0.9], got {req.dropout!r}") from None
+    if not 0.0 <= dropout <= 0.9:
+        raise ValueError(f"dropout must be in [0, 0.9], got {dropout}")
+    label = parse_class(spec, req.class_label)
+    if spec.kind == "edm":
+        hs = _int("Heun steps", req.heun_steps if req.heun_steps not in (None, "") else spec.heun_steps,
+                  2, MAX_HEUN_STEPS)
+        settings = SampleSettings(steps=hs, dropout=dropout)
+        evals, desc = 2 * hs - 1, f"Heun sampler, {hs} steps = {2 * hs - 1} network evaluations"
+    else:
+        ts, grid = parse_ts(req.ts, spec.steps)
+        if ts is not None:
+            settings = SampleSettings(ts=ts, grid_steps=grid, dropout=dropout)
+            evals, desc = len(ts) - 1, f"multistep, ts {','.join(map(str, ts))} on a {grid}-point grid"
+        else:
+            steps = _int("steps", req.steps if req.steps not in (None, "") else 1, 1, spec.steps - 1)
+            settings = SampleSettings(steps=steps, dropout=dropout)
+            resolved = settings.resolved_ts(spec)
+            evals = steps
+            desc = ("one-step generation" if resolved is None else
+                    f"{steps}-step, ts {','.join(map(str, resolved[0]))} on a {resolved[1]}-point grid")
+    return Plan(spec, settings, tuple(range(seed, seed + n)), label, evals, desc)
