@@ -179,7 +179,7 @@ def test_wrong_architecture_safetensors_is_a_user_error_naming_the_file(service)
     from cm_core.checkpoints import arch_meta
     from cm_core.network import build_unet
     from cm_core.registry import ArchSpec
-    other = ArchSpec(32, 16, 1, (16, 8), class_cond=True, use_scale_shift_norm=True, num_head_channels=16,
+    other = ArchSpec(32, 64, 1, (16, 8), class_cond=True, use_scale_shift_norm=True, num_head_channels=32,
                      channel_mult=(1, 2, 2), num_classes=10)  # differs from the registry's digits arch
     save_file({k: v.contiguous() for k, v in build_unet(other).state_dict().items()},
               str(service / "ct_digits32.safetensors"), metadata=arch_meta(other, "cm"))
