@@ -104,10 +104,7 @@ def build_app() -> gr.Blocks:
                      "interpolate": T.interpolate_tab(model, name, spec),
                      "denoise": T.denoise_tab(model, name, spec, ex),
                      "stroke_guided": T.stroke_tab(model, name, spec, ex)}
-        # as before the split, the denoise tab's class dropdown does not follow the model picker
-        followers = [gen, *(edits[k] for k in ("colorize", "inpaint", "super_resolve", "interpolate",
-                                               "stroke_guided"))]
-        _model_events(demo, model, model_md, fetch_btn, table, refresh, gen, followers)
+        _model_events(demo, model, model_md, fetch_btn, table, refresh, gen, [gen, *edits.values()])
         _run_events(gen, edits)
     demo.queue(max_size=S.queue_size(), default_concurrency_limit=S.concurrency())
     return demo
