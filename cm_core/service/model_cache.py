@@ -1,7 +1,8 @@
 """A bounded, GPU-memory-aware LRU of loaded models, with CUDA out-of-memory handling.
 
 Environment: ``CM_MODEL_CACHE_SIZE`` (models kept loaded, default 2), ``CM_DEVICE`` (default CUDA >
-MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs).
+MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs), ``CM_FAST``
+(the :mod:`cm_core.fast` path: ``auto`` = on CUDA, where it picks fp16 unless ``CM_DTYPE`` is set).
 """
 from __future__ import annotations
 
@@ -121,6 +122,9 @@ class ModelCache:
     def _load(self, spec: ModelSpec) -> Denoiser:
         den = self._loader(spec.name, device=self.device, dtype=self.dtype)
         self.loads += 1
+        if _use_fast(self.device):
+            from ..fast import optimize  # fp16 + channels_last + compile buckets + CUDA graphs
+            den = optimize(den, dtype=self.dtype if "CM_DTYPE" in os.environ else "auto")
         return den
 
     def run(self, name: str, fn: Callable[[ModelSpec, Denoiser], Any]) -> Any:
@@ -139,6 +143,15 @@ class ModelCache:
                     self._empty_cuda()  # give the failed attempt's blocks back before the next request
                     raise ValueError(f"out of GPU memory running {name}: use a smaller batch size") from None
                 raise
+
+
+def _use_fast(device: torch.device) -> bool:
+    """``$CM_FAST``: ``auto`` (default: the fast path on CUDA), ``1`` (everywhere; on CPU its
+    defaults give the exact numbers) or ``0`` (never)."""
+    mode = os.environ.get("CM_FAST", "auto").strip().lower()
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"CM_FAST must be auto, 0 or 1, got {mode!r}")
+    return mode == "1" or (mode == "auto" and device.type == "cuda")
 
 
 def _env_dtype(device: torch.device) -> torch.dtype:

@@ -1,0 +1,36 @@
+"""The app's model cache puts models on the fast path where it pays (CUDA), or when asked."""
+import numpy as np
+import pytest
+
+from cm_core import service as S
+from cm_core.fast import FastDenoiser
+from cm_core.service.model_cache import _use_fast
+
+
+def test_fast_path_switch(monkeypatch):
+    import torch
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    monkeypatch.delenv("CM_FAST", raising=False)
+    assert not _use_fast(cpu) and _use_fast(cuda)
+    monkeypatch.setenv("CM_FAST", "1")
+    assert _use_fast(cpu)
+    monkeypatch.setenv("CM_FAST", "0")
+    assert not _use_fast(cuda)
+    monkeypatch.setenv("CM_FAST", "yes")
+    with pytest.raises(ValueError, match="CM_FAST"):
+        _use_fast(cpu)
+
+
+def test_service_on_the_fast_path_gives_the_exact_images(tmp_path, monkeypatch):
+    from app_server import random_embedded_models
+    monkeypatch.setenv("CM_EMBEDDED_DIR", str(random_embedded_models(tmp_path / "embedded")))
+    results = {}
+    for mode in ("0", "1"):
+        monkeypatch.setenv("CM_FAST", mode)
+        monkeypatch.setattr(S, "_CACHE", S.ModelCache(capacity=1, device="cpu"))
+        res = S.generate(S.GenerateRequest(model="cd_digits32", steps=2, batch_size=2, class_label=3))
+        _, den = S.cache().get("cd_digits32")
+        assert isinstance(den, FastDenoiser) == (mode == "1")
+        results[mode] = np.stack([np.asarray(im) for im in res.images])
+    assert results["0"].shape == (2, 32, 32, 3)
+    assert np.abs(results["0"].astype(int) - results["1"].astype(int)).max() <= 1
