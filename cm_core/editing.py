@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from .denoiser import Rng, noise_like
-from .edit_ops import (LUMINANCE, Callback, DenoiseFn, NoiseFn, ReplaceFn, _average_patches,
+from .edit_ops import (LUMINANCE, Callback, DenoiseFn, _average_patches,
                        _check_patch, _color_replacement, _patch_replacement, _sigma_range,
                        edit_loop, luminance_basis, patch_basis, patch_means, sigma_loop)
 from .schedule import karras_sigmas, ts_to_sigmas

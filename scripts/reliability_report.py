@@ -20,7 +20,6 @@ import argparse
 import io
 import os
 import platform
-import statistics
 import sys
 import tempfile
 import threading

@@ -6,7 +6,6 @@ generate requests are batched, and bad inputs come back as clear error messages.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

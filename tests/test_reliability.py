@@ -8,7 +8,6 @@ be cached, limits, and a hypothesis property test of the user-level editors.
 from __future__ import annotations
 
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -23,7 +22,6 @@ from cm_core import edit_images as E
 from cm_core import service as S
 from cm_core.checkpoints import CheckpointError
 from cm_core.images import ImageEditError
-from cm_core.registry import get_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))

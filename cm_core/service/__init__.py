@@ -13,33 +13,27 @@ MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs)
 Modules, one job each: :mod:`.settings` (limits, environment), :mod:`.model_cache` (the LRU of
 loaded models, out-of-memory handling), :mod:`.sizes` and :mod:`.models` (the model table, fetching),
 :mod:`.classes` and :mod:`.params` (validation, :func:`plan`), :mod:`.generation`, :mod:`.edits`
-and :mod:`.interpolation` (request functions), :mod:`.examples` (example inputs). Every name is
-re-exported here; two are looked up *here* at call time so tests can replace them:
+and :mod:`.interpolation` (request functions), :mod:`.examples` (example inputs). The public names
+are re-exported here; two are looked up *here* at call time so tests can replace them:
 ``_CACHE`` (the process-wide :class:`ModelCache`, see :func:`cache`) and ``sample_batch``.
 """
 from __future__ import annotations
 
-from ..checkpoints import FETCH_CMD, CheckpointError, is_available, load_denoiser, local_path, pick_device
-from ..denoiser import Denoiser
-from ..generate import SampleSettings, labels_for, sample_batch, to_uint8
-from ..imagenet_classes import imagenet_class_index, imagenet_class_names
-from ..registry import DEFAULT_MODEL, IMAGENET64, LSUN256, REGISTRY, ModelSpec, get_spec
-from ..schedule import validate_ts
+from ..generate import sample_batch  # looked up here at call time (tests replace it)
 from .classes import RANDOM_CLASS, class_choices, class_names, parse_class
-from .edits import (EditResult, _describe, _editor_image, _fitted, _run_edit, _schedule, colorize, denoise,
-                    inpaint, stroke_guided, super_resolve)
+from .edits import EditResult, colorize, denoise, inpaint, stroke_guided, super_resolve
 from .examples import example_files
-from .generation import (GenerateResult, _captions, _loaded, compare_with_teacher, generate, generate_many,
-                         image_array, noise_for_seed, to_pil, warm_up)
-from .interpolation import InterpolationResult, _gif, _interp_images, interpolate
-from .model_cache import _CACHE_LOCK, ModelCache, _env_dtype, _free_cuda_memory, _is_oom, cache
+from .generation import (GenerateResult, compare_with_teacher, generate, generate_many, image_array,
+                         noise_for_seed, to_pil, warm_up)
+from .interpolation import InterpolationResult, interpolate
+from .model_cache import ModelCache, cache
 from .models import (TABLE_HEADERS, fetch_command, fetch_model, model_info, model_markdown, model_rows,
                      sampling_summary, teacher_for)
-from .params import USER_ERRORS, GenerateRequest, Plan, _int, parse_ts, plan
-from .progress import Progress, _progress_callback
-from .settings import (MAX_HEUN_STEPS, MAX_SEED, MAX_STEPS, MAX_TS_STEPS, _env_int, cache_examples, concurrency,
+from .params import USER_ERRORS, GenerateRequest, Plan, parse_ts, plan
+from .progress import Progress
+from .settings import (MAX_HEUN_STEPS, MAX_SEED, MAX_STEPS, MAX_TS_STEPS, cache_examples, concurrency,
                        configure_torch_threads, default_model, max_batch, max_batched_requests, queue_size)
-from .sizes import _PARAMS, human_size, model_bytes
+from .sizes import human_size, model_bytes
 
 _CACHE: ModelCache | None = None  # the process-wide model cache, created by cache() on first use
 
@@ -52,4 +46,5 @@ __all__ = [
     "GenerateRequest", "Plan", "plan", "GenerateResult", "to_pil", "generate", "generate_many",
     "compare_with_teacher", "noise_for_seed", "image_array", "example_files", "EditResult", "colorize",
     "inpaint", "super_resolve", "denoise", "stroke_guided", "InterpolationResult", "interpolate",
+    "class_names", "sample_batch",
 ]
