@@ -1,0 +1,88 @@
+"""The training configuration: one flat dataclass, stored as JSON inside every checkpoint."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from ..registry import ArchSpec
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run needs; ``method`` is ``"edm"``, ``"cd"`` or ``"ct"``.
+
+    Architecture fields use the original UNet flag names. Schedules (paper Sec. 3-5, Table 3):
+    EDM samples ``ln sigma ~ N(p_mean, p_std^2)``; CD uses an ``num_scales``-point Karras grid,
+    one Heun step of the teacher and a target EMA ``target_ema``; CT grows the grid from
+    ``start_scales`` to ``end_scales`` with ``mu(k) = exp(s0 ln(start_ema) / N(k))``.
+    """
+
+    method: str = "edm"
+    data: str = "digits"
+    out: str = "runs/edm"
+    steps: int = 2000
+    batch_size: int = 64
+    lr: float = 4e-4
+    warmup: int = 200
+    grad_clip: float = 1.0
+    ema: float = 0.999
+    loss: str = "pseudo_huber"
+    seed: int = 0
+    device: str | None = None
+    threads: int | None = None
+    save_every: int = 500
+    # architecture (original flag names)
+    image_size: int = 32
+    num_channels: int = 32
+    channel_mult: str = "1,2,2"
+    num_res_blocks: int = 1
+    attention_resolutions: str = "8"
+    num_head_channels: int = 32
+    class_cond: bool = True
+    num_classes: int = 10
+    dropout: float = 0.0
+    # noise levels
+    sigma_min: float = 0.002
+    sigma_max: float = 80.0
+    sigma_data: float = 0.5
+    rho: float = 7.0
+    init: str | None = None  # start from these network weights (registry name or file)
+    # EDM
+    p_mean: float = -1.2
+    p_std: float = 1.2
+    # CD
+    teacher: str | None = None
+    num_scales: int = 18
+    target_ema: float = 0.95
+    init_from_teacher: bool = True
+    # CT
+    start_scales: int = 2
+    end_scales: int = 150
+    start_ema: float = 0.9
+
+    def arch(self) -> ArchSpec:
+        """The network's :class:`ArchSpec`."""
+        return ArchSpec.from_flags({
+            "image_size": self.image_size, "num_channels": self.num_channels,
+            "num_res_blocks": self.num_res_blocks,
+            "attention_resolutions": self.attention_resolutions, "class_cond": self.class_cond,
+            "use_scale_shift_norm": True, "resblock_updown": True,
+            "num_head_channels": self.num_head_channels, "channel_mult": self.channel_mult,
+            "num_classes": self.num_classes, "dropout": self.dropout})
+
+    @property
+    def kind(self) -> str:
+        """Output parameterisation: ``"edm"`` for teachers, ``"cm"`` for consistency models."""
+        return "edm" if self.method == "edm" else "cm"
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, **override: Any) -> "TrainConfig":
+        """Rebuild from :meth:`to_json`, ignoring unknown keys, then apply ``override``."""
+        known = {f.name for f in fields(cls)}
+        d = {k: v for k, v in json.loads(text).items() if k in known}
+        d.update({k: v for k, v in override.items() if v is not None})
+        return cls(**d)

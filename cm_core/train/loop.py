@@ -1,0 +1,169 @@
+"""The training loop shared by EDM, CD and CT: Adam with warm-up, gradient clipping, a slow EMA
+for the released weights, per-step seeded randomness (so a resumed run draws what an unbroken run
+would), periodic resumable checkpoints and a tqdm bar with loss and images/s."""
+from __future__ import annotations
+
+import csv
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Protocol
+
+import torch
+from tqdm import tqdm
+
+from ..checkpoints import load_denoiser, pick_device
+from ..data import ImageDataset, load_dataset
+from ..denoiser import Denoiser
+from ..network import build_unet
+from .config import TrainConfig
+from .state import MODEL_FILE, ema_update, frozen_copy, load_state, save_model, save_state, stored_config
+
+
+class Objective(Protocol):
+    extra: dict[str, torch.nn.Module]
+
+    def loss(self, model: Denoiser, x: torch.Tensor, labels: torch.Tensor | None,
+             g: torch.Generator, step: int) -> torch.Tensor: ...
+
+    def after_step(self, model: Denoiser, step: int) -> None: ...
+
+    def log(self, step: int) -> dict[str, float]: ...
+
+
+def build_model(cfg: TrainConfig, device: torch.device) -> Denoiser:
+    """A fresh :class:`Denoiser` of ``cfg``'s architecture and kind, in train mode."""
+    arch = cfg.arch()
+    den = Denoiser(build_unet(arch), kind=cfg.kind, sigma_min=cfg.sigma_min,  # type: ignore[arg-type]
+                   sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data,
+                   num_classes=arch.num_classes if arch.class_cond else None,
+                   image_size=arch.image_size)
+    return den.to(device).train()
+
+
+def make_objective(cfg: TrainConfig, model: Denoiser, device: torch.device) -> Objective:
+    """The objective of ``cfg.method``; CD loads its teacher (and may copy its weights)."""
+    from .cd import CDObjective
+    from .ct import CTObjective
+    from .edm import EDMObjective
+    if cfg.init:
+        model.net.load_state_dict(load_denoiser(cfg.init, device=device).net.state_dict())
+    if cfg.method == "edm":
+        return EDMObjective(cfg)
+    if cfg.method == "ct":
+        return CTObjective(cfg, model)
+    if cfg.method == "cd":
+        if not cfg.teacher:
+            raise ValueError("cd needs --teacher (a registry name or a path to an EDM model)")
+        teacher = load_denoiser(cfg.teacher, kind="edm", device=device)
+        if cfg.init_from_teacher:
+            model.net.load_state_dict(teacher.net.state_dict())
+        return CDObjective(cfg, model, teacher)
+    raise ValueError(f"method must be edm, cd or ct, got {cfg.method!r}")
+
+
+def learning_rate(step: int, cfg: TrainConfig) -> float:
+    """Linear warm-up to ``cfg.lr`` over ``cfg.warmup`` steps, then constant."""
+    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
+
+
+def ema_decay(step: int, cfg: TrainConfig) -> float:
+    """Slow-EMA decay with the usual warm-up ``min(ema, (1 + k) / (10 + k))``."""
+    return min(cfg.ema, (1 + step) / (10 + step))
+
+
+def _epoch_of(step: int, cfg: TrainConfig, ds: ImageDataset) -> int:
+    return step * cfg.batch_size // max(len(ds), 1)
+
+
+def _prepare(cfg: TrainConfig, resume: bool) -> TrainConfig:
+    """Resuming takes the stored config (only ``steps``, ``device``, ``threads``, ``save_every``
+    may change)."""
+    stored = stored_config(Path(cfg.out)) if resume else None
+    if stored is None:
+        return cfg
+    return replace(stored, steps=cfg.steps, device=cfg.device, threads=cfg.threads,
+                   save_every=cfg.save_every, out=cfg.out)
+
+
+def train_step(model: Denoiser, objective: Objective, opt: torch.optim.Optimizer,
+               ds: ImageDataset, cfg: TrainConfig, step: int, device: torch.device) -> float:
+    """One optimisation step; all randomness from a generator seeded by ``(seed, step)``."""
+    g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+    x, labels = ds.batch(cfg.batch_size, g)
+    x = x.to(device)
+    labels = labels.to(device) if (labels is not None and cfg.class_cond) else None
+    for group in opt.param_groups:
+        group["lr"] = learning_rate(step, cfg)
+    loss = objective.loss(model, x, labels, g, step)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if cfg.grad_clip > 0:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    opt.step()
+    objective.after_step(model, step)
+    return float(loss.detach())
+
+
+def _checkpoint(out: Path, cfg: TrainConfig, step: int, model: Denoiser, ema: torch.nn.Module,
+                objective: Objective, opt: torch.optim.Optimizer, seconds: float) -> None:
+    save_model(out / MODEL_FILE, ema.net, cfg, step, {"train_seconds": f"{seconds:.1f}"})
+    save_state(out, cfg, step, {"online": model, "ema": ema, **objective.extra}, opt)
+
+
+def run_training(cfg: TrainConfig, resume: bool = False, progress: bool = True) -> dict:
+    """Train ``cfg`` into ``cfg.out`` (resuming from its state file when ``resume``).
+
+    Returns ``{"step", "losses" (per step), "seconds", "model"}``; writes ``model.safetensors``,
+    ``state.safetensors`` and ``log.csv`` (step, loss, lr, images/s).
+    """
+    cfg = _prepare(cfg, resume)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(cfg.data, cfg.image_size, cfg.seed)
+    cfg.class_cond = cfg.class_cond and ds.labels is not None
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, device)
+    objective = make_objective(cfg, model, device)
+    ema = frozen_copy(model)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    start = 0
+    if resume and (out / "state.safetensors").is_file():
+        start = load_state(out, {"online": model, "ema": ema, **objective.extra}, opt, device)
+    losses = _loop(model, objective, opt, ema, ds, cfg, start, device, out, progress)
+    return {"step": cfg.steps, "losses": losses, "model": str(out / MODEL_FILE)}
+
+
+def _loop(model: Denoiser, objective: Objective, opt: torch.optim.Optimizer, ema: torch.nn.Module,
+          ds: ImageDataset, cfg: TrainConfig, start: int, device: torch.device, out: Path,
+          progress: bool) -> list[float]:
+    """Steps ``start .. cfg.steps - 1`` with logging and checkpoints."""
+    losses: list[float] = []
+    epoch = _epoch_of(start, cfg, ds)
+    ds.recolor(epoch)
+    log = open(out / "log.csv", "a", newline="")
+    writer = csv.writer(log)
+    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+               desc=f"train {cfg.method}", dynamic_ncols=True)
+    t0 = last = time.time()
+    for step in bar:
+        if _epoch_of(step, cfg, ds) != epoch:
+            epoch = _epoch_of(step, cfg, ds)
+            ds.recolor(epoch)
+        losses.append(train_step(model, objective, opt, ds, cfg, step, device))
+        ema_update(ema, model, ema_decay(step, cfg))
+        now = time.time()
+        ips = cfg.batch_size / max(now - last, 1e-9)
+        last = now
+        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", img_s=f"{ips:.0f}",
+                        **{k: f"{v:.4g}" for k, v in objective.log(step).items()})
+        writer.writerow([step + 1, f"{losses[-1]:.6f}", f"{learning_rate(step, cfg):.3g}", f"{ips:.1f}"])
+        done = step + 1
+        if done % cfg.save_every == 0 or done == cfg.steps:
+            log.flush()
+            _checkpoint(out, cfg, done, model, ema, objective, opt, now - t0)
+    log.close()
+    return losses

@@ -1,0 +1,98 @@
+"""Training state: EMA copies and resumable safetensors checkpoints.
+
+A run directory holds ``model.safetensors`` (the slow-EMA weights, loadable with
+``cm_core.load_denoiser(path)``; metadata: arch, kind, ``training_config`` JSON, ``step``) and
+``state.safetensors`` (online, EMA and target weights plus the Adam moments, to resume).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ..checkpoints import arch_meta, read_safetensors
+from .config import TrainConfig
+
+MODEL_FILE, STATE_FILE = "model.safetensors", "state.safetensors"
+
+
+def frozen_copy(net: torch.nn.Module) -> torch.nn.Module:
+    """A gradient-free deep copy (for EMA and target networks)."""
+    return copy.deepcopy(net).requires_grad_(False).eval()
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, net: torch.nn.Module, decay: float) -> None:
+    """``theta_ema <- decay * theta_ema + (1 - decay) * theta`` (paper Alg. 2/3, line 'theta^-')."""
+    for pe, p in zip(ema.parameters(), net.parameters()):
+        pe.lerp_(p.detach(), 1.0 - decay)
+    for be, b in zip(ema.buffers(), net.buffers()):
+        be.copy_(b)
+
+
+def _cpu(sd: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tensor]:
+    return {prefix + k: v.detach().to("cpu", torch.float32).contiguous() for k, v in sd.items()}
+
+
+def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def save_model(path: Path, net: torch.nn.Module, cfg: TrainConfig, step: int,
+               extra_meta: dict[str, str] | None = None) -> None:
+    """The release file: ``net``'s state_dict with arch/kind/config metadata."""
+    meta = {**arch_meta(cfg.arch(), cfg.kind), "training_config": cfg.to_json(),
+            "step": str(step), **(extra_meta or {})}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_save(_cpu(net.state_dict()), path, meta)
+
+
+def save_state(out: Path, cfg: TrainConfig, step: int, nets: dict[str, torch.nn.Module],
+               opt: torch.optim.Optimizer) -> None:
+    """Everything needed to resume after ``step`` completed steps."""
+    tensors: dict[str, torch.Tensor] = {}
+    for name, net in nets.items():
+        tensors.update(_cpu(net.state_dict(), f"{name}."))
+    for i, st in opt.state_dict()["state"].items():
+        for k, v in st.items():
+            tensors[f"opt.{i}.{k}"] = torch.as_tensor(v, dtype=torch.float32).reshape(-1).clone() \
+                if k == "step" else v.detach().cpu().contiguous()
+    _atomic_save(tensors, out / STATE_FILE, {"training_config": cfg.to_json(), "step": str(step)})
+
+
+def load_state(out: Path, nets: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
+               device: torch.device) -> int:
+    """Restore ``nets`` and ``opt`` from ``out/state.safetensors``; returns the completed step."""
+    path = out / STATE_FILE
+    tensors = load_file(str(path))
+    _, meta = read_safetensors(path)
+    for name, net in nets.items():
+        net.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items()
+                             if k.startswith(name + ".")})
+    sd = opt.state_dict()
+    for i in range(len(sd["param_groups"][0]["params"])):
+        if f"opt.{i}.exp_avg" in tensors:
+            sd["state"][i] = {k: tensors[f"opt.{i}.{k}"].to(device) if k != "step"
+                              else tensors[f"opt.{i}.{k}"].reshape(()).clone()
+                              for k in ("step", "exp_avg", "exp_avg_sq")}
+    opt.load_state_dict(sd)
+    return int(meta["step"])
+
+
+def stored_config(out: Path) -> TrainConfig | None:
+    """The config saved in ``out/state.safetensors``, if a resumable run is there."""
+    path = out / STATE_FILE
+    if not path.is_file():
+        return None
+    _, meta = read_safetensors(path)
+    return TrainConfig.from_json(meta["training_config"])
+
+
+def write_json(path: Path, obj: dict) -> None:
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
