@@ -42,9 +42,11 @@ def _seed_class_button(spec: ModelSpec, button: str) -> tuple[gr.Number, gr.Drop
     return seed, cls, btn
 
 
-def _steps_ts(spec: ModelSpec, default: int = 2) -> tuple[gr.Slider, gr.Textbox]:
+def _steps_ts(spec: ModelSpec, default: int | None = None) -> tuple[gr.Slider, gr.Textbox]:
+    """Steps slider (default: the model's editing steps) and the expert ``ts`` box."""
     with gr.Row():
-        steps = gr.Slider(1, S.MAX_STEPS, value=default, step=1, label="Steps (network evaluations)")
+        steps = gr.Slider(1, S.MAX_STEPS, value=default or spec.edit_steps, step=1,
+                          label="Steps (network evaluations)")
         ts = gr.Textbox(label="ts (experts)", placeholder=",".join(map(str, spec.ts)), value="")
     return steps, ts
 

@@ -74,7 +74,8 @@ def _plan(den: editing.DenoiseFn, spec_or_size: SpecOrSize, seed: int, class_lab
         validate_ts(ts, grid)
         plan_ts = [int(t) for t in ts]
     else:
-        plan_ts = pick_ts(num_steps or max(len(default) - 1, 2), grid, default)
+        n = num_steps or (spec.edit_steps if spec is not None else max(len(default) - 1, 2))
+        plan_ts = pick_ts(n, grid, default)
     dev = next(den.parameters()).device if isinstance(den, torch.nn.Module) else torch.device("cpu")
     return _Plan(size, plan_ts, grid, dev, make_generators(int(seed), 1, dev),
                  None if (lab := _labels(den, spec, int(seed), class_label)) is None

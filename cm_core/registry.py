@@ -95,6 +95,7 @@ class ModelSpec:
     sigma_max: float = 80.0
     sigma_data: float = 0.5
     heun_steps: int = 40
+    edit_steps: int = 2  # default evaluations for the zero-shot editors
     note: str = ""
     embedded: bool = False
     class_names: tuple[str, ...] = field(default=(), repr=False)
@@ -145,12 +146,12 @@ DIGIT_NAMES = tuple(str(i) for i in range(10))
 _EMBEDDED = [
     ModelSpec(name="cd_digits32", arch=DIGITS32, kind="cm", dataset="digits 32 (built-in)",
               method="CD-PH", ts=(0, 22, 39), steps=40, filename="cd_digits32.safetensors",
-              embedded=True, class_names=DIGIT_NAMES,
+              embedded=True, class_names=DIGIT_NAMES, edit_steps=9,
               note="distilled here from edm_digits32 with a pseudo-Huber loss, N=18, mu=0.95 "
                    "(see checkpoints/embedded/TRAINING.md)"),
     ModelSpec(name="ct_digits32", arch=DIGITS32, kind="cm", dataset="digits 32 (built-in)",
               method="CT", ts=(0, 22, 39), steps=40, filename="ct_digits32.safetensors",
-              embedded=True, class_names=DIGIT_NAMES,
+              embedded=True, class_names=DIGIT_NAMES, edit_steps=9,
               note="consistency training here, pseudo-Huber loss, initialised from edm_digits32's "
                    "weights (ECT-style; see checkpoints/embedded/TRAINING.md)"),
     ModelSpec(name="edm_digits32", arch=DIGITS32, kind="edm", dataset="digits 32 (built-in)",

@@ -57,7 +57,8 @@ def _schedule(spec: ModelSpec, steps: Any, ts: Any) -> dict[str, Any]:
     tsv, grid = parse_ts(ts, spec.steps)
     if tsv is not None:
         return {"ts": tsv, "steps": grid}
-    return {"num_steps": _int("steps", steps if steps not in (None, "") else 2, 1, spec.steps - 1)}
+    default = spec.edit_steps
+    return {"num_steps": _int("steps", steps if steps not in (None, "") else default, 1, spec.steps - 1)}
 
 
 def _describe(kw: dict[str, Any]) -> str:
