@@ -208,12 +208,14 @@ def interpolate_images(den: editing.DenoiseFn, spec_or_size: SpecOrSize, seed0: 
                        *, num_frames: int = 8, alphas: Sequence[float] | None = None,
                        num_steps: int | None = None, ts: Sequence[int] | None = None,
                        steps: int | None = None, class_label: int | None = None,
-                       callback: Callback | None = None) -> list[Image.Image]:
+                       callback: Callback | None = None, frame_batch: int | None = None
+                       ) -> list[Image.Image]:
     """Frames between the samples of ``seed0`` and ``seed1`` (slerp of their starting noises).
 
     All frames share seed0's per-step noise and class label, so frame 0 is exactly what
     generation with ``seed0`` gives; the last frame is seed1's sample for one-step schedules.
-    ``alphas`` defaults to ``num_frames`` points evenly spaced in [0, 1].
+    ``alphas`` defaults to ``num_frames`` points evenly spaced in [0, 1]; frames run
+    ``frame_batch`` at a time (default: all at once), which bounds memory, not the result.
     """
     p = _plan(den, spec_or_size, seed0, class_label, num_steps, ts, steps)
     if alphas is None:
@@ -224,5 +226,5 @@ def interpolate_images(den: editing.DenoiseFn, spec_or_size: SpecOrSize, seed0: 
     z1 = initial_noise(z0.shape, make_generators(int(seed1), 1, p.device),
                        getattr(den, "sigma_max", 80.0), p.device)
     frames = editing.interpolate(den, z0, z1, alphas, p.ts, p.steps, p.gens, p.labels,
-                                 callback=callback)
+                                 callback=callback, frame_batch=frame_batch)
     return [_pil(f) for f in frames]

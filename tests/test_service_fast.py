@@ -34,3 +34,29 @@ def test_service_on_the_fast_path_gives_the_exact_images(tmp_path, monkeypatch):
         results[mode] = np.stack([np.asarray(im) for im in res.images])
     assert results["0"].shape == (2, 32, 32, 3)
     assert np.abs(results["0"].astype(int) - results["1"].astype(int)).max() <= 1
+
+
+def test_interpolation_frames_run_in_bounded_batches(tmp_path, monkeypatch):
+    """Frames run CM_MAX_BATCH at a time; the frames do not depend on that bound."""
+    from app_server import random_embedded_models
+    from PIL import Image
+    monkeypatch.setenv("CM_EMBEDDED_DIR", str(random_embedded_models(tmp_path / "embedded")))
+    monkeypatch.setattr(S, "_CACHE", S.ModelCache(capacity=1, device="cpu"))
+    a, b = Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))
+    sizes = []
+    real = S.cache().get("cd_digits32")[1].forward
+
+    def spy(x, *args, **kw):
+        sizes.append(x.shape[0])
+        return real(x, *args, **kw)
+
+    S.cache().get("cd_digits32")[1].forward = spy
+    out = {}
+    for bound in ("16", "3"):
+        monkeypatch.setenv("CM_MAX_BATCH", bound)
+        for mode in ("seeds", "images"):
+            res = S.interpolate("cd_digits32", mode=mode, image_a=a, image_b=b, frames=7, class_label=1)
+            out[bound, mode] = np.stack([np.asarray(f) for f in res.frames])
+    assert max(sizes) == 7 and sizes[-1] <= 3
+    for mode in ("seeds", "images"):
+        assert np.abs(out["16", mode].astype(int) - out["3", mode].astype(int)).max() <= 1

@@ -16,7 +16,7 @@ from .classes import parse_class
 from .edits import _describe, _editor_image, _fitted, _run_edit, _schedule
 from .params import _int
 from .progress import Progress
-from .settings import MAX_SEED
+from .settings import MAX_SEED, max_batch
 
 
 @dataclass
@@ -55,7 +55,8 @@ def interpolate(model: str, *, mode: str = "seeds", seed_a: Any = 0, seed_b: Any
         from ..edit_images import interpolate_images
         a, b = _int("seed A", seed_a, 0, MAX_SEED), _int("seed B", seed_b, 0, MAX_SEED)
         outs, secs = _run_edit(model, lambda s, d, cb: interpolate_images(
-            d, s, a, b, num_frames=k, class_label=lab, callback=cb, **kw), progress, "step")
+            d, s, a, b, num_frames=k, class_label=lab, callback=cb, frame_batch=max_batch(), **kw),
+            progress, "step")
         desc = f"seeds {a} -> {b}, {_describe(kw)} per frame"
     elif mode == "images":
         ia = _editor_image(image_a, "image A")
@@ -73,7 +74,10 @@ def interpolate(model: str, *, mode: str = "seeds", seed_a: Any = 0, seed_b: Any
 def _interp_images(den: Denoiser, spec: ModelSpec, xa: Image.Image, xb: Image.Image, k: int,
                    label: int | None, num_steps: int, sigma: float, cb: Callable | None
                    ) -> list[Image.Image]:
-    """Frame j: ``lerp(x_a, x_b, a_j) + sigma * slerp(e_a, e_b, a_j)``, then ``num_steps`` steps."""
+    """Frame j: ``lerp(x_a, x_b, a_j) + sigma * slerp(e_a, e_b, a_j)``, then ``num_steps`` steps.
+
+    Every frame draws the same per-step noise (one generator per frame, all with one seed), so the
+    frames form a smooth path and run ``max_batch()`` at a time without changing the result."""
     from .. import editing
     from ..images import image_to_tensor, tensor_to_images
     from ..sampling import make_generators
@@ -88,6 +92,10 @@ def _interp_images(den: Denoiser, spec: ModelSpec, xa: Image.Image, xb: Image.Im
     sig = karras_sigmas(num_steps + 1, den.sigma_min, min(sigma, den.sigma_max), append_zero=False)
     labels = None if not spec.class_cond else torch.full(
         (k,), label if label is not None else 0, dtype=torch.long, device=dev)
-    gen = torch.Generator(device=dev).manual_seed(1)
-    out = editing.sigma_loop(den, x, sig, gen, None, labels, callback=cb).clamp(-1, 1)
-    return tensor_to_images(out)
+    out, n = [], max_batch()
+    for i in range(0, k, n):
+        xs = x[i:i + n]
+        gens = [torch.Generator(device=dev).manual_seed(1) for _ in range(xs.shape[0])]
+        lab = labels[i:i + n] if labels is not None else None
+        out.append(editing.sigma_loop(den, xs, sig, gens, None, lab, callback=cb).clamp(-1, 1))
+    return tensor_to_images(torch.cat(out))
