@@ -34,18 +34,6 @@ def _sigma_range(den: Any) -> tuple[float, float]:
     return float(getattr(den, "sigma_min", 0.002)), float(getattr(den, "sigma_max", 80.0))
 
 
-def _noise_scale(sigma_next: float, sigma_min: float) -> float:
-    """sqrt(t_next^2 - sigma_min^2), exactly 0 when ``t_next`` is sigma_min up to float rounding.
-
-    The Karras grid's last point evaluates to 0.002000000000000003, so the original adds noise
-    of std ~1e-10 at its last step; snapping it to 0 keeps the known pixels exactly (a change of
-    at most ~1e-9, far below the reference tolerance). The noise is still drawn.
-    """
-    if sigma_next - sigma_min <= 1e-9 * sigma_min:
-        return 0.0
-    return sigma_noise_scale(sigma_next, sigma_min)
-
-
 def sigma_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generator: Rng,
                replace: ReplaceFn | None = None, class_labels: torch.Tensor | None = None, *,
                dropout_rng: Rng = None, callback: Callback | None = None,
@@ -66,7 +54,7 @@ def sigma_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generat
         x0 = clamped_denoise(den, x, float(sigmas[i]), class_labels, dropout_rng)
         if replace is not None:
             x0 = replace(x0)
-        scale = _noise_scale(float(sigmas[i + 1]), smin)
+        scale = sigma_noise_scale(float(sigmas[i + 1]), smin)
         if noise is not None:
             x = x0 + noise(i, x0) * scale
         elif generator is None and scale == 0.0:

@@ -52,8 +52,8 @@ def labels_for(spec: ModelSpec, seeds: Sequence[int], class_label: int | None) -
         if not 0 <= class_label < n:
             raise ValueError(f"class label must be in [0, {n - 1}], got {class_label}")
         return torch.full((len(seeds),), class_label, dtype=torch.long)
-    return torch.tensor([int(torch.randint(n, (1,), generator=torch.Generator().manual_seed((s + _LABEL_STREAM) % 2 ** 63)))
-                         for s in seeds], dtype=torch.long)
+    gens = [torch.Generator().manual_seed((s + _LABEL_STREAM) % 2 ** 63) for s in seeds]
+    return torch.tensor([int(torch.randint(n, (1,), generator=g)) for g in gens], dtype=torch.long)
 
 
 @torch.no_grad()
