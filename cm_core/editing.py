@@ -44,7 +44,7 @@ from typing import Any
 import torch
 
 from .denoiser import Rng, noise_like
-from .edit_ops import (LUMINANCE, Callback, DenoiseFn, _average_patches,
+from .edit_ops import (LUMINANCE, Callback, DenoiseFn, Replacement, _average_patches,
                        _check_patch, _color_replacement, _patch_replacement, _sigma_range,
                        edit_loop, luminance_basis, patch_basis, patch_means, sigma_loop)
 from .schedule import karras_sigmas, ts_to_sigmas
@@ -52,7 +52,7 @@ from .schedule import karras_sigmas, ts_to_sigmas
 __all__ = ["edit_loop", "sigma_loop", "colorize", "inpaint", "super_resolve", "interpolate",
            "slerp", "denoise", "stroke_guided", "luminance_basis", "patch_basis", "patch_means",
            "colorize_image", "inpaint_image", "super_resolve_image", "interpolate_images",
-           "denoise_image", "stroke_image", "LUMINANCE"]
+           "denoise_image", "stroke_image", "LUMINANCE", "Replacement"]
 
 
 # ----------------------------------------------------------------------------- the editors
@@ -86,9 +86,15 @@ def colorize(den: DenoiseFn, images: torch.Tensor, x: torch.Tensor, ts: Sequence
     _check_pair(images, x)
     repl = _color_replacement(luminance_basis(images.device).to(images.dtype))
     ref = repl(images, torch.zeros_like(images))
-    out = edit_loop(den, x, ts, steps, generator, lambda x0: repl(ref, x0), class_labels,
+    out = edit_loop(den, x, ts, steps, generator,
+                    Replacement(lambda x0, r: repl(r, x0), (ref,), "colorize"), class_labels,
                     dropout_rng=dropout_rng, callback=callback)
     return _finish(out, ref, return_reference)
+
+
+def _keep_known(x0: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Inpainting's replacement: ``ref`` where ``keep`` is 1, ``x0`` where it is 0."""
+    return ref * keep + x0 * (1 - keep)
 
 
 def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -125,12 +131,9 @@ def inpaint(den: DenoiseFn, images: torch.Tensor, mask: torch.Tensor, x: torch.T
     """
     _check_pair(images, x)
     keep = _check_mask(mask, images)
-
-    def repl(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        return a * keep + b * (1 - keep)
-    ref = repl(images, -torch.ones_like(images))
-    out = edit_loop(den, x, ts, steps, generator, lambda x0: repl(ref, x0), class_labels,
-                    dropout_rng=dropout_rng, callback=callback)
+    ref = _keep_known(-torch.ones_like(images), images, keep)
+    out = edit_loop(den, x, ts, steps, generator, Replacement(_keep_known, (ref, keep), "inpaint"),
+                    class_labels, dropout_rng=dropout_rng, callback=callback)
     return _finish(out, ref, return_reference)
 
 
@@ -152,8 +155,9 @@ def super_resolve(den: DenoiseFn, images: torch.Tensor, x: torch.Tensor, ts: Seq
     _check_patch(images, patch_size)
     repl = _patch_replacement(patch_basis(patch_size, images.device).to(images.dtype), patch_size)
     ref = _average_patches(images, patch_size)
-    out = edit_loop(den, x, ts, steps, generator, lambda x0: repl(ref, x0), class_labels,
-                    dropout_rng=dropout_rng, callback=callback)
+    out = edit_loop(den, x, ts, steps, generator,
+                    Replacement(lambda x0, r: repl(r, x0), (ref,), f"super_resolve/{patch_size}"),
+                    class_labels, dropout_rng=dropout_rng, callback=callback)
     return _finish(out, ref, return_reference)
 
 
@@ -215,7 +219,7 @@ def interpolate(den: DenoiseFn, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequ
         raise ValueError("alphas is empty: give e.g. torch.linspace(0, 1, 8).tolist()")
     smin, smax = _sigma_range(den)
     sig = ts_to_sigmas(ts, steps, sigma_min=smin, sigma_max=smax)
-    noises = [noise_like(a, generator) for _ in range(len(sig) - 1)]
+    noises = torch.stack([noise_like(a, generator) for _ in range(len(sig) - 1)])
     frames = torch.stack([slerp(a, b, al) for al in alist])
     k_all, bsz = frames.shape[:2]
     chunk = max(1, int(frame_batch or k_all))
@@ -225,7 +229,7 @@ def interpolate(den: DenoiseFn, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequ
         x = frames[k0:k0 + k].reshape(k * bsz, *a.shape[1:])
         out = sigma_loop(den, x, sig, generator, None, _repeat_labels(class_labels, k),
                          dropout_rng=dropout_rng, callback=callback,
-                         noise=lambda i, x0, k=k: noises[i].repeat(k, 1, 1, 1))
+                         noise=noises.repeat(1, k, 1, 1, 1))
         outs.append(out.clamp(-1, 1).reshape(k, *a.shape))
     res = torch.cat(outs)
     return res[:, 0] if single else res

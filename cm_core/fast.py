@@ -182,7 +182,7 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
     def _bucket(self, n: int) -> int:
         return bucket_for(n, self.buckets) if self.pad else n
 
-    def _check_labels(self, labels: torch.Tensor | int | None, n: int) -> torch.Tensor | None:
+    def check_labels(self, labels: torch.Tensor | int | None, n: int) -> torch.Tensor | None:
         """Labels [n] long on the device; range-checked on the host when given on the CPU (a
         check of device labels would synchronise, so those are trusted)."""
         if not self.class_cond:
@@ -206,7 +206,7 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         n = x.shape[0]
         sig = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
         sig = sig.expand(n) if sig.numel() == 1 else sig
-        labels = self._check_labels(class_labels, n)
+        labels = self.check_labels(class_labels, n)
         b = self._bucket(n)
         with torch.no_grad():
             out = self._fn_for(b)(_pad(x.float().contiguous(), b), _pad(sig.contiguous(), b),
@@ -241,7 +241,7 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         n, k = x_T.shape[0], len(sigmas)
         if k > 1 and (noises is None or noises.shape[:2] != (k, n)):
             raise ValueError(f"multistep needs noises of shape [{k}, {n}, ...]")
-        labels = self._check_labels(class_labels, n)
+        labels = self.check_labels(class_labels, n)
         b = self._bucket(n)
         dev = dict(device=self.device, dtype=torch.float32)
         args = (_pad(x_T.to(**dev).contiguous(), b),

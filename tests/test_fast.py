@@ -157,6 +157,59 @@ def test_graph_bookkeeping_with_fake_graphs(den, monkeypatch):
     assert (out - 2 * den(x, 80.0, lab)).abs().max() < 1e-5
 
 
+class StaticGraph:
+    """A CPU stand-in for GraphedCall with its semantics: inputs are copied into static buffers
+    made at capture, and a replay runs the captured function (with its closure) on them."""
+    captures: list = []
+
+    def __init__(self, fn, inputs, pool=None):
+        self.inputs = [t.clone() if t is not None else None for t in inputs]
+        self.fn = fn
+        StaticGraph.captures.append(fn)
+
+    def __call__(self, *inputs):
+        for dst, src in zip(self.inputs, inputs):
+            if dst is not None:
+                dst.copy_(src)
+        return self.fn(*self.inputs).clone()
+
+
+def test_editing_loops_run_as_one_graph(den, monkeypatch):
+    """Colorize, inpaint, super-resolution and interpolation on a graph-capable fast denoiser:
+    one capture per editor and schedule, replays equal to the exact editors for NEW images
+    (the reference, mask and noise are graph inputs, not frozen into the capture)."""
+    from cm_core import editing
+    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
+    StaticGraph.captures = []
+    fast = optimize(den, copy=True)
+    fast.cuda_graphs = True
+    lab, ts = torch.tensor([1, 7]), (0, 9, 17)
+
+    def mask(im):  # a different mask for every image batch: keep where the red channel is > 0
+        m = (im[:, :1] > 0).float()
+        m[..., 0, 0], m[..., 0, 1] = 1.0, 0.0  # never all kept nor all generated
+        return m
+    edits = {"colorize": lambda d, im, g, cb: editing.colorize(d, im, im * 0 + 80, ts, 18, g, lab, callback=cb),
+             "inpaint": lambda d, im, g, cb: editing.inpaint(d, im, mask(im), torch.full_like(im, 80.0), ts, 18, g, lab,
+                                                             callback=cb),
+             "super_resolve": lambda d, im, g, cb: editing.super_resolve(d, im, im * 0 + 80, ts, 18, g, 4, lab, callback=cb),
+             "interpolate": lambda d, im, g, cb: editing.interpolate(d, im * 80, im.flip(0) * 80, [0.0, 0.5], ts, 18, g, lab)}
+    progress = []
+
+    def cb(d):
+        progress.append((d["i"], d["n"], d["denoised"] is None))
+    cb.needs_denoised = False
+    for seed in (3, 4):  # the second round replays the graphs captured by the first
+        img = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        for name, run in edits.items():
+            gens = lambda: [torch.Generator().manual_seed(seed * 10 + j) for j in range(2)]  # noqa: E731
+            exact = run(den, img, gens(), None)
+            got = run(fast, img, gens(), cb)
+            assert (got - exact).abs().max() < 1e-5, name
+    assert len(StaticGraph.captures) == 4 and fast.stats["graph_replays"] == 8
+    assert progress[:2] == [(0, 2, True), (1, 2, True)]
+
+
 @pytest.mark.slow
 def test_torch_compile_on_cpu(den, inputs, ref, tmp_path):
     """Real Inductor compilation (minutes on 2 CPU cores): same numbers within 1e-4."""

@@ -13,4 +13,5 @@ def _progress_callback(progress: Progress | None, total_label: str) -> Callable[
 
     def cb(d: dict) -> None:
         progress((d["i"] + 1) / d["n"], f"{total_label} {d['i'] + 1}/{d['n']} (sigma {d['sigma']:.3g})")
+    cb.needs_denoised = False  # type: ignore[attr-defined]  # progress only: graphed loops may run
     return cb
