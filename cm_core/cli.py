@@ -32,7 +32,7 @@ def models_cmd() -> None:
               help="load weights from this .pt/.safetensors/diffusers folder instead of the registry file")
 @click.option("--steps", type=int, default=1, show_default=True,
               help="network evaluations (1 = one-step; EDM teachers: Heun steps)")
-@click.option("--ts", default=None, help="explicit step indices, e.g. 0,22,39 (overrides --steps)")
+@click.option("--ts", default=None, help="explicit step indices, e.g. 0,22,39 or 0,106,200/201 (overrides --steps)")
 @click.option("--grid-steps", type=int, default=None, help="points of the Karras grid for --ts")
 @click.option("--seed", type=int, default=0, show_default=True, help="image i uses seed+i")
 @click.option("--class-label", type=int, default=None, help="class for every image (random if unset)")

@@ -17,7 +17,7 @@ from .denoiser import Denoiser, noise_like, sigma_noise_scale
 from .fast import FastDenoiser
 from .registry import ModelSpec
 from .sampling import heun, initial_noise, make_generators, multistep, onestep
-from .schedule import pick_ts, ts_to_sigmas, validate_ts
+from .schedule import parse_ts, pick_ts, ts_to_sigmas, validate_ts
 
 
 _LABEL_STREAM = 0x2545F4914F6CDD1D  # random class labels: a stream apart from the noise seeds
@@ -111,15 +111,6 @@ def save_grid(images: np.ndarray, path: str | Path) -> None:
     Image.fromarray(grid).save(path)
 
 
-def _ts_arg(ts: str | None) -> tuple[int, ...] | None:
-    if ts is None:
-        return None
-    try:
-        return tuple(int(t) for t in ts.replace(" ", "").split(",") if t)
-    except ValueError:
-        raise ValueError(f"--ts expects comma-separated integers like 0,22,39, got {ts!r}") from None
-
-
 def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str | None,
                        grid_steps: int | None, seed: int, class_label: int | None, num: int,
                        num_samples: int | None, batch_size: int, dropout: float, device: str | None,
@@ -140,7 +131,9 @@ def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str |
     total = num_samples or num
     if total < 1 or batch_size < 1:
         raise ValueError("--n/--num-samples and --batch-size must be >= 1")
-    settings = SampleSettings(steps=steps, ts=_ts_arg(ts), grid_steps=grid_steps, dropout=dropout)
+    ts_v, grid = parse_ts(ts, grid_steps or spec.steps)  # "0,22,39" or "0,106,200/201"
+    settings = SampleSettings(steps=steps, ts=ts_v, grid_steps=grid if ts_v else grid_steps,
+                              dropout=dropout)
     rank, world = rank_world()
     dev = local_device(pick_device(device))
     fast = dev.type == "cuda" if fast is None else fast

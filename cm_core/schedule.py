@@ -55,6 +55,28 @@ def validate_ts(ts: Sequence[int], steps: int) -> None:
         raise ValueError(f"ts must be strictly increasing; got {ts}")
 
 
+def parse_ts(text: str | Sequence[int] | None, steps: int) -> tuple[tuple[int, ...] | None, int]:
+    """Explicit step indices from text: ``"0,22,39"`` on a ``steps``-point grid, or ``"0,106,200/201"``.
+
+    Returns ``(ts, grid)``; ``(None, steps)`` for empty input. A sequence of ints passes through.
+    Raises ``ValueError`` naming the expected form, and the :func:`validate_ts` errors.
+    """
+    if text is None or (isinstance(text, str) and not text.strip()):
+        return None, steps
+    if not isinstance(text, str):
+        ts = tuple(int(t) for t in text)
+    else:
+        body, _, g = text.replace(" ", "").partition("/")
+        try:
+            ts = tuple(int(t) for t in body.split(",") if t)
+            steps = int(g) if g else steps
+        except ValueError:
+            raise ValueError(f"ts must be comma-separated integers like 0,22,39 (optionally /<grid "
+                             f"points>, e.g. 0,106,200/201); got {text!r}") from None
+    validate_ts(ts, steps)
+    return ts, steps
+
+
 def pick_ts(num_steps: int, steps: int, default_ts: Sequence[int] = ()) -> list[int]:
     """Indices for ``num_steps`` network evaluations on a ``steps``-point grid.
 

@@ -46,6 +46,17 @@ def test_karras_grid_endpoints_and_ts():
             schedule.validate_ts(bad, 40)
 
 
+def test_parse_ts_text_forms():
+    assert schedule.parse_ts(None, 40) == (None, 40) and schedule.parse_ts(" ", 40) == (None, 40)
+    assert schedule.parse_ts("0, 22,39", 40) == ((0, 22, 39), 40)
+    assert schedule.parse_ts("0,106,200/201", 40) == ((0, 106, 200), 201)
+    assert schedule.parse_ts([0, 39], 40) == ((0, 39), 40)
+    with pytest.raises(ValueError, match="comma-separated integers like 0,22,39"):
+        schedule.parse_ts("0;22", 40)
+    with pytest.raises(ValueError, match=r"\[0, 39\]"):
+        schedule.parse_ts("0,40", 40)
+
+
 def test_heun_uses_2n_minus_1_evaluations(den):
     calls = []
 

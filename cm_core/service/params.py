@@ -12,7 +12,7 @@ from typing import Any
 from ..checkpoints import CheckpointError
 from ..generate import SampleSettings
 from ..registry import DEFAULT_MODEL, ModelSpec, get_spec
-from ..schedule import validate_ts
+from .. import schedule
 from .classes import parse_class
 from .settings import MAX_HEUN_STEPS, MAX_SEED, MAX_TS_STEPS, max_batch
 
@@ -21,23 +21,11 @@ USER_ERRORS = (ValueError, CheckpointError)  # UnknownModelError is a ValueError
 
 
 def parse_ts(text: str | Sequence[int] | None, grid: int) -> tuple[tuple[int, ...] | None, int]:
-    """Explicit step indices: ``"0,22,39"`` (on the model's grid) or ``"0,106,200/201"``."""
-    if text is None or (isinstance(text, str) and not text.strip()):
-        return None, grid
-    if not isinstance(text, str):
-        ts = tuple(int(t) for t in text)
-    else:
-        body, _, g = text.replace(" ", "").partition("/")
-        try:
-            ts = tuple(int(t) for t in body.split(",") if t)
-            grid = int(g) if g else grid
-        except ValueError:
-            raise ValueError(f"ts must be comma-separated integers like 0,22,39 (optionally /<grid "
-                             f"points>, e.g. 0,106,200/201); got {text!r}") from None
-    if len(ts) - 1 > MAX_TS_STEPS:  # a long custom grid would let one request run for hours
+    """:func:`cm_core.schedule.parse_ts` with the per-request bound on network evaluations."""
+    ts, grid = schedule.parse_ts(text, grid)
+    if ts is not None and len(ts) - 1 > MAX_TS_STEPS:  # a long custom grid could run for hours
         raise ValueError(f"ts has {len(ts) - 1} steps; at most {MAX_TS_STEPS} network evaluations "
                          "per image are allowed")
-    validate_ts(ts, grid)
     return ts, grid
 
 
