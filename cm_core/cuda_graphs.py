@@ -17,10 +17,16 @@ class GraphedCall:
     values (true of :meth:`FastDenoiser._plan_impl`). ``None`` inputs stay ``None``. Calling
     copies the inputs into the static buffers, replays, and returns a clone of the output.
     Reusable for any device-only loop of fixed shapes, e.g. an editing loop.
+
+    The graph replays raw device addresses: every tensor ``fn`` reads besides ``inputs`` (weights,
+    a constant basis held by a closure) must outlive it. Holding ``fn`` keeps what its closure
+    references alive; otherwise the caching allocator could hand a freed constant's memory to
+    another tensor and a replay would silently read that.
     """
 
     def __init__(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None],
                  pool: tuple | None = None, warmup_iters: int = 2) -> None:
+        self.fn = fn  # keeps closure-held constants (and so their device memory) alive
         self.inputs = [t.clone() if t is not None else None for t in inputs]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())

@@ -39,7 +39,9 @@ def _sigma_range(den: Any) -> tuple[float, float]:
 class Replacement:
     """Algorithm 4's replacement ``x0 -> fn(x0, *tensors)`` with its tensors explicit, so that a
     CUDA graph of the loop takes them as inputs (a closure's tensors would be frozen into the
-    graph). ``tag`` names ``fn`` and every Python constant it uses (it keys the graph)."""
+    graph). ``tag`` names ``fn`` and every constant it uses (it keys the graph): a constant
+    tensor held by ``fn``'s closure (a colour or patch basis) is frozen into the first capture,
+    and kept alive with it, so it must be the same for every call with that tag."""
 
     fn: Callable[..., torch.Tensor]
     tensors: tuple[torch.Tensor, ...]
