@@ -5,8 +5,8 @@ See :mod:`cm_core.editing` for the algorithm; everything public here is re-expor
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -61,6 +61,12 @@ def _graphable(den: Any, replace: Any, callback: Callback | None, noise: Any, dr
             and (dropout_rng is None or float(getattr(den, "dropout", 0.0)) == 0.0))
 
 
+def _step_noise(x: torch.Tensor, generator: Rng, scale: float) -> torch.Tensor | None:
+    """One step's standard noise of ``x``'s shape from ``generator``; None (nothing drawn, so
+    no generator state used) when there is no generator and the step adds no noise."""
+    return None if generator is None and scale == 0.0 else noise_like(x, generator)
+
+
 def _loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], replace: ReplaceFn | None,
           class_labels: torch.Tensor | None, dropout_rng: Rng, callback: Callback | None,
           draw: Callable[[int, torch.Tensor, float], torch.Tensor | None]) -> torch.Tensor:
@@ -87,9 +93,8 @@ def _graphed_loop(den: Any, x: torch.Tensor, sigmas: Sequence[float], generator:
     smin, _ = _sigma_range(den)
     n, sig = len(sigmas) - 1, tuple(float(s) for s in sigmas)
     if noise is None:
-        scales = [sigma_noise_scale(s, smin) for s in sig[1:]]
-        noise = torch.stack([torch.zeros_like(x) if generator is None and sc == 0.0
-                             else noise_like(x, generator) for sc in scales])
+        draws = [_step_noise(x, generator, sigma_noise_scale(s, smin)) for s in sig[1:]]
+        noise = torch.stack([torch.zeros_like(x) if z is None else z for z in draws])
     lab = den.check_labels(class_labels, x.shape[0])  # on the device, validated before capture
     rt = replace.tensors if replace is not None else ()
     fn, tag = (replace.fn, replace.tag) if replace is not None else (None, None)
@@ -138,7 +143,7 @@ def sigma_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generat
             return noise[i]
         if noise is not None:
             return noise(i, x0)
-        return None if generator is None and scale == 0.0 else noise_like(x0, generator)
+        return _step_noise(x0, generator, scale)
     return _loop(den, x, sigmas, replace, class_labels, dropout_rng, callback, draw)
 
 

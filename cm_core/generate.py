@@ -132,8 +132,7 @@ def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str |
     if total < 1 or batch_size < 1:
         raise ValueError("--n/--num-samples and --batch-size must be >= 1")
     ts_v, grid = parse_ts(ts, grid_steps or spec.steps)  # "0,22,39" or "0,106,200/201"
-    settings = SampleSettings(steps=steps, ts=ts_v, grid_steps=grid if ts_v else grid_steps,
-                              dropout=dropout)
+    settings = SampleSettings(steps=steps, ts=ts_v, grid_steps=grid, dropout=dropout)
     rank, world = rank_world()
     dev = local_device(pick_device(device))
     fast = dev.type == "cuda" if fast is None else fast
