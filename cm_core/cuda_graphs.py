@@ -1,7 +1,7 @@
 """Whole-call CUDA graphs: :class:`GraphedCall` captures ``fn(*inputs)`` once and replays it.
 
-Used by :class:`cm_core.fast.FastDenoiser` for whole sampling loops (one graph per bucket and step
-count) and for device-only editing loops (:meth:`~cm_core.fast.FastDenoiser.run_graphed`).
+Used by :meth:`cm_core.fast.FastDenoiser.run_graphed` for whole sampling and editing loops (one
+graph per loop: batch shape, noise levels, editor).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ class GraphedCall:
     """One CUDA graph of ``fn(*inputs) -> Tensor`` with static input buffers (CUDA only).
 
     ``fn`` must be free of host synchronisation and of shape-dependent Python branching on
-    values (true of :meth:`FastDenoiser._plan_impl`). ``None`` inputs stay ``None``. Calling
+    values (true of :func:`cm_core.edit_ops.sigma_loop` fed pre-drawn noise). ``None`` inputs stay ``None``. Calling
     copies the inputs into the static buffers, replays, and returns a clone of the output.
     Reusable for any device-only loop of fixed shapes, e.g. an editing loop.
 

@@ -75,17 +75,3 @@ def gather_strided(images: np.ndarray, labels: np.ndarray, total: int, rank: int
         return full, full_lab  # type: ignore[return-value]
     return images, labels
 
-
-def gather_to_rank0(seeds: np.ndarray, images: np.ndarray, labels: np.ndarray, rank: int,
-                    world: int, tag: str = "") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Concatenate every rank's (seeds, images, labels) on rank 0 (small runs; kept for callers
-    of the first version). Other ranks get their own back."""
-    if not _ensure_group(world):
-        return seeds, images, labels
-    parts: list | None = [None] * world if rank == 0 else None
-    dist.gather_object((seeds, images, labels), parts, dst=0)
-    dist.barrier()
-    if rank != 0:
-        return seeds, images, labels
-    assert parts is not None
-    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]

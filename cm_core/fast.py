@@ -2,8 +2,9 @@
 
 ``optimize(den)`` returns a :class:`FastDenoiser` that is a drop-in replacement for the
 :class:`~cm_core.denoiser.Denoiser` (same call ``den(x, sigma, class_labels)``, same attributes used
-by the samplers), plus :meth:`FastDenoiser.sample_plan`, which runs a whole one-step or multistep
-call (network evaluations, clamps and pre-drawn noise) as one unit, captured in a CUDA graph.
+by the samplers), plus :meth:`FastDenoiser.run_graphed`, through which the samplers' and editors'
+loop (:func:`cm_core.edit_ops.sigma_loop`: network evaluations, clamps, replacements and
+pre-drawn noise) runs as one CUDA graph.
 
 Why this is hand-written rather than just ``torch.compile(mode="reduce-overhead")``:
 
@@ -16,9 +17,10 @@ Why this is hand-written rather than just ``torch.compile(mode="reduce-overhead"
   network serves requests; a bucket switches to its compiled version once it is ready. A
   failed compilation leaves the eager path in place (and is reported in ``stats``).
 - **Whole-loop CUDA graphs.** ``reduce-overhead`` graphs each compiled call separately and
-  cannot hold the sampler's loop; here one graph per ``(bucket, steps)`` holds every network
-  evaluation, the clamps and the noise additions, with sigmas and noise in static device buffers,
-  so a multistep call is one ``replay()`` with no host synchronisation inside.
+  cannot hold the sampler's loop; here one graph per loop (batch shape, noise levels, editor)
+  holds every network evaluation, the clamps, replacements and noise additions, with the image,
+  labels and pre-drawn noise in static device buffers, so a multistep or editing call is one
+  ``replay()`` with no host synchronisation inside.
 - **fp32 sigma math, fp32 time input.** Scalings ``c_skip, c_out, c_in`` and the time input
   ``250 log sigma`` stay float32 (in bf16, ``250 log 80 = 1095`` would be rounded to a multiple
   of 8); only the UNet body runs in bf16/fp16.
@@ -97,7 +99,7 @@ def attention_processors(net: torch.nn.Module) -> set[str]:
 
 # --------------------------------------------------------------------------------- the denoiser
 class FastDenoiser(BackgroundCompiler, torch.nn.Module):
-    """A :class:`Denoiser` run fast: same call contract, plus whole-loop :meth:`sample_plan`.
+    """A :class:`Denoiser` run fast: same call contract, plus whole-loop :meth:`run_graphed`.
 
     ``den(x, sigma, class_labels, dropout_rng=None)``: ``x`` [B, C, H, W] (any float dtype),
     ``sigma`` [B] or a float, labels [B] long (or one label for all); returns the unclamped clean
@@ -124,7 +126,6 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
         self._graphs: dict[tuple, GraphedCall] = {}
-        self._plans: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lock = threading.RLock()
         self._cache_file = cache_file
@@ -213,104 +214,30 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
                                   _pad(labels, b))
         return out[:n].to(x.dtype)
 
-    # --- a whole sampling call
-    def _plan_impl(self, step: StepFn, x_T: torch.Tensor, noises: torch.Tensor | None,
-                   labels: torch.Tensor | None, sig_t: torch.Tensor, scale_t: torch.Tensor
-                   ) -> torch.Tensor:
-        """Algorithm 1 on device tensors only: for each i, ``x0 = clamp(D(x, sig_t[i]))`` and
-        ``x = x0 + noises[i] * scale_t[i]``; returns ``clamp(x)``. No host synchronisation, so
-        the whole loop can be captured in one CUDA graph. Shapes: x_T [B,C,H,W] f32,
-        noises [K,B,C,H,W] f32 (None for K = 1), sig_t / scale_t [K] f32."""
-        x, b = x_T, x_T.shape[0]
-        for i in range(sig_t.shape[0]):
-            x0 = step(x, sig_t[i:i + 1].expand(b).contiguous(), labels).clamp(-1, 1)
-            x = x0 + noises[i] * scale_t[i] if noises is not None else x0
-        return x.clamp(-1, 1)
-
-    def sample_plan(self, x_T: torch.Tensor, sigmas: Sequence[float], scales: Sequence[float],
-                    noises: torch.Tensor | None, class_labels: torch.Tensor | None = None
-                    ) -> torch.Tensor:
-        """One-step (``len(sigmas) == 1``) or multistep consistency sampling as one call.
-
-        ``x_T``: [B,C,H,W] initial noise times sigma_max; ``sigmas``: the K evaluation sigmas;
-        ``scales``: the K noise stds ``sqrt(sigma_{i+1}^2 - sigma_min^2)`` (last one 0);
-        ``noises``: [K,B,C,H,W] standard normal, pre-drawn (see ``generate.sample_batch``), or
-        None when K = 1. Equals :func:`cm_core.sampling.multistep` fed the same draws.
-        Returns [B,C,H,W] float32 in [-1, 1]. On CUDA with graphs on, one graph replay.
-        """
-        n, k = x_T.shape[0], len(sigmas)
-        if k > 1 and (noises is None or noises.shape[:2] != (k, n)):
-            raise ValueError(f"multistep needs noises of shape [{k}, {n}, ...]")
-        labels = self.check_labels(class_labels, n)
-        b = self._bucket(n)
-        dev = dict(device=self.device, dtype=torch.float32)
-        args = (_pad(x_T.to(**dev).contiguous(), b),
-                None if noises is None or k == 1 else
-                _pad(noises.to(**dev).transpose(0, 1), b).transpose(0, 1).contiguous(),
-                _pad(labels, b), *self._plan_tensors(tuple(sigmas), tuple(scales)))
-        with torch.no_grad():
-            out = self._graphed(b, k, args) if self.cuda_graphs else None
-            if out is None:
-                out = self._plan_impl(self._fn_for(b), *args)
-        return out[:n]
-
-    def _plan_tensors(self, sigmas: tuple[float, ...], scales: tuple[float, ...]
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Device float32 [K] tensors of a plan, cached (no host-to-device copy per call)."""
-        key = (sigmas, scales)
-        if key not in self._plans:
-            dev = dict(device=self.device, dtype=torch.float32)
-            self._plans[key] = (torch.tensor(list(sigmas), **dev), torch.tensor(list(scales), **dev))
-        return self._plans[key]
-
-    def _graphed(self, b: int, k: int, args: tuple) -> torch.Tensor | None:
-        """Replay (capturing first if needed) the graph for (bucket, steps); None if capture failed."""
-        compiled = self._compiled is not None and b in self._ready and self.den.dropout == 0
-        if self._compiled is not None and not compiled:
-            self._request(b)
-        key = (b, k, args[1] is None, args[2] is None, compiled)
-        with self._lock:
-            g = self._graphs.get(key)
-            if g is None and self.stats["graph_error"] is None:
-                step = self._compiled if compiled else self._step_impl
-                try:
-                    g = GraphedCall(lambda *a: self._plan_impl(step, *a), args, self._pool)
-                except Exception as e:  # noqa: BLE001 - fall back to the un-graphed loop
-                    self.stats["graph_error"] = f"{type(e).__name__}: {e}"
-                    log.warning("CUDA graph capture failed, running without graphs: %s", e)
-                    return None
-                self._graphs = {kk: v for kk, v in self._graphs.items() if kk[:4] != key[:4]}
-                self._graphs[key] = g
-            if g is None:
-                return None
-            self.stats["graph_replays"] += 1
-            self.stats["compiled_calls" if compiled else "eager_calls"] += k
-            return g(*args)
-
     def run_graphed(self, key: object, fn: Callable[..., torch.Tensor],
                     *inputs: torch.Tensor | None) -> torch.Tensor:
         """Run ``fn(*inputs)`` as one CUDA graph cached under ``key`` (put shapes and the step
-        count in it); a plain call on CPU or if capture fails.
+        count in it); a plain call on CPU, or for good once a capture has failed.
 
-        For device-only loops that call this denoiser, e.g. an editing loop
-        (``cm_core.edit_ops.edit_loop``) given pre-drawn noise through its ``noise`` argument and
-        sigmas as ``torch.full`` on the device: no host synchronisation may happen inside
-        (labels on the device, no ``.item()``). The graph is re-captured once the compiled step
-        of the batch's bucket is ready.
+        Used by :func:`cm_core.edit_ops.sigma_loop` (the samplers' and editors' loop) with
+        pre-drawn noise and device labels as inputs: ``fn`` must not synchronise with the host
+        (no ``.item()``, no host-side checks of device values). The graph of a key is
+        re-captured once the compiled step of the batch's bucket is ready, replacing the eager one.
         """
-        if not self.cuda_graphs:
+        if not self.cuda_graphs or self.stats["graph_error"] is not None:
             return fn(*inputs)
         b = self._bucket(next(t for t in inputs if t is not None).shape[0])
-        full = ("user", key, b in self._ready)
+        full = (key, b in self._ready)
         with self._lock:
             g = self._graphs.get(full)
             if g is None:
                 try:
                     g = GraphedCall(fn, inputs, self._pool)
-                except Exception as e:  # noqa: BLE001 - run it un-graphed
-                    log.warning("CUDA graph capture of %r failed: %s", key, e)
+                except Exception as e:  # noqa: BLE001 - run it un-graphed from now on
+                    self.stats["graph_error"] = f"{type(e).__name__}: {e}"
+                    log.warning("CUDA graph capture of %r failed, running without graphs: %s", key, e)
                     return fn(*inputs)
-                self._graphs = {k: v for k, v in self._graphs.items() if k[:2] != full[:2]}
+                self._graphs = {k: v for k, v in self._graphs.items() if k[0] != key}
                 self._graphs[full] = g
             self.stats["graph_replays"] += 1
             return g(*inputs)

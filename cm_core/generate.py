@@ -13,11 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .denoiser import Denoiser, noise_like, sigma_noise_scale
+from .denoiser import Denoiser
 from .fast import FastDenoiser
 from .registry import ModelSpec
 from .sampling import heun, initial_noise, make_generators, multistep, onestep
-from .schedule import parse_ts, pick_ts, ts_to_sigmas, validate_ts
+from .schedule import parse_ts, pick_ts, validate_ts
 
 
 _LABEL_STREAM = 0x2545F4914F6CDD1D  # random class labels: a stream apart from the noise seeds
@@ -62,9 +62,10 @@ def sample_batch(den: Denoiser | FastDenoiser, spec: ModelSpec, seeds: Sequence[
                  callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Images [B, 3, R, R] in [-1, 1] for per-image ``seeds`` on ``den``'s device.
 
-    With a :class:`~cm_core.fast.FastDenoiser`, a consistency model without dropout or callback
-    runs as one :meth:`~cm_core.fast.FastDenoiser.sample_plan` call (one CUDA graph replay),
-    fed the same per-image noise draws in the same order as :func:`cm_core.sampling.multistep`.
+    On a CUDA-graphed :class:`~cm_core.fast.FastDenoiser`, a consistency model without dropout
+    (and with no callback, or a progress-only one) runs as one graph replay: the samplers go
+    through :func:`cm_core.edit_ops.sigma_loop`, which pre-draws each image's noise in the order
+    the un-graphed loop draws it.
     """
     dev = next(den.parameters()).device
     gens = [g for s in seeds for g in make_generators(s, 1, dev)]
@@ -76,22 +77,9 @@ def sample_batch(den: Denoiser | FastDenoiser, spec: ModelSpec, seeds: Sequence[
     if spec.kind == "edm":
         return heun(den, x_T, max(settings.steps, 2), labels, drop, callback)
     plan = settings.resolved_ts(spec)
-    if isinstance(den, FastDenoiser) and not settings.dropout and callback is None:
-        return _fast_plan(den, x_T, plan, gens, labels)
     if plan is None:
         return onestep(den, x_T, labels, dropout_rng=drop, callback=callback)
     return multistep(den, x_T, plan[0], plan[1], gens, labels, drop, callback)
-
-
-def _fast_plan(den: FastDenoiser, x_T: torch.Tensor, plan: tuple[list[int], int] | None,
-               gens: list[torch.Generator], labels: torch.Tensor | None) -> torch.Tensor:
-    """Sigmas, noise scales and pre-drawn noise [K, B, 3, R, R] of a CM plan, run as one call."""
-    if plan is None:
-        return den.sample_plan(x_T, [den.sigma_max], [0.0], None, labels)
-    sig = ts_to_sigmas(plan[0], plan[1], sigma_min=den.sigma_min, sigma_max=den.sigma_max)
-    scales = [sigma_noise_scale(s, den.sigma_min) for s in sig[1:]]
-    noises = torch.stack([noise_like(x_T, gens) for _ in scales])
-    return den.sample_plan(x_T, sig[:-1], scales, noises, labels)
 
 
 def to_uint8(images: torch.Tensor) -> np.ndarray:

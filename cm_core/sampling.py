@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .denoiser import Rng, noise_like
-from .edit_ops import clamped_denoise, edit_loop
+from .edit_ops import clamped_denoise, edit_loop, sigma_loop
 from .schedule import karras_sigmas, pick_ts
 
 Callback = Callable[[dict], None]
@@ -24,13 +24,14 @@ def onestep(den: DenoiseFn, x_T: torch.Tensor, class_labels: torch.Tensor | None
             callback: Callback | None = None) -> torch.Tensor:
     """One-step generation ``clamp(D(x_T, sigma_max), -1, 1)`` (paper Algorithm 1 with N=1).
 
-    ``x_T``: [B, 3, H, W] Gaussian noise already multiplied by ``sigma_max`` (80).
+    ``x_T``: [B, 3, H, W] Gaussian noise already multiplied by ``sigma_max`` (80). This is
+    Algorithm 4's loop over the two levels (sigma_max, sigma_min), whose one step adds no noise,
+    so on a CUDA-graphed fast denoiser it is one graph replay like the multistep sampler.
     """
     smax = sigma_max if sigma_max is not None else getattr(den, "sigma_max", 80.0)
-    x0 = clamped_denoise(den, x_T, smax, class_labels, dropout_rng)
-    if callback is not None:
-        callback({"i": 0, "n": 1, "sigma": smax, "denoised": x0})
-    return x0
+    smin = getattr(den, "sigma_min", 0.002)
+    return sigma_loop(den, x_T, [smax, smin], None, None, class_labels, dropout_rng=dropout_rng,
+                      callback=callback).clamp(-1, 1)
 
 
 def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], steps: int,

@@ -73,6 +73,7 @@ def test_pickled_code_is_refused(tmp_path):
     assert not os.path.exists("/tmp/cm_pwned")
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol:UserWarning")  # the file is a plain pickle on purpose
 def test_plain_pickle_is_refused(tmp_path):
     path = tmp_path / "x.pt"
     path.write_bytes(pickle.dumps({"a": [1, 2, 3]}))

@@ -58,9 +58,8 @@ def test_half_precision_error(den, inputs, ref, dtype, bound):
     assert err < bound
 
 
-def test_sample_plan_equals_multistep(den):
-    """generate.sample_batch through FastDenoiser.sample_plan (pre-drawn noise, one call) equals
-    the exact multistep sampler drawing noise step by step."""
+def test_fast_sample_batch_equals_exact(den):
+    """generate.sample_batch on the fast denoiser equals the exact samplers (one and two steps)."""
     fast = optimize(den, copy=True)
     seeds, st = [5, 6], SampleSettings(steps=2)
     lab = labels_for(SPEC, seeds, None)
@@ -117,8 +116,8 @@ def test_dropout_uses_exact_path(den):
 
 
 def test_graph_bookkeeping_with_fake_graphs(den, monkeypatch):
-    """The CUDA-graph logic on CPU with a stand-in for GraphedCall: one capture per (bucket,
-    steps), re-captured once the compiled step is ready, un-graphed fallback if capture fails."""
+    """The CUDA-graph logic on CPU with a stand-in for GraphedCall: one capture per sampling
+    loop, re-captured once the compiled step is ready, un-graphed from then on if capture fails."""
     captures = []
 
     class FakeGraph:
@@ -172,6 +171,28 @@ class StaticGraph:
             if dst is not None:
                 dst.copy_(src)
         return self.fn(*self.inputs).clone()
+
+
+def test_sampling_runs_as_one_graph_for_new_seeds(den, monkeypatch):
+    """One- and two-step sampling on a graph-capable fast denoiser: one capture per step count,
+    and replays for new seeds (new noise, new labels) equal the exact samplers."""
+    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
+    StaticGraph.captures = []
+    fast = optimize(den, copy=True)
+    fast.cuda_graphs = True
+    progress = []
+
+    def cb(d):
+        progress.append((d["i"], d["n"], d["denoised"] is None))
+    cb.needs_denoised = False
+    for seeds in ([1, 2, 3], [7, 8, 9]):
+        lab = labels_for(SPEC, seeds, None)
+        for steps in (1, 2):
+            st = SampleSettings(steps=steps)
+            got = sample_batch(fast, SPEC, seeds, st, lab, callback=cb)
+            assert (got - sample_batch(den, SPEC, seeds, st, lab)).abs().max() < 1e-5, steps
+    assert len(StaticGraph.captures) == 2 and fast.stats["graph_replays"] == 4
+    assert progress[:3] == [(0, 1, True), (0, 2, True), (1, 2, True)]
 
 
 def test_editing_loops_run_as_one_graph(den, monkeypatch):
