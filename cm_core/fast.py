@@ -37,6 +37,7 @@ import contextlib
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
@@ -125,12 +126,14 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         self._queue: list[int] = []
         self._cv = threading.Condition()
         self._worker: threading.Thread | None = None
-        self._graphs: dict[tuple, GraphedCall] = {}
+        self._graphs: OrderedDict[tuple, GraphedCall] = OrderedDict()  # least recently used first
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lock = threading.RLock()
         self._cache_file = cache_file
         self.stats: dict = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0,
                             "compile_s": {}, "compile_error": None, "graph_error": None}
+
+    max_graphs = 32  # CUDA graphs kept (least recently used dropped first)
 
     # --- Denoiser attributes used by the samplers, generate.py and the app
     kind = property(lambda self: self.den.kind)
@@ -237,10 +240,20 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
                     self.stats["graph_error"] = f"{type(e).__name__}: {e}"
                     log.warning("CUDA graph capture of %r failed, running without graphs: %s", key, e)
                     return fn(*inputs)
-                self._graphs = {k: v for k, v in self._graphs.items() if k[0] != key}
-                self._graphs[full] = g
+                self._keep_graph(full, g)
+            self._graphs.move_to_end(full)
             self.stats["graph_replays"] += 1
             return g(*inputs)
+
+    def _keep_graph(self, full: tuple, g: GraphedCall) -> None:
+        """Cache ``g`` under ``(key, compiled)``, dropping the key's other (eager) graph and the
+        least recently used graphs beyond ``max_graphs``: every distinct batch shape, noise
+        schedule and editor is a graph, and each holds its outputs in the shared memory pool."""
+        for k in [k for k in self._graphs if k[0] == full[0]]:
+            del self._graphs[k]
+        self._graphs[full] = g
+        while len(self._graphs) > self.max_graphs:
+            self._graphs.popitem(last=False)
 
 
 # ------------------------------------------------------------------------------------ the entry

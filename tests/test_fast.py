@@ -195,6 +195,23 @@ def test_sampling_runs_as_one_graph_for_new_seeds(den, monkeypatch):
     assert progress[:3] == [(0, 1, True), (0, 2, True), (1, 2, True)]
 
 
+def test_graph_cache_is_bounded(den, monkeypatch):
+    """Each batch shape / schedule is a graph; beyond max_graphs the least recently used goes."""
+    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
+    StaticGraph.captures = []
+    fast = optimize(den, copy=True)
+    fast.cuda_graphs, fast.max_graphs = True, 2
+    run = {n: (lambda n=n: sample_batch(fast, SPEC, list(range(n)), SampleSettings(steps=1),
+                                        labels_for(SPEC, list(range(n)), None))) for n in (1, 2, 3)}
+    for n in (1, 2, 1, 3):  # 3 evicts 2 (1 was used more recently)
+        run[n]()
+    assert len(StaticGraph.captures) == 3 and len(fast._graphs) == 2
+    run[1]()
+    assert len(StaticGraph.captures) == 3  # still cached
+    run[2]()
+    assert len(StaticGraph.captures) == 4 and len(fast._graphs) == 2
+
+
 def test_editing_loops_run_as_one_graph(den, monkeypatch):
     """Colorize, inpaint, super-resolution and interpolation on a graph-capable fast denoiser:
     one capture per editor and schedule, replays equal to the exact editors for NEW images
