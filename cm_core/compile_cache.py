@@ -104,10 +104,20 @@ class BackgroundCompiler:
             return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
 
     _busy = False
+    _closed = False
+
+    def stop_compiling(self) -> None:
+        """Drop the queued buckets and accept no more; a compilation under way finishes, then the
+        worker thread ends (so nothing keeps this object, and its GPU memory, alive)."""
+        with self._cv:
+            self._closed = True
+            self._queue.clear()
+            self._cv.notify_all()
 
     def _request(self, b: int) -> None:
         with self._cv:
-            if b in self._ready or b in self._queued or self.stats["compile_error"]:
+            if (self._closed or b in self._ready or b in self._queued
+                    or self.stats["compile_error"]):
                 return
             self._queued.add(b)
             self._queue.append(b)
@@ -117,9 +127,15 @@ class BackgroundCompiler:
             self._cv.notify_all()
 
     def _work(self) -> None:
+        """Compile queued buckets; the thread ends when the queue is empty (``_request`` starts a
+        new one), so an idle or evicted model is not held by a sleeping thread."""
         while True:
             with self._cv:
-                self._cv.wait_for(lambda: bool(self._queue))
+                if not self._queue or self._closed:
+                    self._queue.clear()
+                    self._worker = None
+                    self._cv.notify_all()
+                    return
                 b = self._queue.pop(0)
                 self._busy = True
             try:

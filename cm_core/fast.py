@@ -154,6 +154,13 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
     def dropout(self, p: float) -> None:
         self.den.dropout = p
 
+    def close(self) -> None:
+        """Release what keeps device memory: queued compilations and the cached CUDA graphs
+        (called by the app's model cache when it evicts this model)."""
+        self.stop_compiling()
+        with self._lock:
+            self._graphs.clear()
+
     def ready(self, bucket: int) -> bool:
         """Whether ``bucket`` runs compiled (else eager)."""
         return bucket in self._ready

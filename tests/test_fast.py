@@ -1,6 +1,8 @@
 """The fast path (cm_core.fast) on CPU: equal to the exact path, padding-invariant, and safe
 when background compilation is slow or fails. Compile-heavy checks are marked slow."""
+import gc
 import threading
+import weakref
 
 import pytest
 import torch
@@ -103,6 +105,33 @@ def test_eager_serves_while_compiling(den, inputs, ref):
     out2 = sampling.onestep(fast, *inputs)
     assert fast.stats["compiled_calls"] == 1
     assert torch.equal(out, out2) and (out - ref).abs().max().item() < 1e-5
+
+
+def test_an_idle_or_closed_model_is_not_kept_alive(den):
+    """The compile thread ends when its queue is empty or the model is closed (as the app's
+    model cache does on eviction), so it does not keep an evicted model's memory alive."""
+    fast = optimize(den, copy=True, compiler=lambda fn: fn, warm_buckets=(1,))
+    worker = fast._worker
+    worker.join(30)
+    assert not worker.is_alive() and fast.ready(1) and fast._worker is None
+    fast._request(2)  # a new request starts a new worker
+    fast._worker.join(30)
+    assert fast.ready(2)
+
+    gate = threading.Event()
+    fast = optimize(den, copy=True, compiler=lambda fn: lambda *a: (gate.wait(30), fn(*a))[1],
+                    warm_buckets=(1, 2))
+    worker = fast._worker
+    fast.close()  # bucket 1 may be compiling; bucket 2 is dropped
+    gate.set()
+    worker.join(30)
+    assert not worker.is_alive() and not fast.ready(2)
+    fast._request(4)
+    assert fast._worker is None  # closed: nothing more is compiled
+    ref = weakref.ref(fast)
+    del fast
+    gc.collect()
+    assert ref() is None
 
 
 def test_dropout_uses_exact_path(den):

@@ -12,9 +12,14 @@ from cm_core.registry import REGISTRY, get_spec
 
 
 class _Fake(torch.nn.Module):
+    closed: list[str] = []
+
     def __init__(self, name):
         super().__init__()
         self.name = name
+
+    def close(self):  # a fast model's: stop compiling, drop CUDA graphs
+        _Fake.closed.append(self.name)
 
 
 def _cache(cap=2, fail=(), oom_once=(), free=None):
@@ -34,10 +39,14 @@ def _cache(cap=2, fail=(), oom_once=(), free=None):
 
 def test_cache_is_a_bounded_lru():
     c, calls = _cache(cap=2)
+    _Fake.closed = []
     for name in ("cd_digits32", "ct_digits32", "cd_digits32", "edm_digits32"):
         c.get(name)
     assert c.names() == ["cd_digits32", "edm_digits32"]  # ct was least recently used
     assert calls == ["cd_digits32", "ct_digits32", "edm_digits32"]
+    assert _Fake.closed == ["ct_digits32"]  # an evicted model is released
+    c.evict(keep="edm_digits32")
+    assert _Fake.closed == ["ct_digits32", "cd_digits32"]
 
 
 def test_failed_load_is_not_cached():

@@ -6,6 +6,7 @@ MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs)
 """
 from __future__ import annotations
 
+import gc
 import os
 import threading
 from collections import OrderedDict
@@ -68,26 +69,24 @@ class ModelCache:
         return name in self._models
 
     def clear(self) -> None:
-        with self._lock:
-            self._models.clear()
-        self._empty_cuda()
+        self.evict()
 
     def evict(self, keep: str | None = None) -> list[str]:
         """Drop every model but ``keep``; returns the evicted names."""
         with self._lock:
             gone = [n for n in self._models if n != keep]
             for n in gone:
-                del self._models[n]
+                _release(self._models.pop(n))
         self._empty_cuda()
         return gone
 
     def _empty_cuda(self) -> None:
         if self.device.type == "cuda":
+            gc.collect()  # a fast model's compiled step and graphs form reference cycles
             torch.cuda.empty_cache()
 
     def _evict_oldest(self) -> None:
-        name, _ = self._models.popitem(last=False)
-        del _
+        _release(self._models.popitem(last=False)[1])
         self._empty_cuda()
 
     def _make_room(self, spec: ModelSpec) -> None:
@@ -143,6 +142,13 @@ class ModelCache:
                     self._empty_cuda()  # give the failed attempt's blocks back before the next request
                     raise ValueError(f"out of GPU memory running {name}: use a smaller batch size") from None
                 raise
+
+
+def _release(den: Denoiser) -> None:
+    """Let an evicted model's device memory go: a fast model stops compiling and drops its graphs."""
+    close = getattr(den, "close", None)
+    if callable(close):
+        close()
 
 
 def _use_fast(device: torch.device) -> bool:
