@@ -45,24 +45,27 @@ def free_port() -> int:
 class AppServer:
     """``python app.py`` in a subprocess; ``url`` once it answers HTTP."""
 
-    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None) -> None:
+    def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None,
+                 real_models: bool | None = None, timeout: float = 120.0) -> None:
+        """``real_models``: the trained embedded weights (default: ``$CM_APP_TEST_REAL_MODELS=1``),
+        else random-weight ones. ``start_seconds``: from launch until the page answers."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = tmp / "app.log"
-        real = os.environ.get("CM_APP_TEST_REAL_MODELS") == "1"
+        real = os.environ.get("CM_APP_TEST_REAL_MODELS") == "1" if real_models is None else real_models
         env = {**os.environ, "CM_EMBEDDED_DIR": "" if real else str(random_embedded_models(tmp / "embedded")),
                "CM_CHECKPOINT_DIR": str(tmp / "checkpoints"), "GRADIO_SERVER_PORT": str(self.port),
                "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_ANALYTICS_ENABLED": "False",
                "GRADIO_EXAMPLES_CACHE": str(tmp / "examples_cache"), "CM_TORCH_THREADS": "1",
                "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(extra_env or {})}
-        if os.environ.get("CM_APP_TEST_REAL_MODELS") == "1":  # README screenshots: trained weights
+        if real:  # README screenshots, bench/first_image.py: trained weights
             env.pop("CM_EMBEDDED_DIR")
         env.pop("CM_DEFAULT_MODEL", None)
         env.pop("CM_SHARE", None)
         self.started = time.perf_counter()
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=tmp, env=env,
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
-        self.start_seconds = self._wait()
+        self.start_seconds = self._wait(timeout)
 
     def _wait(self, timeout: float = 120.0) -> float:
         while time.perf_counter() - self.started < timeout:
