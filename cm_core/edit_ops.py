@@ -51,7 +51,7 @@ class Replacement:
         return self.fn(x0, *self.tensors)
 
 
-def _graphable(den: Any, replace: Any, callback: Callback | None, noise: Any, dropout_rng: Rng) -> bool:
+def graphable(den: Any, replace: Any, callback: Callback | None, noise: Any, dropout_rng: Rng) -> bool:
     """Whether the loop can run as one CUDA graph: a graph-capable fast denoiser, no per-step
     host work (a callback that needs x0, a noise function, Monte-Carlo dropout)."""
     return (bool(getattr(den, "cuda_graphs", False)) and hasattr(den, "run_graphed")
@@ -105,10 +105,16 @@ def _graphed_loop(den: Any, x: torch.Tensor, sigmas: Sequence[float], generator:
         return _loop(den, x, sig, rep, labels, None, None, lambda i, x0, sc: noises[i])
     key = ("sigma_loop", tag, sig, tuple(x.shape), x.dtype, lab is None, tuple(t.shape for t in rt))
     out = den.run_graphed(key, body, x, noise.to(device=x.device, dtype=x.dtype), lab, *rt)
-    if callback is not None:  # progress only (needs_denoised False): reported after the replay
-        for i in range(n):
-            callback({"i": i, "n": n, "sigma": sig[i], "denoised": None})
+    report_progress(callback, sig[:n])
     return out
+
+
+def report_progress(callback: Callback | None, sigmas: Sequence[float]) -> None:
+    """After a graph replay: a progress-only callback (``needs_denoised = False``) gets every
+    step, with "denoised" None."""
+    if callback is not None:
+        for i, s in enumerate(sigmas):
+            callback({"i": i, "n": len(sigmas), "sigma": float(s), "denoised": None})
 
 
 def sigma_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generator: Rng,
@@ -135,7 +141,7 @@ def sigma_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generat
     if isinstance(noise, torch.Tensor) and noise.shape != (n, *x.shape):
         raise ValueError(f"pre-drawn noise must be [{n}, {', '.join(map(str, x.shape))}], "
                          f"got {tuple(noise.shape)}")
-    if _graphable(den, replace, callback, noise, dropout_rng):
+    if graphable(den, replace, callback, noise, dropout_rng):
         return _graphed_loop(den, x, sigmas, generator, replace, class_labels, callback, noise)
 
     def draw(i: int, x0: torch.Tensor, scale: float) -> torch.Tensor | None:
