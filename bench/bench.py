@@ -166,8 +166,8 @@ def bench_model(spec: ModelSpec, device: torch.device, big: int, steps_list: tup
     cuda = device.type == "cuda"
     den = make_denoiser(spec, device)
     flops = flops_per_image(spec.arch)
-    with timed(device) as t:
-        fast = optimize(den, copy=True, warm_buckets=(1, big), background=False)
+    with timed(device) as t:  # every bucket the rows use (max_err samples 2), so no compile overlaps a timing
+        fast = optimize(den, copy=True, warm_buckets=(1, 2, big), background=False)
     compile_s = t["s"] if fast._compiled is not None else None
     impls: list[tuple[str, Callable, float]] = [
         ("diffusers fp32", diffusers_call(den, spec, torch.float32, device), _weights_gib(den))]
@@ -189,6 +189,10 @@ def bench_model(spec: ModelSpec, device: torch.device, big: int, steps_list: tup
         for name, d in (("edit: inpaint exact fp32", den), ("edit: inpaint fast", fast)):
             rows.append(run_row(Row(spec.name, ne, name, batch=big, flops=flops),
                                 editing_call(d, spec), device, iters, _weights_gib(d), batch1))
+    st = fast.stats
+    print(f"  {spec.name} fast path: compile {st['compile_s']}, graph replays {st['graph_replays']}, "
+          f"deferred {st['graph_deferred']}, compile error {st['compile_error']}, "
+          f"graph error {st['graph_error']}", flush=True)
     return rows
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from .cuda_graphs import compiling
+
 log = logging.getLogger("cm_core.fast")  # one logger for the whole fast path
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
@@ -152,11 +154,11 @@ class BackgroundCompiler:
         sig = torch.full((b,), float(self.sigma_max), device=self.device)
         lab = torch.zeros(b, dtype=torch.long, device=self.device) if self.class_cond else None
         try:
-            with torch.no_grad():
+            with compiling(), torch.no_grad():  # no CUDA graph capture meanwhile (autotune syncs)
                 assert self._compiled is not None
                 self._compiled(x, sig, lab)
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
+                if self.device.type == "cuda":
+                    torch.cuda.synchronize(self.device)
         except Exception as e:  # noqa: BLE001 - no compiler toolchain, OOM, ...: stay eager
             self.stats["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             log.warning("compilation of batch bucket %d failed, staying eager: %s", b, e)

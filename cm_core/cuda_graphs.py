@@ -2,12 +2,53 @@
 
 Used by :meth:`cm_core.fast.FastDenoiser.run_graphed` for whole sampling and editing loops (one
 graph per loop: batch shape, noise levels, editor).
+
+A capture is invalidated by a device-wide synchronisation from any thread (whatever the capture
+mode), and ``torch.cuda.empty_cache`` asserts that no capture is under way. Inductor's autotuning
+in the background compile thread synchronises the device many times. So, process-wide: one
+capture at a time (:func:`capture_slot`), none while a compilation is under way
+(:func:`compiling`; the caller then runs un-graphed and captures later), and
+:func:`empty_cache` waits for a capture in progress.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+import threading
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
+
+_CAPTURE = threading.Lock()  # held during a capture; guards _compiling
+_compiling = 0  # compilations under way in this process
+
+
+@contextlib.contextmanager
+def compiling() -> Iterator[None]:
+    """Mark one compilation (e.g. a batch bucket's ``torch.compile``) as under way: waits for a
+    capture in progress to end, and no capture starts until the compilation is done."""
+    global _compiling
+    with _CAPTURE:
+        _compiling += 1
+    try:
+        yield
+    finally:
+        with _CAPTURE:
+            _compiling -= 1
+
+
+@contextlib.contextmanager
+def capture_slot() -> Iterator[bool]:
+    """``with capture_slot() as ok:`` capture inside only if ``ok`` (no compilation under way);
+    holds the process-wide capture lock for the block."""
+    with _CAPTURE:
+        yield _compiling == 0
+
+
+def empty_cache() -> None:
+    """``torch.cuda.empty_cache()`` once no capture is under way (it must not run during one)."""
+    if torch.cuda.is_available():
+        with _CAPTURE:
+            torch.cuda.empty_cache()
 
 
 class GraphedCall:
@@ -27,21 +68,26 @@ class GraphedCall:
     def __init__(self, fn: Callable[..., torch.Tensor], inputs: Sequence[torch.Tensor | None],
                  pool: tuple | None = None, warmup_iters: int = 2) -> None:
         self.fn = fn  # keeps closure-held constants (and so their device memory) alive
-        self.inputs = [t.clone() if t is not None else None for t in inputs]
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):  # lazy inits (cuBLAS/cuDNN handles, workspaces) off-capture
-            for _ in range(warmup_iters):
-                fn(*self.inputs)
-        torch.cuda.current_stream().wait_stream(side)
-        self.graph = torch.cuda.CUDAGraph()
-        # thread_local: a background compile in another thread must not invalidate this capture
-        with torch.cuda.graph(self.graph, pool=pool, capture_error_mode="thread_local"):
-            self.out = fn(*self.inputs)
+        # the inputs' device, made current: streams and the capture belong to it (cuda:1 too)
+        self.device = next(t.device for t in inputs if t is not None)
+        with torch.cuda.device(self.device):
+            self.inputs = [t.clone() if t is not None else None for t in inputs]
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):  # lazy inits (cuBLAS/cuDNN handles, workspaces) off-capture
+                for _ in range(warmup_iters):
+                    fn(*self.inputs)
+            torch.cuda.current_stream().wait_stream(side)
+            self.graph = torch.cuda.CUDAGraph()
+            # thread_local: other threads' (eager) work does not make this capture's API calls fail
+            with torch.cuda.graph(self.graph, pool=pool, stream=torch.cuda.Stream(self.device),
+                                  capture_error_mode="thread_local"):
+                self.out = fn(*self.inputs)
 
     def __call__(self, *inputs: torch.Tensor | None) -> torch.Tensor:
-        for dst, src in zip(self.inputs, inputs):
-            if dst is not None:
-                dst.copy_(src, non_blocking=True)
-        self.graph.replay()
-        return self.out.clone()
+        with torch.cuda.device(self.device):
+            for dst, src in zip(self.inputs, inputs):
+                if dst is not None:
+                    dst.copy_(src, non_blocking=True)
+            self.graph.replay()
+            return self.out.clone()

@@ -45,7 +45,7 @@ import torch
 
 from .compile_cache import (BackgroundCompiler, Compiler, StepFn, _mega_cache, _raise_recompile_limit,
                             configure_compile_cache, default_compiler, log)
-from .cuda_graphs import GraphedCall
+from .cuda_graphs import GraphedCall, capture_slot
 from .denoiser import Denoiser, Rng
 
 __all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
@@ -131,7 +131,8 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         self._lock = threading.RLock()
         self._cache_file = cache_file
         self.stats: dict = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0,
-                            "compile_s": {}, "compile_error": None, "graph_error": None}
+                            "graph_deferred": 0, "compile_s": {}, "compile_error": None,
+                            "graph_error": None}
 
     max_graphs = 32  # CUDA graphs kept (least recently used dropped first)
 
@@ -227,7 +228,9 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
     def run_graphed(self, key: object, fn: Callable[..., torch.Tensor],
                     *inputs: torch.Tensor | None) -> torch.Tensor:
         """Run ``fn(*inputs)`` as one CUDA graph cached under ``key`` (put shapes and the step
-        count in it); a plain call on CPU, or for good once a capture has failed.
+        count in it); a plain call on CPU, or for good once a capture has failed, or while a
+        compilation is under way in this process (it would invalidate the capture; the graph
+        is captured on a later call).
 
         Used by :func:`cm_core.edit_ops.sigma_loop` (the samplers' and editors' loop) with
         pre-drawn noise and device labels as inputs: ``fn`` must not synchronise with the host
@@ -241,12 +244,16 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         with self._lock:
             g = self._graphs.get(full)
             if g is None:
-                try:
-                    g = GraphedCall(fn, inputs, self._pool)
-                except Exception as e:  # noqa: BLE001 - run it un-graphed from now on
-                    self.stats["graph_error"] = f"{type(e).__name__}: {e}"
-                    log.warning("CUDA graph capture of %r failed, running without graphs: %s", key, e)
-                    return fn(*inputs)
+                with capture_slot() as free:
+                    if not free:  # a compilation is under way: un-graphed now, captured later
+                        self.stats["graph_deferred"] += 1
+                        return fn(*inputs)
+                    try:
+                        g = GraphedCall(fn, inputs, self._pool)
+                    except Exception as e:  # noqa: BLE001 - run it un-graphed from now on
+                        self.stats["graph_error"] = f"{type(e).__name__}: {e}"
+                        log.warning("CUDA graph capture of %r failed, running without graphs: %s", key, e)
+                        return fn(*inputs)
                 self._keep_graph(full, g)
             self._graphs.move_to_end(full)
             self.stats["graph_replays"] += 1

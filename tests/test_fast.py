@@ -60,6 +60,22 @@ def test_half_precision_error(den, inputs, ref, dtype, bound):
     assert err < bound
 
 
+def test_half_precision_denoiser_keeps_the_time_input_fp32():
+    """The plain Denoiser in fp16 (CM_DTYPE=float16, or the fast path's dropout route) passes
+    250 log sigma in float32: rounded to fp16 (1095.5 -> 1096) it cost 5.8e-2 on the trained
+    embedded model at sigma 80; now ~3e-3."""
+    import copy
+
+    from cm_core.checkpoints import load_denoiser
+    exact = load_denoiser("cd_digits32")
+    half = copy.deepcopy(exact).half()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 80
+    lab = torch.tensor([1, 2, 3, 4])
+    err = (sampling.onestep(half, x.half(), lab).float() - sampling.onestep(exact, x, lab)).abs().max().item()
+    print(f"fp16 Denoiser vs fp32 one-step max abs: {err:.2e}")
+    assert err < 1e-2
+
+
 def test_fast_sample_batch_equals_exact(den):
     """generate.sample_batch on the fast denoiser equals the exact samplers (one and two steps)."""
     fast = optimize(den, copy=True)
@@ -183,6 +199,36 @@ def test_graph_bookkeeping_with_fake_graphs(den, monkeypatch):
     x = torch.randn(3, 3, 32, 32)
     out = fast.run_graphed("double", lambda t: fast(t, 80.0, lab) * 2, x)  # capture fails: plain call
     assert (out - 2 * den(x, 80.0, lab)).abs().max() < 1e-5
+
+
+def test_no_capture_while_a_compilation_runs(den, monkeypatch):
+    """Autotuning synchronises the device, which would invalidate a capture: while any bucket
+    compiles, graphed loops run un-graphed (and uncached); the capture comes once it is done."""
+    captures = []
+
+    class FakeGraph:
+        def __init__(self, fn, inputs, pool):
+            captures.append(fn)
+            self.fn = fn
+
+        def __call__(self, *a):
+            return self.fn(*a)
+    monkeypatch.setattr(fast_mod, "GraphedCall", FakeGraph)
+    started, gate = threading.Event(), threading.Event()
+    fast = optimize(den, copy=True, warm_buckets=(4,),
+                    compiler=lambda fn: lambda *a: (started.set(), gate.wait(30), fn(*a))[2])
+    fast.cuda_graphs = True
+    assert started.wait(30)  # bucket 4 is compiling
+    seeds, st = [5, 6, 7], SampleSettings(steps=2)
+    lab = labels_for(SPEC, seeds, None)
+    exact = sample_batch(den, SPEC, seeds, st, lab)
+    for _ in range(2):
+        assert (sample_batch(fast, SPEC, seeds, st, lab) - exact).abs().max() < 1e-5
+    assert captures == [] and fast.stats["graph_deferred"] == 2 and fast.stats["graph_error"] is None
+    gate.set()
+    assert fast.wait(timeout=30) and fast.ready(4)
+    assert (sample_batch(fast, SPEC, seeds, st, lab) - exact).abs().max() < 1e-5
+    assert len(captures) == 1 and fast.stats["graph_replays"] == 1
 
 
 class StaticGraph:

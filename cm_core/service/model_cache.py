@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ..checkpoints import load_denoiser, pick_device
+from ..cuda_graphs import empty_cache
 from ..denoiser import Denoiser
 from ..registry import ModelSpec, get_spec
 from .sizes import model_bytes
@@ -83,7 +84,7 @@ class ModelCache:
     def _empty_cuda(self) -> None:
         if self.device.type == "cuda":
             gc.collect()  # a fast model's compiled step and graphs form reference cycles
-            torch.cuda.empty_cache()
+            empty_cache()  # not during another thread's CUDA graph capture
 
     def _evict_oldest(self) -> None:
         _release(self._models.popitem(last=False)[1])
