@@ -44,6 +44,11 @@ def capture_slot() -> Iterator[bool]:
         yield _compiling == 0
 
 
+def is_oom(e: BaseException) -> bool:
+    """Whether ``e`` is a CUDA out-of-memory error (typed, or a RuntimeError saying so)."""
+    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
+
+
 def empty_cache() -> None:
     """``torch.cuda.empty_cache()`` once no capture is under way (it must not run during one)."""
     if torch.cuda.is_available():

@@ -1,6 +1,7 @@
 """The shared Algorithm-4 loop and the orthogonal transforms ``A`` of the editors.
 
-See :mod:`cm_core.editing` for the algorithm; everything public here is re-exported there.
+See :mod:`cm_core.editing` for the algorithm; it re-exports the loops, ``Replacement`` and the
+transforms. ``graphable`` and ``report_progress`` serve the samplers' graphed loops too.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ class Replacement:
 def graphable(den: Any, replace: Any, callback: Callback | None, noise: Any, dropout_rng: Rng) -> bool:
     """Whether the loop can run as one CUDA graph: a graph-capable fast denoiser, no per-step
     host work (a callback that needs x0, a noise function, Monte-Carlo dropout)."""
-    return (bool(getattr(den, "cuda_graphs", False)) and hasattr(den, "run_graphed")
+    return (bool(getattr(den, "graphs_active", False)) and hasattr(den, "run_graphed")
             and (replace is None or isinstance(replace, Replacement))
             and (callback is None or not getattr(callback, "needs_denoised", True))
             and not callable(noise)

@@ -45,7 +45,7 @@ import torch
 
 from .compile_cache import (BackgroundCompiler, Compiler, StepFn, _mega_cache, _raise_recompile_limit,
                             configure_compile_cache, default_compiler, log)
-from .cuda_graphs import GraphedCall, capture_slot
+from .cuda_graphs import GraphedCall, capture_slot, is_oom
 from .denoiser import Denoiser, Rng
 
 __all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
@@ -130,6 +130,8 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lock = threading.RLock()
         self._cache_file = cache_file
+        # eager/compiled_calls count network calls run outside graphs (and in warm-up and capture);
+        # a replay counts once in graph_replays, whatever its number of evaluations
         self.stats: dict = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0,
                             "graph_deferred": 0, "compile_s": {}, "compile_error": None,
                             "graph_error": None}
@@ -154,6 +156,11 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
     @dropout.setter
     def dropout(self, p: float) -> None:
         self.den.dropout = p
+
+    @property
+    def graphs_active(self) -> bool:
+        """Whether loops run as CUDA graphs: on CUDA, graphs on, and no capture has failed."""
+        return self.cuda_graphs and self.stats["graph_error"] is None
 
     def close(self) -> None:
         """Release what keeps device memory: queued compilations and the cached CUDA graphs
@@ -237,27 +244,38 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         (no ``.item()``, no host-side checks of device values). The graph of a key is
         re-captured once the compiled step of the batch's bucket is ready, replacing the eager one.
         """
-        if not self.cuda_graphs or self.stats["graph_error"] is not None:
+        if not self.graphs_active:
             return fn(*inputs)
         b = self._bucket(next(t for t in inputs if t is not None).shape[0])
         full = (key, b in self._ready)
-        with self._lock:
+        with self._lock:  # replays (and their output clones) one at a time: graphs share a pool
             g = self._graphs.get(full)
-            if g is None:
-                with capture_slot() as free:
-                    if not free:  # a compilation is under way: un-graphed now, captured later
-                        self.stats["graph_deferred"] += 1
-                        return fn(*inputs)
-                    try:
-                        g = GraphedCall(fn, inputs, self._pool)
-                    except Exception as e:  # noqa: BLE001 - run it un-graphed from now on
-                        self.stats["graph_error"] = f"{type(e).__name__}: {e}"
-                        log.warning("CUDA graph capture of %r failed, running without graphs: %s", key, e)
-                        return fn(*inputs)
+            if g is not None:
+                self._graphs.move_to_end(full)
+            elif (g := self._capture(key, fn, inputs)) is not None:
                 self._keep_graph(full, g)
-            self._graphs.move_to_end(full)
-            self.stats["graph_replays"] += 1
-            return g(*inputs)
+            if g is not None:
+                self.stats["graph_replays"] += 1
+                return g(*inputs)
+        return fn(*inputs)  # un-graphed, outside the locks
+
+    def _capture(self, key: object, fn: Callable[..., torch.Tensor],
+                 inputs: Sequence[torch.Tensor | None]) -> GraphedCall | None:
+        """A new graph of ``fn``, or None: a compilation is under way (captured on a later call)
+        or the capture failed (graphs off for good). Out of memory is raised, graphs staying on,
+        so that the caller's retry (the app's model cache evicts other models) can succeed."""
+        with capture_slot() as free:
+            if not free:
+                self.stats["graph_deferred"] += 1
+                return None
+            try:
+                return GraphedCall(fn, inputs, self._pool)
+            except Exception as e:  # noqa: BLE001 - run un-graphed from now on
+                if is_oom(e):
+                    raise
+                self.stats["graph_error"] = f"{type(e).__name__}: {e}"
+                log.warning("CUDA graph capture of %r failed, running without graphs: %s", key, e)
+                return None
 
     def _keep_graph(self, full: tuple, g: GraphedCall) -> None:
         """Cache ``g`` under ``(key, compiled)``, dropping the key's other (eager) graph and the

@@ -47,8 +47,9 @@ class AppServer:
 
     def __init__(self, tmp: Path, extra_env: dict[str, str] | None = None,
                  real_models: bool | None = None, timeout: float = 120.0) -> None:
-        """``real_models``: the trained embedded weights (default: ``$CM_APP_TEST_REAL_MODELS=1``),
-        else random-weight ones. ``start_seconds``: from launch until the page answers."""
+        """Launch and wait up to ``timeout`` seconds for the page. ``real_models``: the trained
+        embedded weights (default: ``$CM_APP_TEST_REAL_MODELS=1``), else random-weight ones.
+        Sets ``started`` (launch time) and ``start_seconds`` (launch until the page answers)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         self.log = tmp / "app.log"

@@ -104,8 +104,8 @@ def generate_many(reqs: Sequence[GenerateRequest], progress: Progress | None = N
         def run(spec: ModelSpec, den: Denoiser) -> torch.Tensor:
             t = time.perf_counter()
             out = _sampler()(den, spec, seeds, settings, lab, cb)
-            if out.is_cuda:
-                torch.cuda.synchronize()
+            if out.is_cuda:  # this stream only: a device-wide sync would break another thread's capture
+                torch.cuda.current_stream(out.device).synchronize()
             return out, time.perf_counter() - t
         images, secs = cache().run(name, run)
         pil = to_pil(images)

@@ -16,14 +16,10 @@ from typing import Any
 import torch
 
 from ..checkpoints import load_denoiser, pick_device
-from ..cuda_graphs import empty_cache
+from ..cuda_graphs import empty_cache, is_oom
 from ..denoiser import Denoiser
 from ..registry import ModelSpec, get_spec
 from .sizes import model_bytes
-
-
-def _is_oom(e: BaseException) -> bool:
-    return isinstance(e, torch.OutOfMemoryError) or "out of memory" in str(e).lower()
 
 
 def _free_cuda_memory(device: torch.device) -> int | None:
@@ -112,7 +108,7 @@ class ModelCache:
             try:
                 den = self._load(spec)
             except Exception as e:  # noqa: BLE001 - OOM is retried once after evicting all
-                if not _is_oom(e):
+                if not is_oom(e):
                     raise
                 self.evict()
                 den = self._load(spec)
@@ -133,13 +129,13 @@ class ModelCache:
         try:
             return fn(spec, den)
         except Exception as e:  # noqa: BLE001
-            if not _is_oom(e):
+            if not is_oom(e):
                 raise
             self.evict(keep=name)
             try:
                 return fn(spec, den)
             except Exception as e2:  # noqa: BLE001
-                if _is_oom(e2):
+                if is_oom(e2):
                     self._empty_cuda()  # give the failed attempt's blocks back before the next request
                     raise ValueError(f"out of GPU memory running {name}: use a smaller batch size") from None
                 raise
