@@ -167,19 +167,28 @@ def test_dropout_uses_exact_path(den):
     assert isinstance(fast, FastDenoiser)
 
 
-def test_graph_bookkeeping_with_fake_graphs(den, monkeypatch):
+class StaticGraph:
+    """A CPU stand-in for GraphedCall with its semantics: inputs are copied into static buffers
+    made at capture, and a replay runs the captured function (with its closure) on them."""
+    captures: list = []
+
+    def __init__(self, fn, inputs, pool=None):
+        self.inputs = [t.clone() if t is not None else None for t in inputs]
+        self.fn = fn
+        StaticGraph.captures.append(fn)
+
+    def __call__(self, *inputs):
+        for dst, src in zip(self.inputs, inputs):
+            if dst is not None:
+                dst.copy_(src)
+        return self.fn(*self.inputs).clone()
+
+
+def test_graph_bookkeeping_with_stand_in_graphs(den, monkeypatch):
     """The CUDA-graph logic on CPU with a stand-in for GraphedCall: one capture per sampling
     loop, re-captured once the compiled step is ready, un-graphed from then on if capture fails."""
-    captures = []
-
-    class FakeGraph:
-        def __init__(self, fn, inputs, pool):
-            captures.append(len(inputs))
-            self.fn = fn
-
-        def __call__(self, *a):
-            return self.fn(*a)
-    monkeypatch.setattr(fast_mod, "GraphedCall", FakeGraph)
+    captures = StaticGraph.captures = []
+    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
     gate = threading.Event()
 
     def gated(fn):
@@ -211,16 +220,8 @@ def test_graph_bookkeeping_with_fake_graphs(den, monkeypatch):
 def test_no_capture_while_a_compilation_runs(den, monkeypatch):
     """Autotuning synchronises the device, which would invalidate a capture: while any bucket
     compiles, graphed loops run un-graphed (and uncached); the capture comes once it is done."""
-    captures = []
-
-    class FakeGraph:
-        def __init__(self, fn, inputs, pool):
-            captures.append(fn)
-            self.fn = fn
-
-        def __call__(self, *a):
-            return self.fn(*a)
-    monkeypatch.setattr(fast_mod, "GraphedCall", FakeGraph)
+    captures = StaticGraph.captures = []
+    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
     started, gate = threading.Event(), threading.Event()
     fast = optimize(den, copy=True, warm_buckets=(4,),
                     compiler=lambda fn: lambda *a: (started.set(), gate.wait(30), fn(*a))[2])
@@ -262,23 +263,6 @@ def test_out_of_memory_in_a_capture_is_raised_and_graphs_stay_on(den, monkeypatc
     fail.append(RuntimeError("operation not permitted when stream is capturing"))
     assert torch.equal(fast.run_graphed("triple", lambda t: t * 3, x), x * 3)
     assert not fast.graphs_active and "not permitted" in fast.stats["graph_error"]
-
-
-class StaticGraph:
-    """A CPU stand-in for GraphedCall with its semantics: inputs are copied into static buffers
-    made at capture, and a replay runs the captured function (with its closure) on them."""
-    captures: list = []
-
-    def __init__(self, fn, inputs, pool=None):
-        self.inputs = [t.clone() if t is not None else None for t in inputs]
-        self.fn = fn
-        StaticGraph.captures.append(fn)
-
-    def __call__(self, *inputs):
-        for dst, src in zip(self.inputs, inputs):
-            if dst is not None:
-                dst.copy_(src)
-        return self.fn(*self.inputs).clone()
 
 
 def test_sampling_runs_as_one_graph_for_new_seeds(den, monkeypatch):
