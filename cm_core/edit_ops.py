@@ -1,7 +1,7 @@
 """The shared Algorithm-4 loop and the orthogonal transforms ``A`` of the editors.
 
 See :mod:`cm_core.editing` for the algorithm; it re-exports the loops, ``Replacement`` and the
-transforms. ``graphable`` and ``report_progress`` serve the samplers' graphed loops too.
+transforms. ``graphable`` and ``run_graphed_loop`` serve the samplers' graphed loops too.
 """
 from __future__ import annotations
 
@@ -96,26 +96,33 @@ def _graphed_loop(den: Any, x: torch.Tensor, sigmas: Sequence[float], generator:
     if noise is None:
         draws = [_step_noise(x, generator, sigma_noise_scale(s, smin)) for s in sig[1:]]
         noise = torch.stack([torch.zeros_like(x) if z is None else z for z in draws])
-    lab = den.check_labels(class_labels, x.shape[0])  # on the device, validated before capture
     rt = replace.tensors if replace is not None else ()
     fn, tag = (replace.fn, replace.tag) if replace is not None else (None, None)
 
-    def body(x: torch.Tensor, noises: torch.Tensor, labels: torch.Tensor | None,
+    def body(x: torch.Tensor, labels: torch.Tensor | None, noises: torch.Tensor,
              *tensors: torch.Tensor) -> torch.Tensor:
         rep = Replacement(fn, tensors, tag) if fn is not None else None
         return _loop(den, x, sig, rep, labels, None, None, lambda i, x0, sc: noises[i])
-    key = ("sigma_loop", tag, sig, tuple(x.shape), x.dtype, lab is None, tuple(t.shape for t in rt))
-    out = den.run_graphed(key, body, x, noise.to(device=x.device, dtype=x.dtype), lab, *rt)
-    report_progress(callback, sig[:n])
-    return out
+    return run_graphed_loop(den, ("sigma_loop", tag, sig), body, x, class_labels,
+                            noise.to(device=x.device, dtype=x.dtype), *rt, callback=callback,
+                            sigmas=sig[:n])
 
 
-def report_progress(callback: Callback | None, sigmas: Sequence[float]) -> None:
-    """After a graph replay: a progress-only callback (``needs_denoised = False``) gets every
-    step, with "denoised" None."""
+def run_graphed_loop(den: Any, tag: tuple, body: Callable[..., torch.Tensor], x: torch.Tensor,
+                     class_labels: Any, *tensors: torch.Tensor, callback: Callback | None,
+                     sigmas: Sequence[float]) -> torch.Tensor:
+    """``body(x, labels, *tensors)``, a device-only loop, as one graph replay on ``den``
+    (:meth:`cm_core.fast.FastDenoiser.run_graphed`). The labels are checked and moved to the
+    device before capture; the graph key is ``tag`` plus the shapes, dtype and whether there are
+    labels. A progress-only callback (``needs_denoised = False``) then gets each step of
+    ``sigmas`` (the levels evaluated), with "denoised" None."""
+    lab = den.check_labels(class_labels, x.shape[0])
+    key = (*tag, tuple(x.shape), x.dtype, lab is None, tuple(t.shape for t in tensors))
+    out = den.run_graphed(key, body, x, lab, *tensors)
     if callback is not None:
         for i, s in enumerate(sigmas):
             callback({"i": i, "n": len(sigmas), "sigma": float(s), "denoised": None})
+    return out
 
 
 def sigma_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generator: Rng,

@@ -12,7 +12,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from .denoiser import Rng, noise_like
-from .edit_ops import clamped_denoise, edit_loop, graphable, report_progress, sigma_loop
+from .edit_ops import clamped_denoise, edit_loop, graphable, run_graphed_loop, sigma_loop
 from .schedule import karras_sigmas, pick_ts
 
 Callback = Callable[[dict], None]
@@ -76,10 +76,9 @@ def heun(den: DenoiseFn, x_T: torch.Tensor, num_steps: int,
     sig = karras_sigmas(num_steps, getattr(den, "sigma_min", 0.002), getattr(den, "sigma_max", 80.0))
     if not graphable(den, None, callback, None, dropout_rng):
         return _heun_steps(den, x_T, sig, class_labels, dropout_rng, callback).clamp(-1, 1)
-    lab = den.check_labels(class_labels, x_T.shape[0])  # on the device, validated before capture
-    key = ("heun", tuple(sig), tuple(x_T.shape), x_T.dtype, lab is None)
-    out = den.run_graphed(key, lambda x, labels: _heun_steps(den, x, sig, labels, None, None), x_T, lab)
-    report_progress(callback, sig[:-1])
+    out = run_graphed_loop(den, ("heun", tuple(sig)),
+                           lambda x, labels: _heun_steps(den, x, sig, labels, None, None),
+                           x_T, class_labels, callback=callback, sigmas=sig[:-1])
     return out.clamp(-1, 1)
 
 
