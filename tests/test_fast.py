@@ -7,9 +7,8 @@ import weakref
 import pytest
 import torch
 
-from cm_core import cuda_graphs
+from cm_core import cuda_graphs, sampling
 from cm_core import fast as fast_mod
-from cm_core import sampling
 from cm_core.denoiser import Denoiser
 from cm_core.fast import FastDenoiser, bucket_for, optimize, pick_dtype
 from cm_core.generate import SampleSettings, labels_for, sample_batch

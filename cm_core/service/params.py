@@ -9,10 +9,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .. import schedule
 from ..checkpoints import CheckpointError
 from ..generate import SampleSettings
 from ..registry import DEFAULT_MODEL, ModelSpec, get_spec
-from .. import schedule
 from .classes import parse_class
 from .settings import MAX_HEUN_STEPS, MAX_SEED, MAX_TS_STEPS, max_batch
 
