@@ -13,14 +13,11 @@ from __future__ import annotations
 import os
 import time
 
-from cm_app.handlers import (_err, _flag_multistep, colorize, compare_teacher, denoise, fetch_model,  # noqa: F401
-                             generate, generate_steps, inpaint, interpolate, model_table, model_updates,
-                             on_steps_change, random_seed, stroke_guided, super_resolve)
-from cm_app.layout import CONTROLS, CSS, INTRO, build_app  # noqa: F401
-from cm_app.uploads import UploadEditor, UploadImage, _install_atomic_image_cache  # noqa: F401
+from cm_app.layout import CSS, build_app
+from cm_app.uploads import install_atomic_image_cache
 from cm_core import service as S
 
-_install_atomic_image_cache()
+install_atomic_image_cache()
 
 
 def main() -> None:

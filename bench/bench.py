@@ -5,7 +5,7 @@
 
 Every row samples with the same ``UNet2DModel`` weights. "diffusers" is
 ``ConsistencyModelPipeline`` + ``CMStochasticIterativeScheduler`` (``output_type="pt"``);
-"exact" is our fp32 :class:`~cm_core.denoiser.Denoiser`; "fast" is :func:`cm_core.fast.optimize`
+"exact" is our fp32 :class:`~cm_core.models.denoiser.Denoiser`; "fast" is :func:`cm_core.accel.fast.optimize`
 (CUDA: fp16, channels_last, torch.compile max-autotune-no-cudagraphs, whole-call CUDA graphs;
 CPU: its defaults, i.e. fp32 eager). Columns: ms at batch 1, img/s at the large batch, peak GPU
 memory, compile seconds (blocking compilation of the two buckets used), speed-up over the best
@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cm_core.denoiser import Denoiser  # noqa: E402
-from cm_core.fast import optimize, timed  # noqa: E402
-from cm_core.generate import SampleSettings, labels_for, sample_batch  # noqa: E402
-from cm_core.network import build_unet  # noqa: E402
-from cm_core.registry import IMAGENET64, LSUN256, ArchSpec, ModelSpec, get_spec  # noqa: E402
+from cm_core.accel.fast import optimize, timed  # noqa: E402
+from cm_core.models.denoiser import Denoiser  # noqa: E402
+from cm_core.models.network import build_unet  # noqa: E402
+from cm_core.models.registry import IMAGENET64, LSUN256, ArchSpec, ModelSpec, get_spec  # noqa: E402
+from cm_core.sampling.generate import SampleSettings, labels_for, sample_batch  # noqa: E402
 
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "4090": 165.0}
 PARAMS = {IMAGENET64: 295_899_267, LSUN256: 526_304_771}
@@ -77,7 +77,7 @@ def measure(fn: Callable[[], object], device: torch.device, iters: int) -> float
 
 def make_denoiser(spec: ModelSpec, device: torch.device) -> Denoiser:
     """The registry model if its file is on disk (embedded models), else random weights."""
-    from cm_core.checkpoints import is_available, load_denoiser
+    from cm_core.models.checkpoints import is_available, load_denoiser
     if spec.embedded and is_available(spec):
         return load_denoiser(spec.name, device=device)
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ from typing import Any
 import gradio as gr
 
 from cm_core import service as S
-from cm_core.registry import ModelSpec
+from cm_core.models.registry import ModelSpec
 
 from .handlers import random_seed
 

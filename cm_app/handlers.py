@@ -11,7 +11,7 @@ import random
 import gradio as gr
 
 from cm_core import service as S
-from cm_core.registry import get_spec
+from cm_core.models.registry import get_spec
 
 
 def _err(fn):

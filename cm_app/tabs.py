@@ -9,7 +9,7 @@ from typing import Any
 import gradio as gr
 
 from cm_core import service as S
-from cm_core.registry import ModelSpec
+from cm_core.models.registry import ModelSpec
 
 from . import handlers as H
 from .components import _class_dd, _examples, _io_images, _seed_class_button, _seed_row, _steps_ts

@@ -27,7 +27,8 @@ def _atomic_save_pil_to_cache(img, cache_dir: str, name: str = "image", format: 
     return str(target)
 
 
-def _install_atomic_image_cache() -> None:
+def install_atomic_image_cache() -> None:
+    """Make Gradio write its cached output images atomically (see :func:`_atomic_save_pil_to_cache`)."""
     from gradio import processing_utils as pu
     if hasattr(pu, "encode_pil_to_bytes") and hasattr(pu, "hash_bytes"):
         pu.save_pil_to_cache = _atomic_save_pil_to_cache
@@ -38,7 +39,7 @@ def _guard_upload(read, path):
     bomb) from its header, before Gradio decodes it; damaged files get the same kind of message."""
     from PIL import Image
 
-    from cm_core.images import ImageEditError, check_upload
+    from cm_core.editing.pictures import ImageEditError, check_upload
 
     def clean(e: Exception) -> str:  # the server's temporary path is none of the user's business
         return str(e).replace(str(path), os.path.basename(str(path))) if path else str(e)

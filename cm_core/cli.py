@@ -8,7 +8,7 @@ import sys
 
 import click
 
-from . import registry
+from .models import registry
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -19,7 +19,7 @@ def main() -> None:
 @main.command("models")
 def models_cmd() -> None:
     """List registered models and whether each is on disk."""
-    from .checkpoints import is_available
+    from .models.checkpoints import is_available
     for spec in registry.REGISTRY.values():
         mark = "on disk" if is_available(spec) else "missing"
         click.echo(f"{spec.name:24s} {spec.method:12s} {spec.dataset:22s} {spec.resolution:4d}px  {mark}")
@@ -50,7 +50,7 @@ def models_cmd() -> None:
               "(default: on with CUDA; cached in $TORCHINDUCTOR_CACHE_DIR)")
 def sample_cmd(**kw) -> None:
     """Generate images (one-step, multistep or Heun) to a PNG grid or an .npz file."""
-    from .generate import run_sample_command
+    from .sampling.generate import run_sample_command
     try:
         run_sample_command(**kw)
     except (ValueError, RuntimeError) as e:
@@ -67,8 +67,8 @@ def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
 
     from tqdm import tqdm
 
-    from .checkpoints import CheckpointError
-    from .download import describe, fetch_hub, fetch_original
+    from .models.checkpoints import CheckpointError
+    from .models.download import describe, fetch_hub, fetch_original
     wanted = [s for s in registry.REGISTRY.values() if not s.embedded]
     if names and names != ("all",):
         try:

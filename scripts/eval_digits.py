@@ -25,10 +25,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from cm_core import load_denoiser  # noqa: E402
-from cm_core.data import DigitClassifier, frechet_distance, load_digits32  # noqa: E402
-from cm_core.denoiser import Denoiser  # noqa: E402
-from cm_core.registry import REGISTRY  # noqa: E402
+from cm_core.models.denoiser import Denoiser  # noqa: E402
+from cm_core.models.registry import REGISTRY  # noqa: E402
 from cm_core.sampling import heun, initial_noise, make_generators, multistep, onestep  # noqa: E402
+from cm_core.train.data import DigitClassifier, frechet_distance, load_digits32  # noqa: E402
 
 
 @dataclass

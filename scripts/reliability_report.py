@@ -99,8 +99,8 @@ def seed_checkpoints(ckpt: Path) -> dict[str, str]:
     Returns {model name: what is wrong with its file}."""
     import torch
 
-    from cm_core.network import build_unet
-    from cm_core.registry import get_spec
+    from cm_core.models.network import build_unet
+    from cm_core.models.registry import get_spec
     ckpt.mkdir(parents=True, exist_ok=True)
     torch.save({"input_blocks.0.0.weight": torch.zeros(1), "evil": _Evil(str(ckpt / PWNED))},
                ckpt / "cd_imagenet64_l2.pt")
@@ -535,9 +535,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("CM_TORCH_THREADS", "1")
     import torch
     torch.set_num_threads(1)
-    from gradio_client import Client
-
     from app_server import AppServer
+    from gradio_client import Client
     with tempfile.TemporaryDirectory(prefix="cm-reliability-") as d:
         tmp = Path(d)
         files = make_uploads(tmp / "uploads")

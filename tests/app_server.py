@@ -23,9 +23,9 @@ def random_embedded_models(folder: Path) -> Path:
     """Random-weight safetensors of the embedded models (with arch metadata) in ``folder``."""
     from safetensors.torch import save_file
 
-    from cm_core.checkpoints import arch_meta
-    from cm_core.network import build_unet
-    from cm_core.registry import get_spec
+    from cm_core.models.checkpoints import arch_meta
+    from cm_core.models.network import build_unet
+    from cm_core.models.registry import get_spec
     folder.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     for name in EMBEDDED:

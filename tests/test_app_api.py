@@ -12,9 +12,8 @@ import pytest
 from PIL import Image
 
 gradio_client = pytest.importorskip("gradio_client")
-from gradio_client import Client, handle_file  # noqa: E402
-
 from app_server import server_fixture  # noqa: E402
+from gradio_client import Client, handle_file  # noqa: E402
 
 R = 32  # the embedded models' resolution
 MODEL = "cd_digits32"

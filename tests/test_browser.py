@@ -9,7 +9,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-
 from app_server import ROOT, server_fixture
 
 CHROMIUM = os.environ.get("CM_CHROMIUM", "/usr/bin/chromium")

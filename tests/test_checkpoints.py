@@ -8,9 +8,9 @@ import torch
 from diffusers import UNet2DModel
 
 import cm_core
-from cm_core.checkpoints import CheckpointError, load_denoiser
-from cm_core.network import build_unet, convert_state_dict, unet_config
-from cm_core.registry import IMAGENET64, LSUN256, REGISTRY, ArchSpec, UnknownModelError, get_spec
+from cm_core.models.checkpoints import CheckpointError, load_denoiser
+from cm_core.models.network import build_unet, convert_state_dict, unet_config
+from cm_core.models.registry import IMAGENET64, LSUN256, REGISTRY, ArchSpec, UnknownModelError, get_spec
 
 TINY = ArchSpec(32, 32, 1, (16, 8), class_cond=True, use_scale_shift_norm=True, num_head_channels=32,
                 channel_mult=(1, 2, 2), num_classes=10)

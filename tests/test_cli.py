@@ -7,9 +7,9 @@ import numpy as np
 from PIL import Image
 from safetensors.torch import save_file
 
-from cm_core.checkpoints import arch_meta
-from cm_core.network import build_unet
-from cm_core.registry import get_spec
+from cm_core.models.checkpoints import arch_meta
+from cm_core.models.network import build_unet
+from cm_core.models.registry import get_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 

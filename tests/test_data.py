@@ -5,8 +5,15 @@ import numpy as np
 import pytest
 import torch
 
-from cm_core.data import (DigitClassifier, digit_colours, digit_split, frechet_distance,
-                          load_dataset, load_digits32, load_image_folder)
+from cm_core.train.data import (
+    DigitClassifier,
+    digit_colours,
+    digit_split,
+    frechet_distance,
+    load_dataset,
+    load_digits32,
+    load_image_folder,
+)
 
 
 def test_digits_shapes_range_labels() -> None:

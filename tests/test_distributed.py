@@ -10,10 +10,10 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from cm_core.checkpoints import arch_meta
-from cm_core.generate import run_sample_command
-from cm_core.network import build_unet
-from cm_core.registry import get_spec
+from cm_core.models.checkpoints import arch_meta
+from cm_core.models.network import build_unet
+from cm_core.models.registry import get_spec
+from cm_core.sampling.generate import run_sample_command
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cd_digits32"  # 32px, 1.4M parameters: a tiny stand-in with random weights
@@ -77,7 +77,7 @@ def test_npz_same_for_1_and_2_processes_and_any_batch(tiny_ckpt, tmp_path):
 
 
 def test_gather_strided_single_process_is_identity():
-    from cm_core.distributed import gather_strided, shard_size
+    from cm_core.accel.distributed import gather_strided, shard_size
     assert [shard_size(7, r, 3) for r in range(3)] == [3, 2, 2]
     img, lab = np.zeros((3, 2, 2, 3), np.uint8), np.arange(3)
     a, b = gather_strided(img, lab, 3, 0, 1)

@@ -59,7 +59,7 @@ def test_checkpoints_volume_port_and_environment(cmds):
     assert env["CM_CHECKPOINT_DIR"] in vols
     assert env["GRADIO_SERVER_NAME"] == "0.0.0.0" and env["GRADIO_SERVER_PORT"] == "7860"
     assert "7860" in [v for c in _all(cmds, "EXPOSE") for v in c.value]
-    from cm_core.registry import REGISTRY
+    from cm_core.models.registry import REGISTRY
     assert env["CM_DEFAULT_MODEL"] in REGISTRY
 
 

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from cm_core.checkpoints import CheckpointError
-from cm_core.download import fetch_original
-from cm_core.registry import get_spec
+from cm_core.models.checkpoints import CheckpointError
+from cm_core.models.download import fetch_original
+from cm_core.models.registry import get_spec
 
 PAYLOAD = bytes(range(256)) * 4096  # 1 MiB
 

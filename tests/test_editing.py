@@ -11,10 +11,11 @@ import torch
 from PIL import Image
 
 from cm_core import editing, sampling
-from cm_core.denoiser import Denoiser
-from cm_core.images import ImageEditError
-from cm_core.network import build_unet
-from cm_core.registry import ArchSpec, get_spec
+from cm_core.editing import editors
+from cm_core.editing.pictures import ImageEditError
+from cm_core.models.denoiser import Denoiser
+from cm_core.models.network import build_unet
+from cm_core.models.registry import ArchSpec, get_spec
 
 TS, STEPS = [0, 22, 39], 40
 LUM = torch.tensor([0.2989, 0.5870, 0.1140])
@@ -300,7 +301,7 @@ def test_stroke_guided_draws_start_noise_then_one_per_step(den, batch):
     got = editing.stroke_guided(den, images, 5.0, 2, gen(8), labels)
     g = gen(8)
     x = images + torch.randn(images.shape, generator=g) * 5.0
-    sig = editing._sub_schedule(den, 5.0, 2)
+    sig = editors._sub_schedule(den, 5.0, 2)
     assert sig[0] == 5.0 and sig[-1] == 0.002 and len(sig) == 3
     want = editing.sigma_loop(den, x, sig, g, None, labels).clamp(-1, 1)
     assert torch.equal(got, want)

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cm_core import DEFAULT_MODEL, REGISTRY, load_denoiser
-from cm_core.checkpoints import local_path, sha256_file
-from cm_core.data import DigitClassifier, load_digits32
+from cm_core.models.checkpoints import local_path, sha256_file
 from cm_core.sampling import initial_noise, make_generators, multistep, onestep
+from cm_core.train.data import DigitClassifier, load_digits32
 
 EMBEDDED = ("cd_digits32", "ct_digits32", "edm_digits32")
 EDIT_TS, EDIT_GRID = (0, 6, 10, 14, 18, 22, 26, 30, 34, 39), 40  # 9 steps: the generated part must blend with the kept one

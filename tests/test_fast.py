@@ -1,4 +1,4 @@
-"""The fast path (cm_core.fast) on CPU: equal to the exact path, padding-invariant, and safe
+"""The fast path (cm_core.accel.fast) on CPU: equal to the exact path, padding-invariant, and safe
 when background compilation is slow or fails. Compile-heavy checks are marked slow."""
 import gc
 import threading
@@ -7,13 +7,14 @@ import weakref
 import pytest
 import torch
 
-from cm_core import cuda_graphs, sampling
-from cm_core import fast as fast_mod
-from cm_core.denoiser import Denoiser
-from cm_core.fast import FastDenoiser, bucket_for, optimize, pick_dtype
-from cm_core.generate import SampleSettings, labels_for, sample_batch
-from cm_core.network import build_unet
-from cm_core.registry import get_spec
+from cm_core import sampling
+from cm_core.accel import cuda_graphs
+from cm_core.accel import fast as fast_mod
+from cm_core.accel.fast import FastDenoiser, bucket_for, optimize, pick_dtype
+from cm_core.models.denoiser import Denoiser
+from cm_core.models.network import build_unet
+from cm_core.models.registry import get_spec
+from cm_core.sampling.generate import SampleSettings, labels_for, sample_batch
 
 SPEC = get_spec("cd_digits32")
 
@@ -66,7 +67,7 @@ def test_half_precision_denoiser_keeps_the_time_input_fp32():
     embedded model at sigma 80; now ~3e-3."""
     import copy
 
-    from cm_core.checkpoints import load_denoiser
+    from cm_core.models.checkpoints import load_denoiser
     exact = load_denoiser("cd_digits32")
     half = copy.deepcopy(exact).half()
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 80

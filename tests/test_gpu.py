@@ -5,12 +5,12 @@ import pytest
 import torch
 
 from cm_core import editing, sampling
-from cm_core.checkpoints import load_denoiser
-from cm_core.denoiser import Denoiser
-from cm_core.fast import FastDenoiser, optimize
-from cm_core.generate import SampleSettings, labels_for, sample_batch
-from cm_core.network import build_unet
-from cm_core.registry import IMAGENET64, get_spec
+from cm_core.accel.fast import FastDenoiser, optimize
+from cm_core.models.checkpoints import load_denoiser
+from cm_core.models.denoiser import Denoiser
+from cm_core.models.network import build_unet
+from cm_core.models.registry import IMAGENET64, get_spec
+from cm_core.sampling.generate import SampleSettings, labels_for, sample_batch
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")]

@@ -1,4 +1,4 @@
-"""User images and masks: modes, alpha, fitting, masks, bad uploads (cm_core.images)."""
+"""User images and masks: modes, alpha, fitting, masks, bad uploads (cm_core.editing.pictures)."""
 from __future__ import annotations
 
 import io
@@ -10,8 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cm_core import images as im
-from cm_core.images import ImageEditError
+from cm_core.editing import pictures as im
+from cm_core.editing.pictures import ImageEditError
 
 R = 32
 

@@ -18,10 +18,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from cm_core import edit_images as E
 from cm_core import service as S
-from cm_core.checkpoints import CheckpointError
-from cm_core.images import ImageEditError
+from cm_core.editing import picture_editors as E
+from cm_core.editing.pictures import ImageEditError
+from cm_core.models.checkpoints import CheckpointError
+from cm_core.sampling import generate as G
+from cm_core.service import model_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
@@ -73,7 +75,7 @@ def test_hostile_input_matrix_through_the_api(hostile_app):
 def test_empty_pt_is_a_clear_error_naming_the_file(tmp_path, monkeypatch):
     monkeypatch.setenv("CM_CHECKPOINT_DIR", str(tmp_path))
     (tmp_path / "cd_bedroom256_l2.pt").write_bytes(b"")
-    from cm_core.checkpoints import load_denoiser
+    from cm_core.models.checkpoints import load_denoiser
     with pytest.raises(CheckpointError, match="cd_bedroom256_l2.pt"):
         load_denoiser("cd_bedroom256_l2", device="cpu")
 
@@ -87,7 +89,7 @@ def service(tmp_path, monkeypatch):
     monkeypatch.setenv("CM_EMBEDDED_DIR", str(emb))
     monkeypatch.setenv("CM_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(S, "_CACHE", S.ModelCache(capacity=2, device="cpu"))
+    monkeypatch.setattr(model_cache, "_CACHE", S.ModelCache(capacity=2, device="cpu"))
     return emb
 
 
@@ -97,7 +99,7 @@ def _oom(times: int, calls: list):
         if len(calls) <= times:
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return real(*a, **k)
-    real = S.sample_batch
+    real = G.sample_batch
     return boom
 
 
@@ -106,7 +108,7 @@ def test_injected_cuda_oom_frees_memory_reports_and_next_request_succeeds(servic
     monkeypatch.setattr(S.ModelCache, "_empty_cuda", lambda self: emptied.append(1))
     S.cache().get("ct_digits32")  # another model in memory: evicted by the OOM handling
     calls: list = []
-    monkeypatch.setattr(S, "sample_batch", _oom(2, calls))
+    monkeypatch.setattr(G, "sample_batch", _oom(2, calls))
     with pytest.raises(ValueError, match="out of GPU memory running cd_digits32: use a smaller batch size"):
         S.generate(S.GenerateRequest(model=MODEL, batch_size=16))
     assert len(calls) == 2 and S.cache().names() == [MODEL]  # retried once after evicting the others
@@ -117,7 +119,7 @@ def test_injected_cuda_oom_frees_memory_reports_and_next_request_succeeds(servic
 
 def test_a_single_oom_is_retried_transparently(service, monkeypatch):
     calls: list = []
-    monkeypatch.setattr(S, "sample_batch", _oom(1, calls))
+    monkeypatch.setattr(G, "sample_batch", _oom(1, calls))
     res = S.generate(S.GenerateRequest(model=MODEL, batch_size=2))
     assert len(res.images) == 2 and len(calls) == 2
 
@@ -125,22 +127,22 @@ def test_a_single_oom_is_retried_transparently(service, monkeypatch):
 def test_oom_in_an_edit_and_in_the_app_handlers_is_a_message(service, monkeypatch):
     import gradio as gr
 
-    import app
+    from cm_app import handlers as app
     photo = Image.new("RGB", (40, 30), (90, 120, 30))
-    real_colorize, real_sample = E.colorize_image, S.sample_batch
+    real_colorize, real_sample = E.colorize_image, G.sample_batch
 
     def boom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
     monkeypatch.setattr(E, "colorize_image", boom)
     with pytest.raises(gr.Error, match="out of GPU memory"):
         app.colorize(MODEL, photo, 2, "", 0, "random")
-    monkeypatch.setattr(S, "sample_batch", boom)
+    monkeypatch.setattr(G, "sample_batch", boom)
     with pytest.raises(gr.Error, match="out of GPU memory"):
         app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18)
     with pytest.raises(gr.Error, match="out of GPU memory"):
         app.generate([MODEL], [1], [""], [0], [2], [0.0], ["random"], [18])
     monkeypatch.setattr(E, "colorize_image", real_colorize)  # the next requests succeed
-    monkeypatch.setattr(S, "sample_batch", real_sample)
+    monkeypatch.setattr(G, "sample_batch", real_sample)
     assert app.colorize(MODEL, photo, 2, "", 0, "random")[2].size == (32, 32)
     gallery, info = app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18)
     assert len(gallery) == 2 and "images/s" in info
@@ -174,9 +176,9 @@ def test_hostile_pt_files_through_the_service(service, tmp_path):
 def test_wrong_architecture_safetensors_is_a_user_error_naming_the_file(service):
     from safetensors.torch import save_file
 
-    from cm_core.checkpoints import arch_meta
-    from cm_core.network import build_unet
-    from cm_core.registry import ArchSpec
+    from cm_core.models.checkpoints import arch_meta
+    from cm_core.models.network import build_unet
+    from cm_core.models.registry import ArchSpec
     other = ArchSpec(32, 64, 1, (16, 8), class_cond=True, use_scale_shift_norm=True, num_head_channels=32,
                      channel_mult=(1, 2, 2), num_classes=10)  # differs from the registry's digits arch
     save_file({k: v.contiguous() for k, v in build_unet(other).state_dict().items()},
@@ -235,7 +237,7 @@ def test_edit_parameter_limits(call, needle):
 
 def test_decompression_bomb_as_a_decoded_image_is_refused():
     """A framework may hand over an already-decoded image: the pixel limit still applies."""
-    from cm_core.images import prepare_image
+    from cm_core.editing.pictures import prepare_image
     big = Image.new("L", (10, 10))
     old = Image.MAX_IMAGE_PIXELS
     try:

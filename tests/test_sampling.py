@@ -2,10 +2,11 @@
 import pytest
 import torch
 
-from cm_core import sampling, schedule
-from cm_core.denoiser import Denoiser
-from cm_core.network import build_unet
-from cm_core.registry import ArchSpec
+from cm_core import sampling
+from cm_core.models.denoiser import Denoiser
+from cm_core.models.network import build_unet
+from cm_core.models.registry import ArchSpec
+from cm_core.sampling import schedule
 
 TINY = ArchSpec(32, 32, 1, (16, 8), class_cond=True, use_scale_shift_norm=True, num_head_channels=32,
                 channel_mult=(1, 2, 2), num_classes=10, dropout=0.1)

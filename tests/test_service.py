@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from cm_core import service as S
-from cm_core.checkpoints import CheckpointError
-from cm_core.imagenet_classes import imagenet_class_index, imagenet_class_names
-from cm_core.registry import REGISTRY, get_spec
+from cm_core.models.checkpoints import CheckpointError
+from cm_core.models.imagenet_classes import imagenet_class_index, imagenet_class_names
+from cm_core.models.registry import REGISTRY, get_spec
 
 
 class _Fake(torch.nn.Module):

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 
 from cm_core import service as S
-from cm_core.fast import FastDenoiser
+from cm_core.accel.fast import FastDenoiser
+from cm_core.service import model_cache
 from cm_core.service.model_cache import _use_fast
 
 
@@ -27,7 +28,7 @@ def test_service_on_the_fast_path_gives_the_exact_images(tmp_path, monkeypatch):
     results = {}
     for mode in ("0", "1"):
         monkeypatch.setenv("CM_FAST", mode)
-        monkeypatch.setattr(S, "_CACHE", S.ModelCache(capacity=1, device="cpu"))
+        monkeypatch.setattr(model_cache, "_CACHE", S.ModelCache(capacity=1, device="cpu"))
         res = S.generate(S.GenerateRequest(model="cd_digits32", steps=2, batch_size=2, class_label=3))
         _, den = S.cache().get("cd_digits32")
         assert isinstance(den, FastDenoiser) == (mode == "1")
@@ -41,7 +42,7 @@ def test_interpolation_frames_run_in_bounded_batches(tmp_path, monkeypatch):
     from app_server import random_embedded_models
     from PIL import Image
     monkeypatch.setenv("CM_EMBEDDED_DIR", str(random_embedded_models(tmp_path / "embedded")))
-    monkeypatch.setattr(S, "_CACHE", S.ModelCache(capacity=1, device="cpu"))
+    monkeypatch.setattr(model_cache, "_CACHE", S.ModelCache(capacity=1, device="cpu"))
     a, b = Image.new("RGB", (32, 32), (200, 30, 30)), Image.new("RGB", (32, 32), (30, 30, 200))
     sizes = []
     real = S.cache().get("cd_digits32")[1].forward

@@ -2,40 +2,64 @@
 
 Everything the Gradio app (``app.py``) computes goes through here, so the UI stays a thin shell
 and every behaviour is testable without a browser. Request functions validate their parameters
-and raise ``ValueError`` (or :class:`~cm_core.checkpoints.CheckpointError` /
-:class:`~cm_core.registry.UnknownModelError`, both of which the app also shows as messages) with
+and raise ``ValueError`` (or :class:`~cm_core.models.checkpoints.CheckpointError` /
+:class:`~cm_core.models.registry.UnknownModelError`, both of which the app also shows as messages) with
 a sentence a user can act on; they return PIL images and timings.
 
 Environment: ``CM_MODEL_CACHE_SIZE`` (models kept loaded, default 2), ``CM_DEVICE`` (default CUDA >
 MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs), ``CM_MAX_BATCH``
-(largest batch per request, default 16), plus those of :mod:`cm_core.checkpoints`.
+(largest batch per request, default 16), plus those of :mod:`cm_core.models.checkpoints`.
 
 Modules, one job each: :mod:`.settings` (limits, environment), :mod:`.model_cache` (the LRU of
 loaded models, out-of-memory handling), :mod:`.sizes` and :mod:`.models` (the model table, fetching),
 :mod:`.classes` and :mod:`.params` (validation, :func:`plan`), :mod:`.generation`, :mod:`.edits`
 and :mod:`.interpolation` (request functions), :mod:`.examples` (example inputs). The public names
-are re-exported here; two are looked up *here* at call time so tests can replace them:
-``_CACHE`` (the process-wide :class:`ModelCache`, see :func:`cache`) and ``sample_batch``.
+are re-exported here. Tests replace the process-wide cache in :mod:`.model_cache` (``_CACHE``) and
+the sampler in :mod:`cm_core.sampling.generate` (``sample_batch``), the modules that own them.
 """
 from __future__ import annotations
 
-from ..generate import sample_batch  # looked up here at call time (tests replace it)
 from .classes import RANDOM_CLASS, class_choices, class_names, parse_class
 from .edits import EditResult, colorize, denoise, inpaint, stroke_guided, super_resolve
 from .examples import example_files
-from .generation import (GenerateResult, compare_with_teacher, generate, generate_many, image_array,
-                         noise_for_seed, to_pil, warm_up)
+from .generation import (
+                         GenerateResult,
+                         compare_with_teacher,
+                         generate,
+                         generate_many,
+                         image_array,
+                         noise_for_seed,
+                         to_pil,
+                         warm_up,
+)
 from .interpolation import InterpolationResult, interpolate
 from .model_cache import ModelCache, cache
-from .models import (TABLE_HEADERS, fetch_command, fetch_model, model_info, model_markdown, model_rows,
-                     sampling_summary, teacher_for)
+from .models import (
+                         TABLE_HEADERS,
+                         fetch_command,
+                         fetch_model,
+                         model_info,
+                         model_markdown,
+                         model_rows,
+                         sampling_summary,
+                         teacher_for,
+)
 from .params import USER_ERRORS, GenerateRequest, Plan, parse_ts, plan
 from .progress import Progress
-from .settings import (MAX_HEUN_STEPS, MAX_SEED, MAX_STEPS, MAX_TS_STEPS, cache_examples, concurrency,
-                       configure_torch_threads, default_model, max_batch, max_batched_requests, queue_size)
+from .settings import (
+                         MAX_HEUN_STEPS,
+                         MAX_SEED,
+                         MAX_STEPS,
+                         MAX_TS_STEPS,
+                         cache_examples,
+                         concurrency,
+                         configure_torch_threads,
+                         default_model,
+                         max_batch,
+                         max_batched_requests,
+                         queue_size,
+)
 from .sizes import human_size, model_bytes
-
-_CACHE: ModelCache | None = None  # the process-wide model cache, created by cache() on first use
 
 __all__ = [
     "USER_ERRORS", "Progress", "MAX_SEED", "MAX_HEUN_STEPS", "MAX_TS_STEPS", "MAX_STEPS", "RANDOM_CLASS",
@@ -46,5 +70,5 @@ __all__ = [
     "GenerateRequest", "Plan", "plan", "GenerateResult", "to_pil", "generate", "generate_many",
     "compare_with_teacher", "noise_for_seed", "image_array", "example_files", "EditResult", "colorize",
     "inpaint", "super_resolve", "denoise", "stroke_guided", "InterpolationResult", "interpolate",
-    "class_names", "sample_batch",
+    "class_names",
 ]

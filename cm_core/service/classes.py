@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..imagenet_classes import imagenet_class_index, imagenet_class_names
-from ..registry import ModelSpec
+from ..models.imagenet_classes import imagenet_class_index, imagenet_class_names
+from ..models.registry import ModelSpec
 
 
 def class_names(spec: ModelSpec) -> tuple[str, ...]:

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..denoiser import Denoiser
-from ..registry import ModelSpec, get_spec
+from ..models.denoiser import Denoiser
+from ..models.registry import ModelSpec, get_spec
 from .classes import parse_class
 from .model_cache import cache
 from .params import _int, parse_ts
@@ -81,14 +81,14 @@ def _run_edit(model: str, fn: Callable[[ModelSpec, Denoiser, Callable | None], t
 
 
 def _fitted(spec: ModelSpec, image: Any) -> Image.Image:
-    from ..images import prepare_image
+    from ..editing.pictures import prepare_image
     return prepare_image(image, spec.resolution)
 
 
 def colorize(model: str, image: Any, *, steps: Any = 2, ts: Any = None, seed: Any = 0,
              class_label: Any = None, progress: Progress | None = None) -> EditResult:
     """Colorize an image (its luminance is kept)."""
-    from ..edit_images import colorize_image
+    from ..editing.picture_editors import colorize_image
     spec = get_spec(str(model))
     img = _editor_image(image, "an image to colorize")
     kw, sd, lab = _schedule(spec, steps, ts), _int("seed", seed, 0, MAX_SEED), parse_class(spec, class_label)
@@ -101,7 +101,7 @@ def inpaint(model: str, editor: Any, *, mask: Any = None, steps: Any = 2, ts: An
             seed: Any = 0, class_label: Any = None, progress: Progress | None = None) -> EditResult:
     """Regenerate the painted region. ``editor``: a Gradio ImageEditor value (background + painted
     layers) or an image, with ``mask`` (non-zero / non-transparent = regenerate there)."""
-    from ..edit_images import inpaint_image
+    from ..editing.picture_editors import inpaint_image
     spec = get_spec(str(model))
     img = _editor_image(editor, "an image to inpaint")
     m = mask if mask is not None else editor
@@ -120,7 +120,7 @@ def super_resolve(model: str, image: Any, *, low_res: bool = False, patch_size: 
                   progress: Progress | None = None) -> EditResult:
     """Super-resolution by ``patch_size``: a high-resolution upload is downsampled to
     (size / p)^2 first; a low-resolution one is used as the low-resolution input directly."""
-    from ..edit_images import super_resolve_image
+    from ..editing.picture_editors import super_resolve_image
     spec = get_spec(str(model))
     img = _editor_image(image, "an image to super-resolve")
     p = _int("patch factor", patch_size, 1, spec.resolution)
@@ -129,7 +129,7 @@ def super_resolve(model: str, image: Any, *, low_res: bool = False, patch_size: 
     kw, sd, lab = _schedule(spec, steps, ts), _int("seed", seed, 0, MAX_SEED), parse_class(spec, class_label)
     (out, ref), secs = _run_edit(model, lambda s, d, cb: super_resolve_image(
         d, s, img, patch_size=p, seed=sd, class_label=lab, callback=cb, **kw), progress, "super-resolution step")
-    from ..images import load_image, to_rgb
+    from ..editing.pictures import load_image, to_rgb
     shown = to_rgb(load_image(img)) if low_res else _fitted(spec, img).resize(
         (spec.resolution // p,) * 2, Image.Resampling.BOX)
     low = shown.resize((spec.resolution,) * 2, Image.Resampling.NEAREST) if shown.size[0] != spec.resolution else shown
@@ -142,7 +142,7 @@ def denoise(model: str, image: Any, *, noise_level: Any = 40, add_noise: bool = 
             progress: Progress | None = None) -> EditResult:
     """Denoise an image whose noise std is ``noise_level`` grey levels (0 and not ``add_noise``:
     estimate it). With ``add_noise``, that much Gaussian noise (from ``seed``) is added first."""
-    from ..edit_images import denoise_image
+    from ..editing.picture_editors import denoise_image
     spec = get_spec(str(model))
     img = _editor_image(image, "an image to denoise")
     try:
@@ -172,7 +172,7 @@ def stroke_guided(model: str, editor: Any, *, sigma: Any = 4.0, steps: Any = 2, 
                   class_label: Any = None, progress: Progress | None = None) -> EditResult:
     """SDEdit: a rough painting plus noise of level ``sigma`` (0.1-80; larger follows the strokes
     less), then ``steps`` consistency steps."""
-    from ..edit_images import stroke_image
+    from ..editing.picture_editors import stroke_image
     spec = get_spec(str(model))
     if isinstance(editor, dict):
         img = editor.get("composite") if editor.get("composite") is not None else editor.get("background")

@@ -19,7 +19,7 @@ def example_files(folder: str | os.PathLike | None = None) -> dict[str, str]:
     import tempfile
     from pathlib import Path
 
-    from ..data import load_digits32
+    from ..train.data import load_digits32
     out = Path(folder or Path(tempfile.gettempdir()) / "cm-studio-examples")
     names = ("digit", "big", "grey", "lowres", "noisy", "strokes", "mask")
     files = {n: str(out / f"{n}.png") for n in names}

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..denoiser import Denoiser
-from ..generate import labels_for, to_uint8
-from ..registry import ModelSpec
+from ..models.denoiser import Denoiser
+from ..models.registry import ModelSpec
+from ..sampling import generate as _generate
+from ..sampling.generate import labels_for, to_uint8
 from .classes import class_names
 from .model_cache import cache
 from .models import teacher_for
@@ -71,10 +72,9 @@ def _loaded(name: str) -> tuple[ModelSpec, Denoiser, float]:
 
 
 def _sampler() -> Callable[..., torch.Tensor]:
-    """:func:`cm_core.generate.sample_batch`, looked up on the package ``cm_core.service`` (where
+    """:func:`cm_core.sampling.generate.sample_batch`, looked up on its module at call time (where
     tests replace it, e.g. with a function that raises an out-of-memory error)."""
-    from .. import service
-    return service.sample_batch
+    return _generate.sample_batch
 
 
 def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerateResult:

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..denoiser import Denoiser
-from ..registry import ModelSpec, get_spec
+from ..models.denoiser import Denoiser
+from ..models.registry import ModelSpec, get_spec
 from .classes import parse_class
 from .edits import _describe, _editor_image, _fitted, _run_edit, _schedule
 from .params import _int
@@ -52,7 +52,7 @@ def interpolate(model: str, *, mode: str = "seeds", seed_a: Any = 0, seed_b: Any
     k = _int("frames", frames, 2, 64)
     kw, lab = _schedule(spec, steps, ts), parse_class(spec, class_label)
     if mode == "seeds":
-        from ..edit_images import interpolate_images
+        from ..editing.picture_editors import interpolate_images
         a, b = _int("seed A", seed_a, 0, MAX_SEED), _int("seed B", seed_b, 0, MAX_SEED)
         outs, secs = _run_edit(model, lambda s, d, cb: interpolate_images(
             d, s, a, b, num_frames=k, class_label=lab, callback=cb, frame_batch=max_batch(), **kw),
@@ -79,9 +79,9 @@ def _interp_images(den: Denoiser, spec: ModelSpec, xa: Image.Image, xb: Image.Im
     Every frame draws the same per-step noise (one generator per frame, all with one seed), so the
     frames form a smooth path and run ``max_batch()`` at a time without changing the result."""
     from .. import editing
-    from ..images import image_to_tensor, tensor_to_images
+    from ..editing.pictures import image_to_tensor, tensor_to_images
     from ..sampling import make_generators
-    from ..schedule import karras_sigmas
+    from ..sampling.schedule import karras_sigmas
     dev = next(den.parameters()).device
     ta, tb = image_to_tensor(xa).to(dev), image_to_tensor(xb).to(dev)
     g = make_generators(0, 2, dev)

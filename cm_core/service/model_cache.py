@@ -2,7 +2,7 @@
 
 Environment: ``CM_MODEL_CACHE_SIZE`` (models kept loaded, default 2), ``CM_DEVICE`` (default CUDA >
 MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs), ``CM_FAST``
-(the :mod:`cm_core.fast` path: ``auto`` = on CUDA, where it picks fp16 unless ``CM_DTYPE`` is set).
+(the :mod:`cm_core.accel.fast` path: ``auto`` = on CUDA, where it picks fp16 unless ``CM_DTYPE`` is set).
 """
 from __future__ import annotations
 
@@ -15,10 +15,10 @@ from typing import Any
 
 import torch
 
-from ..checkpoints import load_denoiser, pick_device
-from ..cuda_graphs import empty_cache, is_oom
-from ..denoiser import Denoiser
-from ..registry import ModelSpec, get_spec
+from ..accel.cuda_graphs import empty_cache, is_oom
+from ..models.checkpoints import load_denoiser, pick_device
+from ..models.denoiser import Denoiser
+from ..models.registry import ModelSpec, get_spec
 from .sizes import model_bytes
 
 
@@ -119,7 +119,7 @@ class ModelCache:
         den = self._loader(spec.name, device=self.device, dtype=self.dtype)
         self.loads += 1
         if _use_fast(self.device):
-            from ..fast import optimize  # fp16 + channels_last + compile buckets + CUDA graphs
+            from ..accel.fast import optimize  # fp16 + channels_last + compile buckets + CUDA graphs
             den = optimize(den, dtype=self.dtype if "CM_DTYPE" in os.environ else "auto")
         return den
 
@@ -166,16 +166,17 @@ def _env_dtype(device: torch.device) -> torch.dtype:
 
 
 _CACHE_LOCK = threading.Lock()
+_CACHE: ModelCache | None = None  # the process-wide model cache, created by cache() on first use
 
 
 def cache() -> ModelCache:
     """The process-wide model cache (created on first use).
 
-    It lives in ``cm_core.service._CACHE`` (the package attribute), so replacing it there
-    (``monkeypatch.setattr(service, "_CACHE", ...)``) is what every request function then uses.
+    It lives in this module's ``_CACHE``, so replacing it there
+    (``monkeypatch.setattr(model_cache, "_CACHE", ...)``) is what every request function then uses.
     """
-    from .. import service
+    global _CACHE
     with _CACHE_LOCK:
-        if service._CACHE is None:
-            service._CACHE = ModelCache()
-        return service._CACHE
+        if _CACHE is None:
+            _CACHE = ModelCache()
+        return _CACHE

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..checkpoints import FETCH_CMD, CheckpointError, is_available, local_path
-from ..registry import REGISTRY, ModelSpec, get_spec
+from ..models.checkpoints import FETCH_CMD, CheckpointError, is_available, local_path
+from ..models.registry import REGISTRY, ModelSpec, get_spec
 from .model_cache import cache
 from .progress import Progress
 from .sizes import human_size, model_bytes
@@ -77,7 +77,7 @@ def fetch_model(name: str, progress: Progress | None = None) -> str:
         return str(local_path(spec))
     if not spec.url:
         raise CheckpointError(f"{name} cannot be downloaded: {fetch_command(spec)}")
-    from ..download import fetch_original
+    from ..models.download import fetch_original
 
     def on_bytes(done: int, total: int | None) -> None:
         if progress is not None:

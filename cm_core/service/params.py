@@ -9,19 +9,18 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .. import schedule
-from ..checkpoints import CheckpointError
-from ..generate import SampleSettings
-from ..registry import DEFAULT_MODEL, ModelSpec, get_spec
+from ..models.checkpoints import CheckpointError
+from ..models.registry import DEFAULT_MODEL, ModelSpec, get_spec
+from ..sampling import schedule
+from ..sampling.generate import SampleSettings
 from .classes import parse_class
 from .settings import MAX_HEUN_STEPS, MAX_SEED, MAX_TS_STEPS, max_batch
-
 
 USER_ERRORS = (ValueError, CheckpointError)  # UnknownModelError is a ValueError
 
 
 def parse_ts(text: str | Sequence[int] | None, grid: int) -> tuple[tuple[int, ...] | None, int]:
-    """:func:`cm_core.schedule.parse_ts` with the per-request bound on network evaluations."""
+    """:func:`cm_core.sampling.schedule.parse_ts` with the per-request bound on network evaluations."""
     ts, grid = schedule.parse_ts(text, grid)
     if ts is not None and len(ts) - 1 > MAX_TS_STEPS:  # a long custom grid could run for hours
         raise ValueError(f"ts has {len(ts) - 1} steps; at most {MAX_TS_STEPS} network evaluations "

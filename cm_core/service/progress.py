@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], description)
 
 

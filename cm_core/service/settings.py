@@ -9,8 +9,7 @@ import os
 
 import torch
 
-from ..registry import DEFAULT_MODEL, REGISTRY, get_spec
-
+from ..models.registry import DEFAULT_MODEL, REGISTRY, get_spec
 
 MAX_SEED = 2 ** 63 - 1
 MAX_HEUN_STEPS = 200

@@ -1,8 +1,8 @@
 """Model sizes: the file on disk, the registry's figure, or an estimate from the architecture."""
 from __future__ import annotations
 
-from ..checkpoints import local_path
-from ..registry import IMAGENET64, LSUN256, ModelSpec
+from ..models.checkpoints import local_path
+from ..models.registry import IMAGENET64, LSUN256, ModelSpec
 
 # Parameter counts of the released architectures (float32 files are ~4 bytes per parameter).
 

@@ -50,8 +50,8 @@ def _options(f):  # noqa: ANN001, ANN202 - click decorator plumbing
 @_options
 def train(method: str, data: str, out: str, resume: bool, quiet: bool, **kw) -> None:
     """Train an EDM teacher (edm), distil it (cd) or train a consistency model directly (ct)."""
-    from .losses import LpipsUnavailable
     from .loop import run_training
+    from .losses import LpipsUnavailable
     cfg = TrainConfig(method=method, data=data, out=out,
                       **{k: v for k, v in kw.items() if v is not None})
     if method == "cd" and cfg.teacher is None:

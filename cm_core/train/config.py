@@ -5,7 +5,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from ..registry import ArchSpec
+from ..models.registry import ArchSpec
 
 
 @dataclass

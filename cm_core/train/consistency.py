@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from ..denoiser import Denoiser
+from ..models.denoiser import Denoiser
 from .config import TrainConfig
 from .losses import get_distance
 from .state import ema_update, frozen_copy

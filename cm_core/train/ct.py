@@ -13,7 +13,7 @@ import math
 
 import torch
 
-from ..denoiser import Denoiser
+from ..models.denoiser import Denoiser
 from .config import TrainConfig
 from .consistency import ConsistencyObjective, adjacent_sigmas
 

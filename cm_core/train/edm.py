@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from ..denoiser import Denoiser
+from ..models.denoiser import Denoiser
 from .config import TrainConfig
 
 

@@ -12,11 +12,11 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
-from ..checkpoints import load_denoiser, pick_device
-from ..data import ImageDataset, load_dataset
-from ..denoiser import Denoiser
-from ..network import build_unet
+from ..models.checkpoints import load_denoiser, pick_device
+from ..models.denoiser import Denoiser
+from ..models.network import build_unet
 from .config import TrainConfig
+from .data import ImageDataset, load_dataset
 from .state import MODEL_FILE, ema_update, frozen_copy, load_state, save_model, save_state, stored_config
 
 

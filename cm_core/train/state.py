@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..checkpoints import arch_meta, read_safetensors
+from ..models.checkpoints import arch_meta, read_safetensors
 from .config import TrainConfig
 
 MODEL_FILE, STATE_FILE = "model.safetensors", "state.safetensors"

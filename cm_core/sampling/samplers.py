@@ -11,8 +11,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from .denoiser import Rng, noise_like
-from .edit_ops import clamped_denoise, edit_loop, graphable, run_graphed_loop, sigma_loop
+from ..models.denoiser import Rng, noise_like
+from .loop import clamped_denoise, edit_loop, graphable, run_graphed_loop, sigma_loop
 from .schedule import karras_sigmas, pick_ts
 
 Callback = Callable[[dict], None]
@@ -43,7 +43,7 @@ def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], steps: int,
     consecutive pair (t_i, t_{i+1}): ``x0 = clamp(D(x, t_i))``, then
     ``x = x0 + randn * sqrt(t_{i+1}^2 - sigma_min^2)`` (one draw per step, also for the last
     pair, whose scale is 0). ``len(ts) - 1`` network evaluations; result clamped to [-1, 1].
-    This is Algorithm 4's loop (:func:`cm_core.edit_ops.edit_loop`) with nothing replaced.
+    This is Algorithm 4's loop (:func:`cm_core.sampling.loop.edit_loop`) with nothing replaced.
     """
     return edit_loop(den, x_T, ts, steps, generator, None, class_labels, dropout_rng=dropout_rng,
                      callback=callback).clamp(-1, 1)
@@ -53,7 +53,7 @@ def multistep_n(den: DenoiseFn, x_T: torch.Tensor, num_steps: int, steps: int,
                 generator: Rng, class_labels: torch.Tensor | None = None,
                 default_ts: Sequence[int] = (), dropout_rng: Rng = None,
                 callback: Callback | None = None) -> torch.Tensor:
-    """Convenience form: ``num_steps`` evaluations with indices from :func:`cm_core.schedule.pick_ts`
+    """Convenience form: ``num_steps`` evaluations with indices from :func:`cm_core.sampling.schedule.pick_ts`
     (the registry's tuned ``ts`` when it has that many steps). ``num_steps == 1`` is :func:`onestep`."""
     if num_steps == 1:
         return onestep(den, x_T, class_labels, dropout_rng=dropout_rng, callback=callback)

@@ -25,7 +25,7 @@ from .denoiser import Denoiser
 from .network import build_unet, convert_state_dict, install_seeded_dropout, load_converted
 from .registry import EMBEDDED_DIR, REGISTRY, ArchSpec, ModelSpec, get_spec
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]
 FETCH_CMD = "bash checkpoints/fetch_checkpoints.sh"
 
 

@@ -1,9 +1,9 @@
 """The fast path: a :class:`Denoiser` in half precision, channels_last, compiled and CUDA-graphed.
 
 ``optimize(den)`` returns a :class:`FastDenoiser` that is a drop-in replacement for the
-:class:`~cm_core.denoiser.Denoiser` (same call ``den(x, sigma, class_labels)``, same attributes used
+:class:`~cm_core.models.denoiser.Denoiser` (same call ``den(x, sigma, class_labels)``, same attributes used
 by the samplers), plus :meth:`FastDenoiser.run_graphed`, through which the samplers' and editors'
-loop (:func:`cm_core.edit_ops.sigma_loop`: network evaluations, clamps, replacements and
+loop (:func:`cm_core.sampling.loop.sigma_loop`: network evaluations, clamps, replacements and
 pre-drawn noise) runs as one CUDA graph.
 
 Why this is hand-written rather than just ``torch.compile(mode="reduce-overhead")``:
@@ -28,8 +28,8 @@ Why this is hand-written rather than just ``torch.compile(mode="reduce-overhead"
 On CPU the defaults give the exact path (fp32, eager, no padding): same numbers as the
 :class:`Denoiser`. Everything CUDA-specific is guarded by ``device.type == "cuda"``.
 
-Parts: :mod:`cm_core.cuda_graphs` (:class:`GraphedCall`) and :mod:`cm_core.compile_cache` (persistent
-caches, :class:`~cm_core.compile_cache.BackgroundCompiler`); their public names are re-exported here.
+Parts: :mod:`cm_core.accel.cuda_graphs` (:class:`GraphedCall`) and :mod:`cm_core.accel.compile_cache` (persistent
+caches, :class:`~cm_core.accel.compile_cache.BackgroundCompiler`); their public names are re-exported here.
 """
 from __future__ import annotations
 
@@ -43,10 +43,18 @@ from pathlib import Path
 
 import torch
 
-from .compile_cache import (BackgroundCompiler, Compiler, StepFn, _mega_cache, _raise_recompile_limit,
-                            configure_compile_cache, default_compiler, log)
+from ..models.denoiser import Denoiser, Rng
+from .compile_cache import (
+    BackgroundCompiler,
+    Compiler,
+    StepFn,
+    _mega_cache,
+    _raise_recompile_limit,
+    configure_compile_cache,
+    default_compiler,
+    log,
+)
 from .cuda_graphs import GraphedCall, capture_slot, is_oom
-from .denoiser import Denoiser, Rng
 
 __all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
            "configure_compile_cache", "default_compiler", "optimize", "pick_dtype", "timed"]
@@ -239,7 +247,7 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         compilation is under way in this process (it would invalidate the capture; the graph
         is captured on a later call).
 
-        Used by :func:`cm_core.edit_ops.sigma_loop` (the samplers' and editors' loop) with
+        Used by :func:`cm_core.sampling.loop.sigma_loop` (the samplers' and editors' loop) with
         pre-drawn noise and device labels as inputs: ``fn`` must not synchronise with the host
         (no ``.item()``, no host-side checks of device values). The graph of a key is
         re-captured once the compiled step of the batch's bucket is ready, replacing the eager one.

@@ -24,7 +24,7 @@ _RES = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_em
 class SeededDropout(torch.nn.Module):
     """Dropout whose masks come from caller-given generators (Monte-Carlo dropout at inference).
 
-    Active only while ``rng`` is set (by :class:`cm_core.denoiser.Denoiser`): a ``torch.Generator``
+    Active only while ``rng`` is set (by :class:`cm_core.models.denoiser.Denoiser`): a ``torch.Generator``
     for the batch, or a list with one per image so that an image's mask does not depend on the
     batch it is in. With ``rng`` unset it is the identity, so eval-mode outputs are exact.
     """

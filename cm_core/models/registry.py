@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Literal
 
 BASE_URL = "https://openaipublic.blob.core.windows.net/consistency"
-EMBEDDED_DIR = Path(__file__).resolve().parent.parent / "checkpoints" / "embedded"
+EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "embedded"
 
 
 @dataclass(frozen=True)

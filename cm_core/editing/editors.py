@@ -32,8 +32,9 @@ scale is snapped to 0; the original adds ~1e-10 noise there through float roundi
 end). The clamp only moves values that left [-1, 1] (possible for colorize and super_resolve,
 never for inpaint), so the constraints hold exactly on every unclipped pixel or patch.
 
-The loop and the transforms live in :mod:`cm_core.edit_ops`, the PIL-level wrappers
-(``colorize_image``, ``inpaint_image``, ...) in :mod:`cm_core.edit_images`; both are re-exported.
+The loop lives in :mod:`cm_core.sampling.loop`, the transforms in :mod:`cm_core.editing.transforms`,
+the PIL-level wrappers (``colorize_image``, ``inpaint_image``, ...) in
+:mod:`cm_core.editing.picture_editors`; :mod:`cm_core.editing` re-exports them all.
 """
 from __future__ import annotations
 
@@ -43,16 +44,18 @@ from typing import Any
 
 import torch
 
-from .denoiser import Rng, noise_like
-from .edit_ops import (LUMINANCE, Callback, DenoiseFn, Replacement, _average_patches,
-                       _check_patch, _color_replacement, _patch_replacement, _sigma_range,
-                       edit_loop, luminance_basis, patch_basis, patch_means, sigma_loop)
-from .schedule import karras_sigmas, ts_to_sigmas
-
-__all__ = ["edit_loop", "sigma_loop", "colorize", "inpaint", "super_resolve", "interpolate",
-           "slerp", "denoise", "stroke_guided", "luminance_basis", "patch_basis", "patch_means",
-           "colorize_image", "inpaint_image", "super_resolve_image", "interpolate_images",
-           "denoise_image", "stroke_image", "LUMINANCE", "Replacement"]
+from ..models.denoiser import Rng, noise_like
+from ..sampling.loop import Callback, DenoiseFn, Replacement, edit_loop, sigma_loop, sigma_range
+from ..sampling.schedule import karras_sigmas, ts_to_sigmas
+from .transforms import (
+    average_patches,
+    check_patch_size,
+    color_replacement,
+    keep_known,
+    luminance_basis,
+    patch_basis,
+    patch_replacement,
+)
 
 
 # ----------------------------------------------------------------------------- the editors
@@ -84,17 +87,12 @@ def colorize(den: DenoiseFn, images: torch.Tensor, x: torch.Tensor, ts: Sequence
     With ``return_reference`` also returns ``y`` (the input projected on the luminance axis).
     """
     _check_pair(images, x)
-    repl = _color_replacement(luminance_basis(images.device).to(images.dtype))
+    repl = color_replacement(luminance_basis(images.device).to(images.dtype))
     ref = repl(images, torch.zeros_like(images))
     out = edit_loop(den, x, ts, steps, generator,
                     Replacement(lambda x0, r: repl(r, x0), (ref,), "colorize"), class_labels,
                     dropout_rng=dropout_rng, callback=callback)
     return _finish(out, ref, return_reference)
-
-
-def _keep_known(x0: torch.Tensor, ref: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    """Inpainting's replacement: ``ref`` where ``keep`` is 1, ``x0`` where it is 0."""
-    return ref * keep + x0 * (1 - keep)
 
 
 def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -131,8 +129,8 @@ def inpaint(den: DenoiseFn, images: torch.Tensor, mask: torch.Tensor, x: torch.T
     """
     _check_pair(images, x)
     keep = _check_mask(mask, images)
-    ref = _keep_known(-torch.ones_like(images), images, keep)
-    out = edit_loop(den, x, ts, steps, generator, Replacement(_keep_known, (ref, keep), "inpaint"),
+    ref = keep_known(-torch.ones_like(images), images, keep)
+    out = edit_loop(den, x, ts, steps, generator, Replacement(keep_known, (ref, keep), "inpaint"),
                     class_labels, dropout_rng=dropout_rng, callback=callback)
     return _finish(out, ref, return_reference)
 
@@ -152,9 +150,9 @@ def super_resolve(den: DenoiseFn, images: torch.Tensor, x: torch.Tensor, ts: Seq
     ``y`` is ``images`` with every patch replaced by its mean.
     """
     _check_pair(images, x)
-    _check_patch(images, patch_size)
-    repl = _patch_replacement(patch_basis(patch_size, images.device).to(images.dtype), patch_size)
-    ref = _average_patches(images, patch_size)
+    check_patch_size(images, patch_size)
+    repl = patch_replacement(patch_basis(patch_size, images.device).to(images.dtype), patch_size)
+    ref = average_patches(images, patch_size)
     out = edit_loop(den, x, ts, steps, generator,
                     Replacement(lambda x0, r: repl(r, x0), (ref,), f"super_resolve/{patch_size}"),
                     class_labels, dropout_rng=dropout_rng, callback=callback)
@@ -217,7 +215,7 @@ def interpolate(den: DenoiseFn, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequ
     alist = [float(al) for al in alphas]
     if not alist:
         raise ValueError("alphas is empty: give e.g. torch.linspace(0, 1, 8).tolist()")
-    smin, smax = _sigma_range(den)
+    smin, smax = sigma_range(den)
     sig = ts_to_sigmas(ts, steps, sigma_min=smin, sigma_max=smax)
     noises = torch.stack([noise_like(a, generator) for _ in range(len(sig) - 1)])
     frames = torch.stack([slerp(a, b, al) for al in alist])
@@ -243,7 +241,7 @@ def _sub_schedule(den: Any, sigma: float, num_steps: int) -> list[float]:
         raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
     if not math.isfinite(float(sigma)) or float(sigma) < 0:
         raise ValueError(f"sigma must be a finite noise level >= 0, got {sigma!r}")
-    smin, smax = _sigma_range(den)
+    smin, smax = sigma_range(den)
     start = min(max(float(sigma), smin), smax)
     sig = karras_sigmas(int(num_steps) + 1, smin, start, append_zero=False)
     return [start] + sig[1:-1] + [smin]  # the endpoints exactly, not up to float rounding
@@ -285,15 +283,3 @@ def stroke_guided(den: DenoiseFn, strokes: torch.Tensor, sigma: float, num_steps
     out = sigma_loop(den, x, sig, generator, None, class_labels, dropout_rng=dropout_rng,
                      callback=callback)
     return out.clamp(-1, 1)
-
-
-_WRAPPERS = ("colorize_image", "inpaint_image", "super_resolve_image", "interpolate_images",
-             "denoise_image", "stroke_image")
-
-
-def __getattr__(name: str) -> Any:
-    """Lazily re-export the PIL-level wrappers of :mod:`cm_core.edit_images` (no import cycle)."""
-    if name in _WRAPPERS:
-        from . import edit_images
-        return getattr(edit_images, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

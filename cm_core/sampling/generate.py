@@ -13,12 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .denoiser import Denoiser
-from .fast import FastDenoiser
-from .registry import ModelSpec
-from .sampling import heun, initial_noise, make_generators, multistep, onestep
+from ..accel.fast import FastDenoiser
+from ..models.denoiser import Denoiser
+from ..models.registry import ModelSpec
+from .samplers import heun, initial_noise, make_generators, multistep, onestep
 from .schedule import parse_ts, pick_ts, validate_ts
-
 
 _LABEL_STREAM = 0x2545F4914F6CDD1D  # random class labels: a stream apart from the noise seeds
 
@@ -62,9 +61,9 @@ def sample_batch(den: Denoiser | FastDenoiser, spec: ModelSpec, seeds: Sequence[
                  callback: Callable[[dict], None] | None = None) -> torch.Tensor:
     """Images [B, 3, R, R] in [-1, 1] for per-image ``seeds`` on ``den``'s device.
 
-    On a CUDA-graphed :class:`~cm_core.fast.FastDenoiser`, a consistency model without dropout
+    On a CUDA-graphed :class:`~cm_core.accel.fast.FastDenoiser`, a consistency model without dropout
     (and with no callback, or a progress-only one) runs as one graph replay: the samplers go
-    through :func:`cm_core.edit_ops.sigma_loop`, which pre-draws each image's noise in the order
+    through :func:`cm_core.sampling.loop.sigma_loop`, which pre-draws each image's noise in the order
     the un-graphed loop draws it.
     """
     dev = next(den.parameters()).device
@@ -108,13 +107,13 @@ def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str |
 
     Image ``i`` (0 <= i < total) has seed ``seed + i`` and goes to rank ``i % world``; rank 0
     gathers the uint8 images in chunks and writes them in seed order, so the file does not
-    depend on the number of processes or the batch size. ``fast``: use :func:`cm_core.fast.optimize`
+    depend on the number of processes or the batch size. ``fast``: use :func:`cm_core.accel.fast.optimize`
     (default: on CUDA only; it then picks its own dtype, ``dtype`` is used when not float32);
     ``compile``: torch.compile in fast mode (default: on CUDA only).
     """
-    from .checkpoints import load_denoiser, pick_device
-    from .distributed import gather_strided, local_device, rank_world
-    from .registry import get_spec
+    from ..accel.distributed import gather_strided, local_device, rank_world
+    from ..models.checkpoints import load_denoiser, pick_device
+    from ..models.registry import get_spec
     spec = get_spec(model)
     total = num_samples or num
     if total < 1 or batch_size < 1:
@@ -127,7 +126,7 @@ def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str |
     den = load_denoiser(checkpoint or model, arch=spec.arch, kind=spec.kind, device=dev,
                         dtype=torch.float32 if fast else getattr(torch, dtype))
     if fast:
-        from .fast import optimize
+        from ..accel.fast import optimize
         den = optimize(den, dtype="auto" if dtype == "float32" else dtype,
                        compile="auto" if compile is None else compile,
                        warm_buckets=(batch_size,))

@@ -2,7 +2,7 @@
 
 :func:`configure_compile_cache` makes Inductor's FX-graph / autotune caches persistent and
 :func:`_mega_cache` loads or saves Dynamo's portable cache artifacts, so a restart reloads instead of
-recompiling. :class:`BackgroundCompiler` is the part of :class:`cm_core.fast.FastDenoiser` that
+recompiling. :class:`BackgroundCompiler` is the part of :class:`cm_core.accel.fast.FastDenoiser` that
 compiles batch buckets in a daemon thread while the eager network serves requests.
 """
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from .cuda_graphs import compiling
 
-log = logging.getLogger("cm_core.fast")  # one logger for the whole fast path
+log = logging.getLogger("cm_core.accel.fast")  # one logger for the whole fast path
 
 StepFn = Callable[[torch.Tensor, torch.Tensor, "torch.Tensor | None"], torch.Tensor]
 Compiler = Callable[[StepFn], StepFn]
@@ -72,7 +72,7 @@ def default_compiler(mode: str) -> Compiler:
 class BackgroundCompiler:
     """Compiles batch buckets of ``self._compiled`` in a background thread, smallest first.
 
-    A mixin of :class:`cm_core.fast.FastDenoiser`, which sets the state used here in its
+    A mixin of :class:`cm_core.accel.fast.FastDenoiser`, which sets the state used here in its
     ``__init__``: ``_compiled`` (the compiled step, or None), ``_ready`` / ``_queued`` (bucket sets),
     ``_queue`` (pending buckets), ``_cv`` (a Condition), ``_worker`` (the thread, or None),
     ``_cache_file`` (mega-cache path, or None) and ``stats``; plus ``_bucket(n)``, ``buckets``,

@@ -1,6 +1,6 @@
 """Whole-call CUDA graphs: :class:`GraphedCall` captures ``fn(*inputs)`` once and replays it.
 
-Used by :meth:`cm_core.fast.FastDenoiser.run_graphed` for whole sampling and editing loops (one
+Used by :meth:`cm_core.accel.fast.FastDenoiser.run_graphed` for whole sampling and editing loops (one
 graph per loop: batch shape, noise levels, editor).
 
 A capture is invalidated by a device-wide synchronisation from any thread (whatever the capture
@@ -60,7 +60,7 @@ class GraphedCall:
     """One CUDA graph of ``fn(*inputs) -> Tensor`` with static input buffers (CUDA only).
 
     ``fn`` must be free of host synchronisation and of shape-dependent Python branching on
-    values (true of :func:`cm_core.edit_ops.sigma_loop` fed pre-drawn noise). ``None`` inputs stay ``None``. Calling
+    values (true of :func:`cm_core.sampling.loop.sigma_loop` fed pre-drawn noise). ``None`` inputs stay ``None``. Calling
     copies the inputs into the static buffers, replays, and returns a clone of the output.
     Reusable for any device-only loop of fixed shapes, e.g. an editing loop.
 

@@ -1,6 +1,6 @@
 """PIL-level editing: any uploaded image in, edited images at the model's size out.
 
-Each wrapper reads the upload with :mod:`cm_core.images` (first frame, RGB, alpha on white,
+Each wrapper reads the upload with :mod:`cm_core.editing.pictures` (first frame, RGB, alpha on white,
 centre-crop to a square then resize to the model's resolution), runs the tensor-level editor of
 :mod:`cm_core.editing` and returns ``(output, reference)``: the edited image and the reference the
 model was actually constrained to, both RGB PIL images of the model's size. ``seed`` fixes the
@@ -18,14 +18,25 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import editing
-from .generate import labels_for
-from .images import (BACKGROUND, ImageEditError, ImageSource, fit_image, image_to_tensor,
-                     keep_mask, load_image, mask_array, check_edit_mask, fit_mask,
-                     tensor_to_images, to_rgb)
-from .registry import ModelSpec
-from .sampling import initial_noise, make_generators
-from .schedule import pick_ts, validate_ts
+from ..models.registry import ModelSpec
+from ..sampling import initial_noise, make_generators
+from ..sampling.generate import labels_for
+from ..sampling.schedule import pick_ts, validate_ts
+from . import editors
+from .pictures import (
+    BACKGROUND,
+    ImageEditError,
+    ImageSource,
+    check_edit_mask,
+    fit_image,
+    fit_mask,
+    image_to_tensor,
+    keep_mask,
+    load_image,
+    mask_array,
+    tensor_to_images,
+    to_rgb,
+)
 
 Callback = Callable[[dict], None]
 SpecOrSize = ModelSpec | int
@@ -43,7 +54,7 @@ class _Plan:
     labels: torch.Tensor | None
 
 
-def _labels(den: editing.DenoiseFn, spec: ModelSpec | None, seed: int,
+def _labels(den: editors.DenoiseFn, spec: ModelSpec | None, seed: int,
             class_label: int | None) -> torch.Tensor | None:
     n = getattr(den, "num_classes", None)
     if not n:
@@ -57,7 +68,7 @@ def _labels(den: editing.DenoiseFn, spec: ModelSpec | None, seed: int,
     raise ImageEditError(f"this model is class-conditional: pass class_label in [0, {n - 1}]")
 
 
-def _plan(den: editing.DenoiseFn, spec_or_size: SpecOrSize, seed: int, class_label: int | None,
+def _plan(den: editors.DenoiseFn, spec_or_size: SpecOrSize, seed: int, class_label: int | None,
           num_steps: int | None, ts: Sequence[int] | None, steps: int | None) -> _Plan:
     """Resolution, schedule, generators and labels of one call (validates them)."""
     spec = spec_or_size if isinstance(spec_or_size, ModelSpec) else None
@@ -82,7 +93,7 @@ def _plan(den: editing.DenoiseFn, spec_or_size: SpecOrSize, seed: int, class_lab
                  else lab.to(dev))
 
 
-def _start(den: editing.DenoiseFn, p: _Plan) -> torch.Tensor:
+def _start(den: editors.DenoiseFn, p: _Plan) -> torch.Tensor:
     return initial_noise((1, 3, p.size, p.size), p.gens, getattr(den, "sigma_max", 80.0), p.device)
 
 
@@ -97,7 +108,7 @@ def _pil(x: torch.Tensor) -> Image.Image:
     return tensor_to_images(x)[0]
 
 
-def colorize_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource, *,
+def colorize_image(den: editors.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource, *,
                    seed: int = 0, num_steps: int | None = None, ts: Sequence[int] | None = None,
                    steps: int | None = None, class_label: int | None = None,
                    background: Sequence[int] = BACKGROUND, callback: Callback | None = None
@@ -109,12 +120,12 @@ def colorize_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image: Imag
     p = _plan(den, spec_or_size, seed, class_label, num_steps, ts, steps)
     img, _ = _read(image, p.size, background)
     y = image_to_tensor(img).to(p.device)
-    out = editing.colorize(den, y, _start(den, p), p.ts, p.steps, p.gens, p.labels,
+    out = editors.colorize(den, y, _start(den, p), p.ts, p.steps, p.gens, p.labels,
                            callback=callback)
     return _pil(out), img.convert("L").convert("RGB")
 
 
-def inpaint_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource,
+def inpaint_image(den: editors.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource,
                   mask: object, *, seed: int = 0, num_steps: int | None = None,
                   ts: Sequence[int] | None = None, steps: int | None = None,
                   class_label: int | None = None, background: Sequence[int] = BACKGROUND,
@@ -125,7 +136,7 @@ def inpaint_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image: Image
     p = _plan(den, spec_or_size, seed, class_label, num_steps, ts, steps)
     img, orig = _read(image, p.size, background)
     edit = check_edit_mask(fit_mask(mask_array(mask), orig, p.size))
-    out, ref = editing.inpaint(den, image_to_tensor(img).to(p.device), keep_mask(edit, p.device),
+    out, ref = editors.inpaint(den, image_to_tensor(img).to(p.device), keep_mask(edit, p.device),
                                _start(den, p), p.ts, p.steps, p.gens, p.labels,
                                callback=callback, return_reference=True)
     return _pil(out), _pil(ref)
@@ -136,7 +147,7 @@ def default_patch_size(size: int) -> int:
     return 8 if size >= 256 else 4
 
 
-def super_resolve_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource, *,
+def super_resolve_image(den: editors.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource, *,
                         patch_size: int | None = None, seed: int = 0,
                         num_steps: int | None = None, ts: Sequence[int] | None = None,
                         steps: int | None = None, class_label: int | None = None,
@@ -155,7 +166,7 @@ def super_resolve_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image:
                              f"(valid: {[d for d in range(1, p.size + 1) if p.size % d == 0]})")
     low = fit_image(to_rgb(load_image(image), background), p.size // int(ps))
     img = low.resize((p.size, p.size), Image.Resampling.NEAREST)
-    out, ref = editing.super_resolve(den, image_to_tensor(img).to(p.device), _start(den, p), p.ts,
+    out, ref = editors.super_resolve(den, image_to_tensor(img).to(p.device), _start(den, p), p.ts,
                                      p.steps, p.gens, int(ps), p.labels, callback=callback,
                                      return_reference=True)
     return _pil(out), _pil(ref)
@@ -173,7 +184,7 @@ def estimate_noise_std(image: Image.Image) -> float:
     return float(np.median(np.abs(hh)) / 0.6745)
 
 
-def denoise_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource, *,
+def denoise_image(den: editors.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource, *,
                   noise_std: float | None = None, num_steps: int = 1, seed: int = 0,
                   class_label: int | None = None, background: Sequence[int] = BACKGROUND,
                   callback: Callback | None = None) -> tuple[Image.Image, Image.Image]:
@@ -186,12 +197,12 @@ def denoise_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image: Image
     std = estimate_noise_std(img) if noise_std is None else float(noise_std)
     if not np.isfinite(std) or std < 0:
         raise ImageEditError(f"noise_std must be >= 0 grey levels, got {noise_std}")
-    out = editing.denoise(den, image_to_tensor(img).to(p.device), 2.0 * std / 255.0, p.gens,
+    out = editors.denoise(den, image_to_tensor(img).to(p.device), 2.0 * std / 255.0, p.gens,
                           p.labels, num_steps=num_steps, callback=callback)
     return _pil(out), img
 
 
-def stroke_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource, *,
+def stroke_image(den: editors.DenoiseFn, spec_or_size: SpecOrSize, image: ImageSource, *,
                  sigma: float = 4.0, num_steps: int = 2, seed: int = 0,
                  class_label: int | None = None, background: Sequence[int] = BACKGROUND,
                  callback: Callback | None = None) -> tuple[Image.Image, Image.Image]:
@@ -199,12 +210,12 @@ def stroke_image(den: editing.DenoiseFn, spec_or_size: SpecOrSize, image: ImageS
     from the strokes), then ``num_steps`` steps. Returns (output, the fitted painting)."""
     p = _plan(den, spec_or_size, seed, class_label, num_steps, None, None)
     img, _ = _read(image, p.size, background)
-    out = editing.stroke_guided(den, image_to_tensor(img).to(p.device), sigma, num_steps, p.gens,
+    out = editors.stroke_guided(den, image_to_tensor(img).to(p.device), sigma, num_steps, p.gens,
                                 p.labels, callback=callback)
     return _pil(out), img
 
 
-def interpolate_images(den: editing.DenoiseFn, spec_or_size: SpecOrSize, seed0: int, seed1: int,
+def interpolate_images(den: editors.DenoiseFn, spec_or_size: SpecOrSize, seed0: int, seed1: int,
                        *, num_frames: int = 8, alphas: Sequence[float] | None = None,
                        num_steps: int | None = None, ts: Sequence[int] | None = None,
                        steps: int | None = None, class_label: int | None = None,
@@ -225,6 +236,6 @@ def interpolate_images(den: editing.DenoiseFn, spec_or_size: SpecOrSize, seed0: 
     z0 = _start(den, p)
     z1 = initial_noise(z0.shape, make_generators(int(seed1), 1, p.device),
                        getattr(den, "sigma_max", 80.0), p.device)
-    frames = editing.interpolate(den, z0, z1, alphas, p.ts, p.steps, p.gens, p.labels,
+    frames = editors.interpolate(den, z0, z1, alphas, p.ts, p.steps, p.gens, p.labels,
                                  callback=callback, frame_batch=frame_batch)
     return [_pil(f) for f in frames]

@@ -1,26 +1,25 @@
-"""The shared Algorithm-4 loop and the orthogonal transforms ``A`` of the editors.
+"""The one Algorithm-4 loop (Song et al. 2023) that every sampler and editor runs.
 
-See :mod:`cm_core.editing` for the algorithm; it re-exports the loops, ``Replacement`` and the
-transforms. ``graphable`` and ``run_graphed_loop`` serve the samplers' graphed loops too.
+``x0 = clamp(D(x, t_i)); x0 = replace(x0); x = x0 + z_i sqrt(t_{i+1}^2 - sigma_min^2)``: with no
+replacement it is multistep sampling (and one-step over (sigma_max, sigma_min)); the editors of
+:mod:`cm_core.editing` pass a :class:`Replacement` that puts the known part of the reference back.
+``graphable`` and ``run_graphed_loop`` run a whole loop as one CUDA graph on the fast path.
 """
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 
-from .denoiser import Rng, noise_like, sigma_noise_scale
+from ..models.denoiser import Rng, noise_like, sigma_noise_scale
 from .schedule import ts_to_sigmas
 
 Callback = Callable[[dict], None]
 DenoiseFn = Callable[..., torch.Tensor]
 ReplaceFn = Callable[[torch.Tensor], torch.Tensor]
 NoiseFn = Callable[[int, torch.Tensor], torch.Tensor]
-LUMINANCE = (0.2989, 0.5870, 0.1140)
 
 
 # ----------------------------------------------------------------------------- the shared loop
@@ -32,7 +31,7 @@ def clamped_denoise(den: DenoiseFn, x: torch.Tensor, sigma: float, class_labels:
     return den(x, s, class_labels, **kw).clamp(-1, 1)
 
 
-def _sigma_range(den: Any) -> tuple[float, float]:
+def sigma_range(den: Any) -> tuple[float, float]:
     return float(getattr(den, "sigma_min", 0.002)), float(getattr(den, "sigma_max", 80.0))
 
 
@@ -72,7 +71,7 @@ def _loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], replace: Rep
           class_labels: torch.Tensor | None, dropout_rng: Rng, callback: Callback | None,
           draw: Callable[[int, torch.Tensor, float], torch.Tensor | None]) -> torch.Tensor:
     """The loop itself; ``draw(i, x0, scale)`` gives step i's standard noise (None: add none)."""
-    smin, _ = _sigma_range(den)
+    smin, _ = sigma_range(den)
     n = len(sigmas) - 1
     for i in range(n):
         x0 = clamped_denoise(den, x, float(sigmas[i]), class_labels, dropout_rng)
@@ -91,7 +90,7 @@ def _graphed_loop(den: Any, x: torch.Tensor, sigmas: Sequence[float], generator:
                   noise: torch.Tensor | None) -> torch.Tensor:
     """:func:`sigma_loop` as one CUDA graph replay (``den.run_graphed``): the noise of every
     step is drawn up front in the un-graphed loop's order, so both give the same result."""
-    smin, _ = _sigma_range(den)
+    smin, _ = sigma_range(den)
     n, sig = len(sigmas) - 1, tuple(float(s) for s in sigmas)
     if noise is None:
         draws = [_step_noise(x, generator, sigma_noise_scale(s, smin)) for s in sig[1:]]
@@ -112,7 +111,7 @@ def run_graphed_loop(den: Any, tag: tuple, body: Callable[..., torch.Tensor], x:
                      class_labels: Any, *tensors: torch.Tensor, callback: Callback | None,
                      sigmas: Sequence[float]) -> torch.Tensor:
     """``body(x, labels, *tensors)``, a device-only loop, as one graph replay on ``den``
-    (:meth:`cm_core.fast.FastDenoiser.run_graphed`). The labels are checked and moved to the
+    (:meth:`cm_core.accel.fast.FastDenoiser.run_graphed`). The labels are checked and moved to the
     device before capture; the graph key is ``tag`` plus the shapes, dtype and whether there are
     labels. A progress-only callback (``needs_denoised = False``) then gets each step of
     ``sigmas`` (the levels evaluated), with "denoised" None."""
@@ -138,7 +137,7 @@ def sigma_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generat
     step draws nothing. Returns the final ``x``, NOT clamped.
     ``callback`` gets {"i", "n", "sigma", "denoised"} where "denoised" is x0 after replacement.
 
-    On a :class:`cm_core.fast.FastDenoiser` with CUDA graphs, the whole loop is one graph replay
+    On a :class:`cm_core.accel.fast.FastDenoiser` with CUDA graphs, the whole loop is one graph replay
     when ``replace`` is None or a :class:`Replacement`, ``noise`` is not a function, there is no
     dropout, and ``callback`` is None or marked ``needs_denoised = False`` (a progress bar; it
     is then called after the replay with "denoised" None).
@@ -170,88 +169,7 @@ def edit_loop(den: DenoiseFn, x: torch.Tensor, ts: Sequence[int], steps: int, ge
     With ``replace=None`` this is exactly :func:`cm_core.sampling.multistep` before its final clamp.
     Returns the final ``x`` [B, C, H, W], not clamped (callers clamp).
     """
-    smin, smax = _sigma_range(den)
+    smin, smax = sigma_range(den)
     sig = ts_to_sigmas(ts, steps, sigma_min=smin, sigma_max=smax)
     return sigma_loop(den, x, sig, generator, replace, class_labels, dropout_rng=dropout_rng,
                       callback=callback, noise=noise)
-
-
-# ----------------------------------------------------------------------------- transforms A
-@functools.lru_cache(maxsize=16)
-def _qr_basis(first: tuple[float, ...]) -> np.ndarray:
-    """Orthogonal float64 matrix whose column 0 is ``first`` normalised (QR of the identity with
-    column 0 replaced), negated if column 0 sums negative: the original's ``obtain_orthogonal_matrix``."""
-    v = np.asarray(first, dtype=np.float64)
-    v = v / np.linalg.norm(v)
-    m = np.eye(len(v))
-    m[:, 0] = v
-    q = np.linalg.qr(m)[0]
-    if np.sum(q[:, 0]) < 0:
-        q = -q
-    return q
-
-
-def luminance_basis(device: torch.device | str = "cpu") -> torch.Tensor:
-    """[3, 3] float32 orthogonal colour basis; column 0 = (0.2989, 0.5870, 0.1140) / norm."""
-    return torch.from_numpy(_qr_basis(LUMINANCE)).to(device=device, dtype=torch.float32)
-
-
-def patch_basis(patch_size: int, device: torch.device | str = "cpu") -> torch.Tensor:
-    """[p^2, p^2] float32 orthogonal basis of a flattened p x p patch; column 0 = constant 1/p."""
-    return torch.from_numpy(_qr_basis((1.0,) * patch_size ** 2)).to(device=device, dtype=torch.float32)
-
-
-def _color_replacement(q: torch.Tensor) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``(a, b) -> Q [(Q^T a) * keep + (Q^T b) * (1 - keep)]`` with keep = colour axis 0."""
-    mask = torch.zeros(3, 1, 1, device=q.device, dtype=q.dtype)
-    mask[0] = 1.0
-
-    def replacement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        ca = torch.einsum("bchw,cd->bdhw", a, q)
-        cb = torch.einsum("bchw,cd->bdhw", b, q)
-        return torch.einsum("bdhw,cd->bchw", ca * mask + cb * (1.0 - mask), q)
-    return replacement
-
-
-def _check_patch(x: torch.Tensor, p: int) -> None:
-    h, w = x.shape[-2:]
-    if not isinstance(p, int) or p < 1 or h % p or w % p:
-        ok = [d for d in range(1, min(h, w) + 1) if h % d == 0 and w % d == 0]
-        raise ValueError(f"patch_size must be a positive integer dividing the image size {h}x{w}; "
-                         f"got {p!r}. Valid sizes: {ok}")
-
-
-def _patchify(x: torch.Tensor, p: int) -> torch.Tensor:
-    """[B, C, H, W] -> [B, C, (H/p)(W/p), p^2] in the original's patch order."""
-    b, c, h, w = x.shape
-    return x.reshape(b, c, h // p, p, w // p, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, -1, p * p)
-
-
-def _unpatchify(x: torch.Tensor, p: int, h: int, w: int) -> torch.Tensor:
-    """Inverse of :func:`_patchify`."""
-    b, c = x.shape[:2]
-    return x.reshape(b, c, h // p, w // p, p, p).permute(0, 1, 2, 4, 3, 5).reshape(b, c, h, w)
-
-
-def patch_means(images: torch.Tensor, patch_size: int) -> torch.Tensor:
-    """[B, C, H/p, W/p]: the mean of every non-overlapping p x p patch (a low-resolution image)."""
-    _check_patch(images, patch_size)
-    return torch.nn.functional.avg_pool2d(images, patch_size)
-
-
-def _patch_replacement(q: torch.Tensor, p: int
-                       ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """``(a, b) ->`` patches of ``a`` with coefficient 0 (the mean) of ``a`` and the rest of ``b``."""
-    def replacement(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        h, w = a.shape[-2:]
-        ca = torch.einsum("bcnd,de->bcne", _patchify(a, p), q)
-        cb = torch.einsum("bcnd,de->bcne", _patchify(b, p), q)
-        mix = torch.cat([ca[..., :1], cb[..., 1:]], dim=-1)
-        return _unpatchify(torch.einsum("bcne,de->bcnd", mix, q), p, h, w)
-    return replacement
-
-
-def _average_patches(x: torch.Tensor, p: int) -> torch.Tensor:
-    """Every p x p patch replaced by its mean (the original's ``average_image_patches``)."""
-    flat = _patchify(x, p)
-    return _unpatchify(flat.mean(dim=-1, keepdim=True).expand_as(flat), p, *x.shape[-2:])
