@@ -97,6 +97,32 @@ def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
         raise click.ClickException(f"{len(failed)} of {len(wanted)} failed: {', '.join(failed)}")
 
 
+@main.command("export")
+@click.argument("model")
+@click.argument("out", type=click.Path())
+@click.option("--arch", "arch_json", default=None,
+              help='original flags as JSON for a bare .pt, e.g. \'{"image_size": 64, ...}\'')
+@click.option("--steps", type=int, default=None, help="scheduler grid (default: the model's, else 40)")
+@click.option("--unet-only", is_flag=True, help="write just the UNet2DModel folder (also for EDM teachers)")
+@click.option("--push-to-hub", "repo", default=None, help="then upload OUT to this Hub repo (needs a token)")
+@click.option("--private", is_flag=True, help="create the Hub repo as private")
+def export_cmd(model: str, out: str, arch_json: str | None, steps: int | None, unet_only: bool,
+               repo: str | None, private: bool) -> None:
+    """Write MODEL (registry name or file) as a diffusers ConsistencyModelPipeline folder OUT."""
+    import json
+
+    from .checkpoints import CheckpointError
+    from .export import export_pipeline, push_to_hub
+    try:
+        path = export_pipeline(model, out, arch=json.loads(arch_json) if arch_json else None,
+                               steps=steps, unet_only=unet_only)
+        click.echo(f"wrote {path}")
+        if repo:
+            click.echo(f"uploaded to {repo}: {push_to_hub(path, repo, private=private)}")
+    except (CheckpointError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
+
+
 def _register_optional() -> None:
     try:
         from .train.cli import train  # noqa: PLC0415
