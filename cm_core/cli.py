@@ -68,7 +68,8 @@ def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
     from tqdm import tqdm
 
     from .models.checkpoints import CheckpointError
-    from .models.download import describe, fetch_hub, fetch_original
+    from .models.download import describe, fetch_original
+    from .models.hub_fetch import ensure_local
     wanted = [s for s in registry.REGISTRY.values() if not s.embedded]
     if names and names != ("all",):
         try:
@@ -79,7 +80,11 @@ def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
     for spec in wanted:
         try:
             if hub:
-                click.echo(f"{spec.name}: {fetch_hub(spec)}")
+                if not spec.hub_repo:
+                    raise CheckpointError(f"{spec.name} has no diffusers Hub repo (EDM teachers are only "
+                                          "published as original .pt files): fetch the .pt instead")
+                ensure_local(spec)
+                click.echo(f"{spec.name}: {spec.hub_repo} in the Hub cache")
                 continue
             with tqdm(desc=spec.name, unit="B", unit_scale=True, delay=1.0) as bar:
 
