@@ -85,10 +85,14 @@ def fetch_model(name: str, progress: Progress | None = None) -> str:
     """Download a released model (CD/CT: its diffusers Hub repo; EDM: the ``.pt``); returns where
     it now is. One download per model at a time, disk space checked first."""
     spec = get_spec(name)
-    if not (spec.url or spec.hub_repo) and not is_available(spec):
-        raise CheckpointError(f"{name} cannot be downloaded: {fetch_command(spec)}")
-    ensure_local(spec, _bytes_progress(progress), expected_bytes=model_bytes(spec, on_disk_only=False))
+    _download(spec, progress)
     return where(spec)
+
+
+def _download(spec: ModelSpec, progress: Progress | None) -> bool:
+    if not (spec.url or spec.hub_repo) and not is_available(spec):
+        raise CheckpointError(f"{spec.name} cannot be downloaded: {fetch_command(spec)}")
+    return ensure_local(spec, _bytes_progress(progress), expected_bytes=model_bytes(spec, on_disk_only=False))
 
 
 def where(spec: ModelSpec) -> str:
@@ -105,8 +109,7 @@ def ensure_model(name: str, progress: Progress | None = None) -> bool:
     spec = get_spec(name)
     if spec.embedded or not auto_fetch_enabled() or is_available(spec):
         return False
-    fetch_model(name, progress)
-    return True
+    return _download(spec, progress)
 
 
 def teacher_for(name: str) -> str:
