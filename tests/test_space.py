@@ -237,3 +237,35 @@ def test_a_plain_machine_does_not_fetch_and_keeps_the_button(space, remote, monk
     monkeypatch.setenv("CM_AUTO_FETCH", "sometimes")
     with pytest.raises(ValueError, match="CM_AUTO_FETCH"):
         hub_fetch.auto_fetch_enabled()
+
+
+def _card() -> dict:
+    import yaml
+    text = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    assert text.startswith("---\n")
+    return yaml.safe_load(text.split("---\n", 2)[1])
+
+
+def test_the_space_card_preloads_the_default_released_models_and_suits_zerogpu():
+    from huggingface_hub import SpaceHardware
+    from packaging.specifiers import SpecifierSet
+
+    from cm_core.checkpoints import HUB_CONFIGS, HUB_WEIGHTS
+    from cm_core.registry import REGISTRY
+    card = _card()
+    assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
+    reqs = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().splitlines()
+    gradio_req = next(r for r in reqs if r.startswith("gradio>") or r.startswith("gradio="))
+    assert card["sdk_version"] in SpecifierSet(gradio_req.removeprefix("gradio"))  # ZeroGPU: Gradio 4+
+    assert int(card["sdk_version"].split(".")[0]) >= 4
+    assert str(card["python_version"]).startswith("3.10")  # the version ZeroGPU documents
+    assert card["suggested_hardware"] in {h.value for h in SpaceHardware}
+    hub_repos = {s.hub_repo for s in REGISTRY.values() if s.hub_repo}
+    for entry in card["preload_from_hub"]:
+        repo, files = entry.split()
+        assert repo in hub_repos and repo in card["models"]
+        assert files.split(",") == [*HUB_CONFIGS, HUB_WEIGHTS[0]]  # the configs and one weights format
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("### Hugging Face Spaces"):readme.index("### Paperspace")]
+    for words in ("**CPU**", "**GPU**", "**ZeroGPU**", "spaces.GPU", "CM_AUTO_FETCH", "preload_from_hub"):
+        assert words in section
