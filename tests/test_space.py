@@ -269,3 +269,9 @@ def test_the_space_card_preloads_the_default_released_models_and_suits_zerogpu()
     section = readme[readme.index("### Hugging Face Spaces"):readme.index("### Paperspace")]
     for words in ("**CPU**", "**GPU**", "**ZeroGPU**", "spaces.GPU", "CM_AUTO_FETCH", "preload_from_hub"):
         assert words in section
+
+
+def test_the_real_hub_client_offline_is_a_clear_error(space):
+    with pytest.raises(CheckpointError, match="could not list openai/diffusers-ct_imagenet64"):
+        S.ensure_model("ct_imagenet64")
+    assert not is_available(get_spec("ct_imagenet64"))

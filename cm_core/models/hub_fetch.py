@@ -52,17 +52,19 @@ class HubClient:
     """The two Hub calls a fetch makes; tests replace :data:`CLIENT` by a stand-in."""
 
     def files(self, repo: str) -> tuple[str, list[tuple[str, int | None]]]:
-        """(commit, [(file, size in bytes)]) of the wanted files of ``repo`` not yet cached."""
-        from huggingface_hub import snapshot_download
-        infos = snapshot_download(repo, allow_patterns=[*HUB_CONFIGS, *HUB_WEIGHTS], dry_run=True)
-        if not infos:
-            raise CheckpointError(f"{repo} has none of {', '.join(HUB_CONFIGS + HUB_WEIGHTS)}")
-        return infos[0].commit_hash, [(i.filename, i.file_size) for i in infos]
+        """(commit, [(file, size in bytes)]) of the files of ``repo`` a load may need."""
+        from huggingface_hub import HfApi
+        info = HfApi().model_info(repo, files_metadata=True)
+        wanted = set(HUB_CONFIGS + HUB_WEIGHTS)
+        return str(info.sha), [(f.rfilename, f.size) for f in info.siblings or [] if f.rfilename in wanted]
 
     def download(self, repo: str, filename: str, revision: str, on_bytes: Callable[[int], None]) -> Path:
         """One file into the Hub cache (atomic: ``.incomplete`` then rename); ``on_bytes(n)`` as it goes."""
         from huggingface_hub import hf_hub_download
-        return Path(hf_hub_download(repo, filename, revision=revision, tqdm_class=_byte_bar(on_bytes)))
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision, tqdm_class=_byte_bar(on_bytes)))
+        except TypeError:  # a huggingface_hub without tqdm_class: progress moves per file
+            return Path(hf_hub_download(repo, filename, revision=revision))
 
 
 def _byte_bar(on_bytes: Callable[[int], None]) -> type:
