@@ -116,8 +116,8 @@ def export_cmd(model: str, out: str, arch_json: str | None, steps: int | None, u
     """Write MODEL (registry name or file) as a diffusers ConsistencyModelPipeline folder OUT."""
     import json
 
-    from .checkpoints import CheckpointError
-    from .export import export_pipeline, push_to_hub
+    from .models.checkpoints import CheckpointError
+    from .models.export import export_pipeline, push_to_hub
     try:
         path = export_pipeline(model, out, arch=json.loads(arch_json) if arch_json else None,
                                steps=steps, unet_only=unet_only)

@@ -14,8 +14,8 @@ from safetensors.torch import load_file
 
 import cm_core
 from cm_core import sampling
-from cm_core.checkpoints import CheckpointError
-from cm_core.export import export_pipeline, push_to_hub
+from cm_core.models.checkpoints import CheckpointError
+from cm_core.models.export import export_pipeline, push_to_hub
 
 ROOT = Path(__file__).resolve().parent.parent
 TOL = 1e-5

@@ -18,10 +18,11 @@ import pytest
 import torch
 from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, UNet2DModel
 
-from cm_core import hub_fetch
+from cm_core.models import hub_fetch
 from cm_core import service as S
-from cm_core.checkpoints import CheckpointError, is_available, load_denoiser
-from cm_core.registry import get_spec
+from cm_core.service import model_cache
+from cm_core.models.checkpoints import CheckpointError, is_available, load_denoiser
+from cm_core.models.registry import get_spec
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 # IMAGENET_64_UNET_CONFIG of the conversion script, shrunk (2 levels, 32/64 channels, 1 block)
@@ -113,7 +114,7 @@ def space(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("CM_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
-    monkeypatch.setattr(S, "_CACHE", S.ModelCache(capacity=2, device="cpu"))
+    monkeypatch.setattr(model_cache, "_CACHE", S.ModelCache(capacity=2, device="cpu"))
     return cache
 
 
@@ -250,8 +251,8 @@ def test_the_space_card_preloads_the_default_released_models_and_suits_zerogpu()
     from huggingface_hub import SpaceHardware
     from packaging.specifiers import SpecifierSet
 
-    from cm_core.checkpoints import HUB_CONFIGS, HUB_WEIGHTS
-    from cm_core.registry import REGISTRY
+    from cm_core.models.checkpoints import HUB_CONFIGS, HUB_WEIGHTS
+    from cm_core.models.registry import REGISTRY
     card = _card()
     assert card["sdk"] == "gradio" and card["app_file"] == "app.py"
     reqs = (Path(__file__).resolve().parent.parent / "requirements.txt").read_text().splitlines()

@@ -9,6 +9,7 @@ import types
 import pytest
 
 from cm_core import service as S
+from cm_core.service import model_cache
 from cm_core.service.zerogpu import estimate_seconds, fast_options, zero_gpu_active
 
 MODEL_EVENTS = {"generate", "generate_steps", "compare_teacher", "colorize", "inpaint", "super_resolve",
@@ -41,7 +42,7 @@ def zero(monkeypatch):
     stand_in = StandInSpaces()
     monkeypatch.setitem(sys.modules, "spaces", stand_in)
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
-    monkeypatch.setattr(S, "_CACHE", S.ModelCache(capacity=2, device="cpu"))  # no GPU in the tests
+    monkeypatch.setattr(model_cache, "_CACHE", S.ModelCache(capacity=2, device="cpu"))  # no GPU in the tests
     return stand_in
 
 
@@ -85,7 +86,7 @@ def test_duration_grows_with_batch_size_and_steps_within_bounds(monkeypatch):
 
 
 def test_compilation_and_cuda_graphs_are_off_on_zerogpu(zero, monkeypatch):
-    import cm_core.fast as fast
+    import cm_core.accel.fast as fast
     seen: list[dict] = []
     monkeypatch.setattr(fast, "optimize", lambda den, **kw: seen.append(kw) or den)
     monkeypatch.setenv("CM_FAST", "1")
@@ -99,7 +100,7 @@ def test_compilation_and_cuda_graphs_are_off_on_zerogpu(zero, monkeypatch):
 
 
 def test_elsewhere_nothing_changes_and_spaces_is_not_imported(monkeypatch):
-    import cm_core.fast as fast
+    import cm_core.accel.fast as fast
     from cm_app import deploy
     monkeypatch.delitem(sys.modules, "spaces", raising=False)
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)

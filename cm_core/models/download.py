@@ -3,7 +3,7 @@
 The original ``.pt`` goes to ``<checkpoint dir>/<name>.pt.part`` first (resumed with an HTTP
 ``Range`` request when a partial file exists), is checked against the server's length and the
 registry's size / sha256 where recorded, and only then renamed to ``<name>.pt``: an interrupted
-fetch never leaves a file that looks complete. Hub repos: :mod:`cm_core.hub_fetch`.
+fetch never leaves a file that looks complete. Hub repos: :mod:`cm_core.models.hub_fetch`.
 """
 from __future__ import annotations
 
