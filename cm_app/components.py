@@ -66,5 +66,5 @@ def _io_images() -> tuple[gr.Image, gr.Image, gr.Image, gr.Markdown]:
 
 
 def _examples(rows: list, inputs: list, outputs: list, fn: Any) -> gr.Examples:
-    return gr.Examples(rows, inputs, outputs, fn=model_event(fn, fn.__name__), cache_examples=S.cache_examples(),
-                       cache_mode="lazy", examples_per_page=6)
+    return gr.Examples(rows, inputs, outputs, fn=model_event(fn, fn.__name__),
+                       cache_examples=S.cache_examples(), cache_mode="lazy", examples_per_page=6)

@@ -42,7 +42,7 @@ def model_updates(name: str, cls: list, steps: list, g_ts, g_heun, gen_btn, gen_
     choices = S.class_choices(spec)
     edm = spec.kind == "edm"
     out = {model_md: S.model_markdown(name),
-           fetch_btn: gr.update(visible=info["fetchable"] and not info["available"] and not info["auto_fetch"]),
+           fetch_btn: gr.update(visible=info["fetchable"] and not (info["available"] or info["auto_fetch"])),
            g_ts: gr.update(placeholder=",".join(map(str, spec.ts)), value="", visible=not edm),
            g_heun: gr.update(value=spec.heun_steps, visible=edm),
            gen_btn: gr.update(visible=not edm), gen_steps_btn: gr.update(visible=edm),
