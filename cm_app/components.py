@@ -8,15 +8,17 @@ import gradio as gr
 from cm_core import service as S
 from cm_core.models.registry import ModelSpec
 
+from .deploy import model_event
 from .handlers import random_seed
 
 GPU = "gpu"  # one concurrency group for every event that runs a model
 
 
 def _gpu(event: Any, fn: Any, inputs: list, outputs: list, api_name: str, **kw: Any) -> Any:
-    """Attach a model-running handler: one shared concurrency group, a public API name."""
-    return event(fn, inputs, outputs, api_name=api_name, concurrency_id=GPU,
-                 concurrency_limit=S.concurrency(), **kw)
+    """Attach a model-running handler: one shared concurrency group, a public API name, fetch on
+    first use and ZeroGPU (:func:`cm_app.deploy.model_event`)."""
+    return event(model_event(fn, api_name, batched=kw.get("batch", False)), inputs, outputs,
+                 api_name=api_name, concurrency_id=GPU, concurrency_limit=S.concurrency(), **kw)
 
 
 def _seed_row(label: str = "Seed") -> gr.Number:
@@ -64,5 +66,5 @@ def _io_images() -> tuple[gr.Image, gr.Image, gr.Image, gr.Markdown]:
 
 
 def _examples(rows: list, inputs: list, outputs: list, fn: Any) -> gr.Examples:
-    return gr.Examples(rows, inputs, outputs, fn=fn, cache_examples=S.cache_examples(),
-                       cache_mode="lazy", examples_per_page=6)
+    return gr.Examples(rows, inputs, outputs, fn=model_event(fn, fn.__name__),
+                       cache_examples=S.cache_examples(), cache_mode="lazy", examples_per_page=6)

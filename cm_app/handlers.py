@@ -42,7 +42,7 @@ def model_updates(name: str, cls: list, steps: list, g_ts, g_heun, gen_btn, gen_
     choices = S.class_choices(spec)
     edm = spec.kind == "edm"
     out = {model_md: S.model_markdown(name),
-           fetch_btn: gr.update(visible=info["fetchable"] and not info["available"]),
+           fetch_btn: gr.update(visible=info["fetchable"] and not (info["available"] or info["auto_fetch"])),
            g_ts: gr.update(placeholder=",".join(map(str, spec.ts)), value="", visible=not edm),
            g_heun: gr.update(value=spec.heun_steps, visible=edm),
            gen_btn: gr.update(visible=not edm), gen_steps_btn: gr.update(visible=edm),
@@ -61,9 +61,18 @@ def model_table():
 
 
 @_err
-def fetch_model(name: str, progress=gr.Progress()):
-    path = S.fetch_model(name, _progress(progress))
-    return S.model_markdown(name) + f"\n\nFetched to `{path}`.", S.model_rows()
+def fetch_model(model: str, progress=gr.Progress()):
+    path = S.fetch_model(model, _progress(progress))
+    return S.model_markdown(model) + f"\n\nFetched to `{path}`.", S.model_rows()
+
+
+@_err
+def fetch_on_choice(model: str, progress=gr.Progress()):
+    """Where fetching on choice is allowed (a Space, ``CM_AUTO_FETCH=1``), download the chosen
+    model now, with a progress bar; elsewhere, or when it is on disk, change nothing."""
+    if not S.ensure_model(model, _progress(progress)):
+        return gr.skip(), gr.skip()
+    return S.model_markdown(model), S.model_rows()
 
 
 def random_seed() -> int:
@@ -89,15 +98,16 @@ def _request(model, steps, ts, seed, batch_size, dropout, class_label, heun_step
                              dropout=dropout, class_label=class_label, heun_steps=heun_steps)
 
 
-def generate(models, steps, ts, seeds, batch_sizes, dropouts, class_labels, heun_steps):
+def generate(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps):
     """Batched (Gradio ``batch=True``): concurrent requests with equal settings run as one batch.
 
-    Each argument is a list with one entry per queued request. Invalid requests fail alone: when all
-    are invalid the call raises (the client sees the message); otherwise their gallery is empty and
-    the info line carries the error.
+    Each argument is a list with one entry per queued request; the parameters are named in the
+    singular because Gradio publishes these names as the API's (one request's values). Invalid
+    requests fail alone: when all are invalid the call raises (the client sees the message);
+    otherwise their gallery is empty and the info line carries the error.
     """
     reqs, errors = [], []
-    for args in zip(models, steps, ts, seeds, batch_sizes, dropouts, class_labels, heun_steps):
+    for args in zip(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps):
         req = _request(*args)
         try:
             S.plan(req)

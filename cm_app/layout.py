@@ -67,10 +67,11 @@ def _model_events(demo: gr.Blocks, model: gr.Dropdown, model_md: gr.Markdown, fe
               g["cmp_btn"]]
 
     @H._err
-    def on_model_change(name: str):
-        return H.model_updates(name, all_cls, all_steps, g["ts"], g["heun"], gen.button, g["gen_steps_btn"],
+    def on_model_change(model: str):
+        return H.model_updates(model, all_cls, all_steps, g["ts"], g["heun"], gen.button, g["gen_steps_btn"],
                                g["cmp_btn"], model_md, fetch_btn)
-    model.change(on_model_change, model, picked, api_name="model_info", queue=False)
+    model.change(on_model_change, model, picked, api_name="model_info", queue=False).then(
+        H.fetch_on_choice, model, [model_md, table], api_name=False)  # a Space: download it now
     for ev in (gen.steps.change, g["ts"].change):
         ev(H.on_steps_change, [model, gen.steps, g["ts"]], [gen.button, g["gen_steps_btn"]], api_name=False,
            queue=False)

@@ -68,7 +68,8 @@ def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
     from tqdm import tqdm
 
     from .models.checkpoints import CheckpointError
-    from .models.download import describe, fetch_hub, fetch_original
+    from .models.download import describe, fetch_original
+    from .models.hub_fetch import ensure_local
     wanted = [s for s in registry.REGISTRY.values() if not s.embedded]
     if names and names != ("all",):
         try:
@@ -79,7 +80,11 @@ def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
     for spec in wanted:
         try:
             if hub:
-                click.echo(f"{spec.name}: {fetch_hub(spec)}")
+                if not spec.hub_repo:
+                    raise CheckpointError(f"{spec.name} has no diffusers Hub repo (EDM teachers are only "
+                                          "published as original .pt files): fetch the .pt instead")
+                ensure_local(spec)
+                click.echo(f"{spec.name}: {spec.hub_repo} in the Hub cache")
                 continue
             with tqdm(desc=spec.name, unit="B", unit_scale=True, delay=1.0) as bar:
 
@@ -95,6 +100,32 @@ def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
             click.echo(f"error: {spec.name}: {e}", err=True)
     if failed:
         raise click.ClickException(f"{len(failed)} of {len(wanted)} failed: {', '.join(failed)}")
+
+
+@main.command("export")
+@click.argument("model")
+@click.argument("out", type=click.Path())
+@click.option("--arch", "arch_json", default=None,
+              help='original flags as JSON for a bare .pt, e.g. \'{"image_size": 64, ...}\'')
+@click.option("--steps", type=int, default=None, help="scheduler grid (default: the model's, else 40)")
+@click.option("--unet-only", is_flag=True, help="write just the UNet2DModel folder (also for EDM teachers)")
+@click.option("--push-to-hub", "repo", default=None, help="then upload OUT to this Hub repo (needs a token)")
+@click.option("--private", is_flag=True, help="create the Hub repo as private")
+def export_cmd(model: str, out: str, arch_json: str | None, steps: int | None, unet_only: bool,
+               repo: str | None, private: bool) -> None:
+    """Write MODEL (registry name or file) as a diffusers ConsistencyModelPipeline folder OUT."""
+    import json
+
+    from .models.checkpoints import CheckpointError
+    from .models.export import export_pipeline, push_to_hub
+    try:
+        path = export_pipeline(model, out, arch=json.loads(arch_json) if arch_json else None,
+                               steps=steps, unet_only=unet_only)
+        click.echo(f"wrote {path}")
+        if repo:
+            click.echo(f"uploaded to {repo}: {push_to_hub(path, repo, private=private)}")
+    except (CheckpointError, ValueError, OSError) as e:
+        raise click.ClickException(str(e)) from None
 
 
 def _register_optional() -> None:

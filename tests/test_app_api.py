@@ -62,6 +62,32 @@ def test_every_api_name_is_published(client):
         assert f"/{api}" in names
 
 
+# Every endpoint's parameters as a gradio_client user reads them (view_api): one request's values,
+# named in the singular also for the batched /generate, and `model` everywhere.
+GEN = ["model", "steps", "ts", "seed", "batch_size", "dropout", "class_label", "heun_steps"]
+API_PARAMETERS = {
+    "/generate": GEN, "/generate_steps": GEN,
+    "/compare_teacher": ["model", "seed", "batch_size", "class_label", "heun_steps"],
+    "/colorize": ["model", "image", "steps", "ts", "seed", "class_label"],
+    "/inpaint": ["model", "editor", "steps", "ts", "seed", "class_label"],
+    "/super_resolve": ["model", "image", "is_low_res", "patch_size", "steps", "ts", "seed", "class_label"],
+    "/interpolate": ["model", "mode", "seed_a", "seed_b", "image_a", "image_b", "frames", "steps", "ts",
+                     "class_label"],
+    "/denoise": ["model", "image", "noise_level", "add_noise", "steps", "seed", "class_label"],
+    "/stroke_guided": ["model", "editor", "sigma", "steps", "seed", "class_label"],
+    "/model_info": ["model"], "/fetch_model": ["model"], "/model_table": [],
+}
+
+
+def test_every_endpoint_reads_as_documented_in_view_api(client):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    assert {name: [p["parameter_name"] for p in ep["parameters"]] for name, ep in api.items()} == API_PARAMETERS
+    # the names work as keywords: one request to the batched endpoint, by name
+    gallery, info = client.predict(model=MODEL, steps=1, ts="", seed=3, batch_size=2, dropout=0.0,
+                                   class_label="random", heun_steps=18, api_name="/generate")
+    assert len(gallery) == 2 and "one-step" in info
+
+
 def test_generate_sizes_timing_and_same_seed_same_image(client, server):
     t = time.perf_counter()
     gallery, info = _gen(client, seed=7, n=3)

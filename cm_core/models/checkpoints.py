@@ -27,6 +27,9 @@ from .registry import EMBEDDED_DIR, REGISTRY, ArchSpec, ModelSpec, get_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FETCH_CMD = "bash checkpoints/fetch_checkpoints.sh"
+# What a load of an ``openai/diffusers-*`` snapshot needs: the configs and one weights format.
+HUB_CONFIGS = ("model_index.json", "scheduler/scheduler_config.json", "unet/config.json")
+HUB_WEIGHTS = ("unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.bin")
 
 
 class CheckpointError(RuntimeError):
@@ -159,14 +162,22 @@ def converted_weights(src: Path, arch: ArchSpec, kind: str) -> dict[str, torch.T
     return sd
 
 
+def hub_complete(folder: Path) -> bool:
+    """Whether a diffusers pipeline snapshot has everything a load needs (configs and weights):
+    a snapshot whose fetch was cut off midway lacks some, and does not count as on disk."""
+    return (all((folder / f).is_file() for f in HUB_CONFIGS[1:])
+            and any((folder / w).is_file() for w in HUB_WEIGHTS))
+
+
 def _hub_cached(repo: str | None) -> Path | None:
     if not repo:
         return None
     try:
         from huggingface_hub import snapshot_download
-        return Path(snapshot_download(repo, local_files_only=True))
+        path = Path(snapshot_download(repo, local_files_only=True))
     except Exception:  # noqa: BLE001 - not in the cache, or hub unavailable
         return None
+    return path if hub_complete(path) else None
 
 
 def _as_arch(arch: ArchSpec | dict | None) -> ArchSpec | None:

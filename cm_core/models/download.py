@@ -3,7 +3,7 @@
 The original ``.pt`` goes to ``<checkpoint dir>/<name>.pt.part`` first (resumed with an HTTP
 ``Range`` request when a partial file exists), is checked against the server's length and the
 registry's size / sha256 where recorded, and only then renamed to ``<name>.pt``: an interrupted
-fetch never leaves a file that looks complete. Hub repos go through ``huggingface_hub``'s cache.
+fetch never leaves a file that looks complete. Hub repos: :mod:`cm_core.models.hub_fetch`.
 """
 from __future__ import annotations
 
@@ -75,18 +75,6 @@ def fetch_original(spec: ModelSpec, dest_dir: Path | None = None, progress: Prog
         raise
     os.replace(part, final)
     return final
-
-
-def fetch_hub(spec: ModelSpec) -> Path:
-    """Download the ``openai/diffusers-*`` repo of ``spec`` into the Hugging Face cache."""
-    if not spec.hub_repo:
-        raise CheckpointError(f"{spec.name} has no diffusers Hub repo (EDM teachers are only published "
-                              "as original .pt files): fetch the .pt instead")
-    try:
-        from huggingface_hub import snapshot_download
-        return Path(snapshot_download(spec.hub_repo, allow_patterns=["*.json", "unet/*"]))
-    except Exception as e:  # noqa: BLE001 - offline, auth, unknown repo
-        raise CheckpointError(f"could not download {spec.hub_repo}: {str(e).splitlines()[0][:200]}") from None
 
 
 def describe(path: Path) -> str:

@@ -12,7 +12,7 @@ MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs)
 
 Modules, one job each: :mod:`.settings` (limits, environment), :mod:`.model_cache` (the LRU of
 loaded models, out-of-memory handling), :mod:`.sizes` and :mod:`.models` (the model table, fetching),
-:mod:`.classes` and :mod:`.params` (validation, :func:`plan`), :mod:`.generation`, :mod:`.edits`
+:mod:`.classes` and :mod:`.params` (validation, :func:`plan`), :mod:`.zerogpu` (ZeroGPU), :mod:`.generation`, :mod:`.edits`
 and :mod:`.interpolation` (request functions), :mod:`.examples` (example inputs). The public names
 are re-exported here. Tests replace the process-wide cache in :mod:`.model_cache` (``_CACHE``) and
 the sampler in :mod:`cm_core.sampling.generate` (``sample_batch``), the modules that own them.
@@ -36,6 +36,7 @@ from .interpolation import InterpolationResult, interpolate
 from .model_cache import ModelCache, cache
 from .models import (
                          TABLE_HEADERS,
+                         ensure_model,
                          fetch_command,
                          fetch_model,
                          model_info,
@@ -60,6 +61,7 @@ from .settings import (
                          queue_size,
 )
 from .sizes import human_size, model_bytes
+from .zerogpu import estimate_seconds, zero_gpu_active
 
 __all__ = [
     "USER_ERRORS", "Progress", "MAX_SEED", "MAX_HEUN_STEPS", "MAX_TS_STEPS", "MAX_STEPS", "RANDOM_CLASS",
@@ -70,5 +72,5 @@ __all__ = [
     "GenerateRequest", "Plan", "plan", "GenerateResult", "to_pil", "generate", "generate_many",
     "compare_with_teacher", "noise_for_seed", "image_array", "example_files", "EditResult", "colorize",
     "inpaint", "super_resolve", "denoise", "stroke_guided", "InterpolationResult", "interpolate",
-    "class_names",
+    "class_names", "ensure_model", "estimate_seconds", "zero_gpu_active",
 ]

@@ -20,6 +20,7 @@ from ..models.checkpoints import load_denoiser, pick_device
 from ..models.denoiser import Denoiser
 from ..models.registry import ModelSpec, get_spec
 from .sizes import model_bytes
+from .zerogpu import fast_options, zero_gpu_active
 
 
 def _free_cuda_memory(device: torch.device) -> int | None:
@@ -49,10 +50,11 @@ class ModelCache:
         if cap < 1:
             raise ValueError(f"CM_MODEL_CACHE_SIZE must be >= 1, got {cap}")
         self.capacity = cap
-        self.device = pick_device(device or os.environ.get("CM_DEVICE") or None)
+        zero = zero_gpu_active()  # CUDA is emulated outside spaces.GPU: load there, no memory queries
+        self.device = pick_device(device or os.environ.get("CM_DEVICE") or ("cuda" if zero else None))
         self.dtype = dtype or _env_dtype(self.device)
         self._loader = loader or load_denoiser
-        self._free_memory = free_memory
+        self._free_memory = (lambda _d: None) if zero else free_memory
         self._models: OrderedDict[str, Denoiser] = OrderedDict()
         self._lock = threading.RLock()
         self.loads = 0  # number of actual loads (for tests and the info line)
@@ -120,7 +122,8 @@ class ModelCache:
         self.loads += 1
         if _use_fast(self.device):
             from ..accel.fast import optimize  # fp16 + channels_last + compile buckets + CUDA graphs
-            den = optimize(den, dtype=self.dtype if "CM_DTYPE" in os.environ else "auto")
+            den = optimize(den, dtype=self.dtype if "CM_DTYPE" in os.environ else "auto",
+                           **fast_options())  # ZeroGPU: no compilation, no CUDA graphs
         return den
 
     def run(self, name: str, fn: Callable[[ModelSpec, Denoiser], Any]) -> Any:

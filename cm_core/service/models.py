@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..models.checkpoints import FETCH_CMD, CheckpointError, is_available, local_path
+from ..models.hub_fetch import auto_fetch_enabled, ensure_local
 from ..models.registry import REGISTRY, ModelSpec, get_spec
 from .model_cache import cache
 from .progress import Progress
@@ -50,6 +51,7 @@ def model_info(name: str) -> dict[str, Any]:
         "dataset": spec.dataset, "resolution": spec.resolution, "class_cond": spec.class_cond,
         "size": human_size(model_bytes(spec, on_disk_only=False)), "path": str(local_path(spec)),
         "fetch_command": None if here else fetch_command(spec), "fetchable": bool(spec.url),
+        "auto_fetch": bool(spec.url) and auto_fetch_enabled(),
         "steps": spec.steps, "ts": list(spec.ts), "heun_steps": spec.heun_steps, "note": spec.note,
         "loaded": name in cache(),
     }
@@ -62,6 +64,8 @@ def model_markdown(name: str) -> str:
              f"Default sampling: {sampling_summary(get_spec(name))}."]
     if i["available"]:
         lines.append(f"On disk: `{i['path']}`" + (" (loaded)" if i["loaded"] else ""))
+    elif i["auto_fetch"]:
+        lines.append(f"**Not downloaded yet**: it is fetched from the Hub on first use (~{i['size']}).")
     else:
         lines.append(f"**Not on disk.** Fetch it with `{i['fetch_command']}`"
                      + (" or the button below (needs internet)." if i["fetchable"] else "."))
@@ -70,20 +74,42 @@ def model_markdown(name: str) -> str:
     return "\n\n".join(lines)
 
 
-def fetch_model(name: str, progress: Progress | None = None) -> str:
-    """Download a released checkpoint into the checkpoint directory; returns its path."""
-    spec = get_spec(name)
-    if is_available(spec):
-        return str(local_path(spec))
-    if not spec.url:
-        raise CheckpointError(f"{name} cannot be downloaded: {fetch_command(spec)}")
-    from ..models.download import fetch_original
-
+def _bytes_progress(progress: Progress | None):
     def on_bytes(done: int, total: int | None) -> None:
         if progress is not None:
-            frac = done / total if total else 0.0
-            progress(frac, f"{human_size(done)} of {human_size(total)}")
-    return str(fetch_original(spec, progress=on_bytes, timeout=20.0))
+            progress(done / total if total else 0.0, f"downloading: {human_size(done)} of {human_size(total)}")
+    return on_bytes
+
+
+def fetch_model(name: str, progress: Progress | None = None) -> str:
+    """Download a released model (CD/CT: its diffusers Hub repo; EDM: the ``.pt``); returns where
+    it now is. One download per model at a time, disk space checked first."""
+    spec = get_spec(name)
+    _download(spec, progress)
+    return where(spec)
+
+
+def _download(spec: ModelSpec, progress: Progress | None) -> bool:
+    if not (spec.url or spec.hub_repo) and not is_available(spec):
+        raise CheckpointError(f"{spec.name} cannot be downloaded: {fetch_command(spec)}")
+    return ensure_local(spec, _bytes_progress(progress), expected_bytes=model_bytes(spec, on_disk_only=False))
+
+
+def where(spec: ModelSpec) -> str:
+    """The file or Hub snapshot folder a load of ``spec`` reads."""
+    from ..models.checkpoints import resolve
+    path = local_path(spec)
+    return str(path if path.is_file() or spec.embedded else resolve(spec.name)[0])
+
+
+def ensure_model(name: str, progress: Progress | None = None) -> bool:
+    """Fetch ``name`` on first use where that is allowed (a Space, or ``CM_AUTO_FETCH=1``; see
+    :func:`cm_core.models.hub_fetch.auto_fetch_enabled`); elsewhere a missing model stays missing and its
+    load says how to fetch it. Returns whether a download happened."""
+    spec = get_spec(name)
+    if spec.embedded or not auto_fetch_enabled() or is_available(spec):
+        return False
+    return _download(spec, progress)
 
 
 def teacher_for(name: str) -> str:

@@ -1,0 +1,81 @@
+"""What every model-running event does before its handler, on each kind of machine.
+
+:func:`model_event` wraps a handler so that, in the app's main process,
+
+1. the chosen model is fetched on first use where that is allowed (a Space, ``CM_AUTO_FETCH=1``),
+   with the download shown on the event's progress bar (:func:`cm_core.service.ensure_model`);
+2. on ZeroGPU it is loaded into the model cache there too (weights moved to the emulated
+   ``cuda``, as the Hub docs ask), so the GPU worker finds it and spends no GPU time on I/O;
+3. the handler runs, on ZeroGPU inside ``spaces.GPU(duration=...)`` with the duration estimated
+   from its batch size and steps (:func:`cm_core.service.estimate_seconds`).
+
+Elsewhere step 2 is skipped, step 3 calls the handler directly, and ``spaces`` is not imported.
+The wrapper keeps the handler's signature (``functools.wraps``), which Gradio reads for its API
+parameters and for the ``gr.Progress`` argument.
+"""
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+import gradio as gr
+
+from cm_core import service as S
+
+from .handlers import _err, _progress
+
+#: the model that actually runs, when it is not the chosen one
+RUNS: dict[str, Callable[[str], str]] = {"compare_teacher": S.teacher_for}
+
+
+def _on_gpu(fn: Callable, api_name: str) -> Callable:
+    """``fn`` under ``spaces.GPU`` with a per-call duration on ZeroGPU, else ``fn`` itself."""
+    if not S.zero_gpu_active():
+        return fn
+    import spaces
+    sig = inspect.signature(fn)
+    runs = RUNS.get(api_name)
+
+    def duration(*args: Any, **kwargs: Any) -> int:
+        return S.estimate_seconds(dict(sig.bind_partial(*args, **kwargs).arguments), runs)
+    return spaces.GPU(duration=duration)(fn)
+
+
+def _progress_arg(args: tuple, kwargs: dict) -> Callable[[float, str], None] | None:
+    for a in (*args, *kwargs.values()):
+        if isinstance(a, gr.Progress):
+            return _progress(a)
+    return None
+
+
+def _prepare(models: list[str], progress: Callable[[float, str], None] | None, batched: bool) -> None:
+    """Fetch (where allowed) and, on ZeroGPU, load each model before the GPU is attached."""
+    for name in dict.fromkeys(models):
+        try:
+            S.ensure_model(name, progress)
+            if S.zero_gpu_active():
+                S.cache().get(name)
+        except S.USER_ERRORS:
+            if not batched:
+                raise
+            # a batch fails per request: the handler reports this model's error in its row
+
+
+def model_event(fn: Callable, api_name: str, batched: bool = False) -> Callable:
+    """``fn`` with the fetch-on-first-use and ZeroGPU steps above (user errors shown as messages)."""
+    on_gpu = _on_gpu(fn, api_name)
+    runs = RUNS.get(api_name, lambda m: m)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        chosen = args[0] if args else kwargs.get("model")
+        models = list(chosen) if batched else [chosen]
+        try:
+            targets = [runs(str(m)) for m in models]
+        except S.USER_ERRORS:
+            targets = []  # an unknown model: the handler says which names are valid
+        _prepare(targets, _progress_arg(args, kwargs), batched)
+        return on_gpu(*args, **kwargs)
+    return _err(run)
