@@ -12,11 +12,14 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
+from ..accel.distributed import rank_world
 from ..models.checkpoints import load_denoiser, pick_device
 from ..models.denoiser import Denoiser
 from ..models.network import build_unet
+from ..models.registry import REGISTRY
 from .config import TrainConfig
 from .data import ImageDataset, load_dataset
+from .rng import BatchRng, StepRng
 from .state import MODEL_FILE, ema_update, frozen_copy, load_state, save_model, save_state, stored_config
 
 
@@ -24,7 +27,7 @@ class Objective(Protocol):
     extra: dict[str, torch.nn.Module]
 
     def loss(self, model: Denoiser, x: torch.Tensor, labels: torch.Tensor | None,
-             g: torch.Generator, step: int) -> torch.Tensor: ...
+             rng: BatchRng, step: int) -> torch.Tensor: ...
 
     def after_step(self, model: Denoiser, step: int) -> None: ...
 
@@ -47,7 +50,7 @@ def make_objective(cfg: TrainConfig, model: Denoiser, device: torch.device) -> O
     from .ct import CTObjective
     from .edm import EDMObjective
     if cfg.init:
-        model.net.load_state_dict(load_denoiser(cfg.init, device=device).net.state_dict())
+        _copy_weights(model, load_weights(cfg.init, cfg, None, device), cfg.init)
     if cfg.method == "edm":
         return EDMObjective(cfg)
     if cfg.method == "ct":
@@ -55,11 +58,26 @@ def make_objective(cfg: TrainConfig, model: Denoiser, device: torch.device) -> O
     if cfg.method == "cd":
         if not cfg.teacher:
             raise ValueError("cd needs --teacher (a registry name or a path to an EDM model)")
-        teacher = load_denoiser(cfg.teacher, kind="edm", device=device)
-        if cfg.init_from_teacher:
-            model.net.load_state_dict(teacher.net.state_dict())
+        teacher = load_weights(cfg.teacher, cfg, "edm", device)
+        if cfg.init_from_teacher and not cfg.init:
+            _copy_weights(model, teacher, cfg.teacher)
         return CDObjective(cfg, model, teacher)
     raise ValueError(f"method must be edm, cd or ct, got {cfg.method!r}")
+
+
+def load_weights(source: str, cfg: TrainConfig, kind: str | None, device: torch.device) -> Denoiser:
+    """A released ``.pt`` (architecture from the registry name or else ``cfg``), a Hub repo id,
+    a registry name or one of our ``.safetensors`` files, as a :class:`Denoiser`."""
+    arch = cfg.arch() if str(source).endswith(".pt") and Path(source).stem not in REGISTRY else None
+    return load_denoiser(source, arch=arch, kind=kind, device=device)
+
+
+def _copy_weights(model: Denoiser, src: Denoiser, name: str) -> None:
+    try:
+        model.net.load_state_dict(src.net.state_dict())
+    except RuntimeError as e:
+        raise ValueError(f"{name}: its architecture differs from the training config (pass the "
+                         f"matching --preset or architecture flags): {str(e).splitlines()[0][:200]}") from None
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -77,13 +95,15 @@ def _epoch_of(step: int, cfg: TrainConfig, ds: ImageDataset) -> int:
 
 
 def _prepare(cfg: TrainConfig, resume: bool) -> TrainConfig:
-    """Resuming takes the stored config (only ``steps``, ``device``, ``threads``, ``save_every``
-    may change)."""
+    """Resuming takes the stored config (only ``steps``, ``device``, ``threads``, ``save_every``,
+    ``workers`` and ``grad_accum`` may change: none of them changes the result)."""
     stored = stored_config(Path(cfg.out)) if resume else None
     if stored is None:
+        cfg.check()
         return cfg
     return replace(stored, steps=cfg.steps, device=cfg.device, threads=cfg.threads,
-                   save_every=cfg.save_every, out=cfg.out)
+                   save_every=cfg.save_every, out=cfg.out, workers=cfg.workers,
+                   grad_accum=cfg.grad_accum)
 
 
 def train_step(model: Denoiser, objective: Objective, opt: torch.optim.Optimizer,
@@ -91,11 +111,12 @@ def train_step(model: Denoiser, objective: Objective, opt: torch.optim.Optimizer
     """One optimisation step; all randomness from a generator seeded by ``(seed, step)``."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     x, labels = ds.batch(cfg.batch_size, g)
+    rng = StepRng(g, cfg.batch_size)
     x = x.to(device)
     labels = labels.to(device) if (labels is not None and cfg.class_cond) else None
     for group in opt.param_groups:
         group["lr"] = learning_rate(step, cfg)
-    loss = objective.loss(model, x, labels, g, step)
+    loss = objective.loss(model, x, labels, rng, step)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
@@ -118,6 +139,12 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     ``state.safetensors`` and ``log.csv`` (step, loss, lr, images/s).
     """
     cfg = _prepare(cfg, resume)
+    if cfg.rng == "position":
+        from .engine import run_parallel
+        return run_parallel(cfg, resume, progress)
+    if rank_world()[1] > 1:
+        raise ValueError("this run uses the legacy --rng step (one generator per step), which "
+                         "cannot be split across processes; start a new run with --rng position")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
