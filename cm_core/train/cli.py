@@ -65,6 +65,7 @@ def train(method: str | None, data: str | None, out: str | None, list_presets: b
 
     Under torchrun every process runs this command; --batch-size is the global batch.
     """
+    from ..accel.distributed import rank_world
     from .loop import run_training
     from .losses import LpipsUnavailable
     from .presets import format_presets, preset_fields
@@ -91,4 +92,5 @@ def train(method: str | None, data: str | None, out: str | None, list_presets: b
         res = run_training(cfg, resume=resume, progress=not quiet)
     except (LpipsUnavailable, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"done: {res['step']} steps -> {res['model']}")
+    if rank_world()[0] == 0:
+        click.echo(f"done: {res['step']} steps -> {res['model']}")

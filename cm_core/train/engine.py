@@ -96,8 +96,10 @@ class Trainer:
             x = x.to(self.device, non_blocking=True)
             labels = labels.to(self.device) if cfg.class_cond else None
             sync = a == len(micro) - 1 or not hasattr(ddp, "no_sync")
-            with contextlib.nullcontext() if sync else ddp.no_sync():
-                with position_dropout(self.model.net, cfg.seed, pos), self.autocast():
+            # the dropout keys stay set through backward: checkpointed blocks rerun the forward there
+            with contextlib.nullcontext() if sync else ddp.no_sync(), \
+                    position_dropout(self.model.net, cfg.seed, pos):
+                with self.autocast():
                     mean = self.objective.loss(ddp, x, labels, PositionRng(cfg.seed, pos), step)
                 self.scaler.scale(mean.float() * (len(pos) * self.world / cfg.batch_size)).backward()
             total += mean.detach().double() * len(pos)

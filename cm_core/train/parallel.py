@@ -18,8 +18,7 @@ def wrap_ddp(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     if not active():
         return model
     ids = [device.index] if device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=ids, broadcast_buffers=False,
-                                   bucket_cap_mb=128)
+    return DistributedDataParallel(model, device_ids=ids, bucket_cap_mb=128)
 
 
 def sum_across(value: torch.Tensor) -> torch.Tensor:
