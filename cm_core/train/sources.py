@@ -9,6 +9,7 @@ The random horizontal flip is applied later, per sample position (:mod:`.loader`
 from __future__ import annotations
 
 import io
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ import numpy as np
 from .data import IMAGE_EXTS, digit_colours, digit_split
 
 LMDB_MARKER = "data.mdb"
+_ENVS: dict[tuple[int, str], object] = {}  # (pid, database path) -> lmdb.Environment
 
 
 def center_crop_arr(im: "PIL.Image.Image", size: int) -> np.ndarray:  # noqa: F821
@@ -28,7 +30,7 @@ def center_crop_arr(im: "PIL.Image.Image", size: int) -> np.ndarray:  # noqa: F8
     im = im.resize((round(im.width * scale), round(im.height * scale)), resample=Image.BICUBIC)
     arr = np.asarray(im)
     top, left = (arr.shape[0] - size) // 2, (arr.shape[1] - size) // 2
-    return np.ascontiguousarray(arr[top:top + size, left:left + size])
+    return arr[top:top + size, left:left + size].copy()
 
 
 class DigitsSource:
@@ -108,9 +110,8 @@ class LmdbSource:
 
     def __init__(self, folder: str | Path, size: int) -> None:
         self.path, self.size = str(folder), size
-        self._env = None
         with self._open().begin(write=False) as txn:
-            self.keys = [k for k, _ in txn.cursor().iternext(keys=True, values=False)]
+            self.keys: list[bytes] = list(txn.cursor().iternext(keys=True, values=False))
         if not self.keys:
             raise ValueError(f"{folder}: the lmdb database is empty")
 
@@ -119,13 +120,14 @@ class LmdbSource:
             import lmdb
         except ImportError:
             raise ValueError("reading LSUN lmdb needs the 'lmdb' package: pip install lmdb") from None
-        if self._env is None:
-            self._env = lmdb.open(self.path, readonly=True, lock=False, readahead=False,
-                                  meminit=False, max_readers=64)
-        return self._env
-
-    def __getstate__(self) -> dict:
-        return {**self.__dict__, "_env": None}
+        # lmdb allows one handle per database and process; forked workers open their own
+        k = (os.getpid(), os.path.realpath(self.path))
+        if k not in _ENVS:
+            for other in [o for o in _ENVS if o[1] == k[1]]:  # a handle inherited through fork
+                _ENVS.pop(other).close()
+            _ENVS[k] = lmdb.open(self.path, readonly=True, lock=False, readahead=False,
+                                 meminit=False, max_readers=64)
+        return _ENVS[k]
 
     def __len__(self) -> int:
         return len(self.keys)
