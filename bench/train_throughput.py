@@ -22,11 +22,11 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from cm_core.train import TrainConfig  # noqa: E402
-from cm_core.train.engine import Trainer  # noqa: E402
-from cm_core.train.loader import PositionDataset, StepBatches, make_loader  # noqa: E402
-from cm_core.train.parallel import barrier, wrap_ddp  # noqa: E402
-from cm_core.train.presets import preset_fields  # noqa: E402
+from cm_core.train import TrainConfig
+from cm_core.train.engine import Trainer
+from cm_core.train.loader import PositionDataset, StepBatches, make_loader
+from cm_core.train.parallel import barrier, wrap_ddp
+from cm_core.train.presets import preset_fields
 
 
 def main() -> None:

@@ -17,7 +17,7 @@ from cm_core.train.sources import FolderSource, LmdbSource, open_source
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _script(name: str):  # noqa: ANN202 - a module
+def _script(name: str):
     spec = importlib.util.spec_from_file_location(f"datasets_{name}", ROOT / "datasets" / f"{name}.py")
     mod = importlib.util.module_from_spec(spec)  # type: ignore[arg-type]
     spec.loader.exec_module(mod)  # type: ignore[union-attr]

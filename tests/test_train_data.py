@@ -115,7 +115,7 @@ def test_rank_shards_cover_the_global_batch() -> None:
     (lambda p: p.write_text("x"), "is a file"),
     (lambda p: None, "does not exist"),
 ])
-def test_bad_data_gets_a_clear_error(tmp_path: Path, make, match: str) -> None:  # noqa: ANN001
+def test_bad_data_gets_a_clear_error(tmp_path: Path, make, match: str) -> None:
     path = tmp_path / "data"
     make(path)
     with pytest.raises(ValueError, match=match):

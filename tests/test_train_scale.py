@@ -60,7 +60,7 @@ def _close(a: Path, b: Path, atol: float = 1e-5) -> float:
 
 def _outputs(state: Path | None) -> torch.Tensor:
     """The online network's outputs on fixed inputs [16, 3, 8, 8] (None: the seeded init)."""
-    from cm_core.train.loop import build_model
+    from cm_core.train.common import build_model
     torch.manual_seed(0)
     model = build_model(TrainConfig(**TINY), torch.device("cpu")).eval()
     if state is not None:
@@ -104,7 +104,11 @@ def test_accumulation_and_checkpointing_do_not_change_the_run(tmp_path: Path) ->
 def test_dropout_masks_follow_positions(tmp_path: Path) -> None:
     """Dropout is on in training (p = cfg.dropout) and seeded per position: a different seed
     gives other masks, the same seed the same ones."""
-    from cm_core.train.dropout import TrainDropout, install_train_dropout, position_dropout
+    from cm_core.train.dropout import (
+        TrainDropout,
+        install_train_dropout,
+        position_dropout,
+    )
     net = torch.nn.Sequential(torch.nn.Dropout(0.5)).train()
     assert install_train_dropout(net, 0.5) == 1 and isinstance(net[0], TrainDropout)
     x = torch.ones(3, 4, 5)
@@ -159,7 +163,7 @@ def test_checkpoint_survives_kill_mid_save(tmp_path: Path) -> None:
     finally:
         proc.kill()
     assert tmp.exists()  # it died mid-save, leaving its partial file
-    from cm_core.checkpoints import read_safetensors
+    from cm_core.models.checkpoints import read_safetensors
     tensors, meta = read_safetensors(path)
     w = tensors["w"]
     assert w.numel() == 20_000_000 and torch.all(w == float(meta["version"]))

@@ -20,14 +20,23 @@ from tqdm import tqdm
 from ..accel.distributed import init_group, local_device, rank_world
 from ..models.checkpoints import pick_device
 from ..models.denoiser import Denoiser
+from .common import Objective, build_model, ema_decay, learning_rate, make_objective
 from .config import TrainConfig
 from .dropout import install_train_dropout, position_dropout
 from .loader import PositionDataset, StepBatches, make_loader
-from .loop import Objective, build_model, ema_decay, learning_rate, make_objective
 from .parallel import barrier, broadcast_state, sum_across, wrap_ddp
 from .rng import PositionRng
 from .sources import open_source
-from .state import MODEL_FILE, STATE_FILE, ema_update, frozen_copy, load_state, save_model, save_state, state_meta
+from .state import (
+    MODEL_FILE,
+    STATE_FILE,
+    ema_update,
+    frozen_copy,
+    load_state,
+    save_model,
+    save_state,
+    state_meta,
+)
 
 
 class Trainer:
@@ -137,7 +146,8 @@ def _optimizer(cfg: TrainConfig, model: Denoiser) -> torch.optim.Optimizer:
 
 
 def run_parallel(cfg: TrainConfig, resume: bool, progress: bool) -> dict:
-    """Train ``cfg`` on this process's share; see :func:`cm_core.train.loop.run_training`."""
+    """Train ``cfg`` (already prepared for resuming) on this process's share; see
+    :func:`cm_core.train.loop.run_training`."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     tr = Trainer(cfg)

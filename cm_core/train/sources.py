@@ -11,16 +11,20 @@ from __future__ import annotations
 import io
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from .data import IMAGE_EXTS, digit_colours, digit_split
 
+if TYPE_CHECKING:
+    from PIL.Image import Image as PILImage
+
 LMDB_MARKER = "data.mdb"
 _ENVS: dict[tuple[int, str], object] = {}  # (pid, database path) -> lmdb.Environment
 
 
-def center_crop_arr(im: "PIL.Image.Image", size: int) -> np.ndarray:  # noqa: F821
+def center_crop_arr(im: PILImage, size: int) -> np.ndarray:
     """``im`` (any mode) -> uint8 [size, size, 3]: box-halving, bicubic resize, centre crop."""
     from PIL import Image
     im = im.convert("RGB")
@@ -115,7 +119,7 @@ class LmdbSource:
         if not self.keys:
             raise ValueError(f"{folder}: the lmdb database is empty")
 
-    def _open(self):  # noqa: ANN202 - lmdb.Environment
+    def _open(self):
         try:
             import lmdb
         except ImportError:
