@@ -167,3 +167,11 @@ def test_checkpoint_survives_kill_mid_save(tmp_path: Path) -> None:
     tensors, meta = read_safetensors(path)
     w = tensors["w"]
     assert w.numel() == 20_000_000 and torch.all(w == float(meta["version"]))
+
+
+def test_configs_from_before_position_seeding_resume_with_the_legacy_rng() -> None:
+    import json
+    old = json.loads(TrainConfig().to_json())
+    del old["rng"]
+    assert TrainConfig.from_json(json.dumps(old)).rng == "step"
+    assert TrainConfig().rng == "position"
