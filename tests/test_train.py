@@ -101,3 +101,25 @@ def _meta(path: Path) -> dict:
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         return f.metadata()
+
+
+def test_lpips_error_names_the_missing_weight_file(tmp_path: Path, monkeypatch) -> None:
+    """With the packages importable but the VGG-16 weights absent, the error names the file."""
+    import importlib.machinery
+    import importlib.util
+
+    from cm_core.train import losses
+    pkg = tmp_path / "lpips"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    real = importlib.util.find_spec
+    fake = {"lpips": importlib.machinery.ModuleSpec("lpips", None, origin=str(pkg / "__init__.py")),
+            "torchvision": importlib.machinery.ModuleSpec("torchvision", None)}
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake.get(name) or real(name, *a))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+    monkeypatch.setattr(losses, "_LPIPS", [])
+    with pytest.raises(losses.LpipsUnavailable) as e:
+        losses.get_distance("lpips")
+    msg = str(e.value)
+    assert str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in msg
+    assert str(pkg / "weights" / "v0.1" / "vgg.pth") in msg and losses.VGG16_URL in msg

@@ -31,12 +31,18 @@ def local_device(device: torch.device) -> torch.device:
     return device
 
 
-def _ensure_group(world: int) -> bool:
+def _ensure_group(world: int, backend: str = "gloo") -> bool:
     if world <= 1:
         return False
     if not dist.is_initialized():
-        dist.init_process_group(backend="gloo")
+        dist.init_process_group(backend=backend)
     return True
+
+
+def init_group(device: torch.device) -> bool:
+    """Join torchrun's process group (NCCL for CUDA devices, gloo otherwise; several nodes
+    through its rendezvous). False, and nothing done, in a single process."""
+    return _ensure_group(rank_world()[1], "nccl" if device.type == "cuda" else "gloo")
 
 
 def shard_size(total: int, rank: int, world: int) -> int:

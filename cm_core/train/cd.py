@@ -11,6 +11,7 @@ import torch
 from ..models.denoiser import Denoiser
 from .config import TrainConfig
 from .consistency import ConsistencyObjective, adjacent_sigmas
+from .rng import BatchRng
 
 
 @torch.no_grad()
@@ -35,10 +36,10 @@ class CDObjective(ConsistencyObjective):
         return self.cfg.target_ema
 
     def loss(self, model: Denoiser, x: torch.Tensor, labels: torch.Tensor | None,
-             g: torch.Generator, step: int) -> torch.Tensor:
+             rng: BatchRng, step: int) -> torch.Tensor:
         """Scalar CD loss for clean images ``x`` [B, C, H, W]."""
-        t_lo, t_hi = adjacent_sigmas(self.cfg.num_scales, x.shape[0], g, self.cfg, x.device)
-        z = torch.randn(x.shape, generator=g).to(x.device)
+        t_lo, t_hi = adjacent_sigmas(self.cfg.num_scales, rng, self.cfg, x.device)
+        z = rng.randn(*x.shape[1:]).to(x.device)
         x_hi = x + t_hi[:, None, None, None] * z
         x_lo = heun_step(self.teacher, x_hi, t_hi, t_lo, labels)
         return self.consistency_loss(model, x_hi, t_hi, x_lo, t_lo, labels)

@@ -12,15 +12,25 @@ _HELP = {
     "data": "'digits' (built-in colour digits) or a folder of images",
     "out": "run directory (model.safetensors, state.safetensors, log.csv)",
     "loss": "l2, pseudo_huber or lpips (CD/CT; LPIPS needs its weights offline)",
-    "teacher": "CD: EDM teacher (registry name or .safetensors path)",
+    "teacher": "CD: EDM teacher (registry name, released .pt, Hub repo or our .safetensors)",
     "ema": "decay of the slow EMA saved as the released weights",
     "target_ema": "CD: target-network decay mu",
     "num_scales": "CD: points of the Karras grid N",
     "start_scales": "CT: s0 of N(k)", "end_scales": "CT: s1 of N(k)", "start_ema": "CT: mu0 of mu(k)",
-    "init": "start from these network weights (e.g. an EDM teacher; ECT-style CT)",
+    "init": "start from these network weights: a released .pt, a Hub repo id, a registry name "
+            "or our .safetensors (fine-tuning; or an EDM teacher for ECT-style CT)",
     "threads": "torch CPU threads", "device": "cuda, mps or cpu (default: best available)",
+    "batch_size": "global batch, split across processes and --grad-accum micro-batches",
+    "rng": "position: draws seeded by each sample's global position (any world size gives the "
+           "same run); step: the legacy one-generator-per-step scheme (one process only)",
+    "grad_accum": "micro-batches per process per step", "workers": "DataLoader worker processes",
+    "precision": "fp32, bf16 (autocast) or fp16 (autocast + grad scaler, as the original)",
+    "grad_checkpoint": "recompute activations in the backward pass (less memory)",
+    "optimizer": "adam or radam (the original's)", "ema_rates": "extra EMA decays, comma-separated",
+    "ema_warmup": "EMA decay min(ema, (1+k)/(10+k)) instead of the fixed rate",
+    "preset": "the paper's recipe for a released model (see --list-presets); flags override it",
 }
-_SKIP = {"method", "out", "data"}
+_SKIP = {"method", "out", "data"}  # preset is an ordinary option
 
 
 def _options(f):  # noqa: ANN001, ANN202 - click decorator plumbing
@@ -41,23 +51,46 @@ def _options(f):  # noqa: ANN001, ANN202 - click decorator plumbing
 
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("method", type=click.Choice(["ct", "cd", "edm"]))
-@click.option("--data", default="digits", show_default=True, help=_HELP["data"])
-@click.option("--out", required=True, type=click.Path(), help=_HELP["out"])
+@click.argument("method", type=click.Choice(["ct", "cd", "edm"]), required=False)
+@click.option("--data", default=None, help=_HELP["data"] + " [default: digits]")
+@click.option("--out", default=None, type=click.Path(), help=_HELP["out"])
+@click.option("--list-presets", is_flag=True, help="print the paper's recipes and exit")
 @click.option("--resume/--no-resume", default=True, show_default=True,
               help="continue from OUT/state.safetensors when present")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @_options
-def train(method: str, data: str, out: str, resume: bool, quiet: bool, **kw) -> None:
-    """Train an EDM teacher (edm), distil it (cd) or train a consistency model directly (ct)."""
+def train(method: str | None, data: str | None, out: str | None, list_presets: bool, resume: bool,
+          quiet: bool, **kw) -> None:
+    """Train an EDM teacher (edm), distil it (cd) or train a consistency model directly (ct).
+
+    Under torchrun every process runs this command; --batch-size is the global batch.
+    """
+    from ..accel.distributed import rank_world
     from .loop import run_training
     from .losses import LpipsUnavailable
-    cfg = TrainConfig(method=method, data=data, out=out,
-                      **{k: v for k, v in kw.items() if v is not None})
+    from .presets import format_presets, preset_fields
+    if list_presets:
+        click.echo(format_presets())
+        return
+    if out is None:
+        raise click.UsageError("--out DIR is required")
+    try:
+        base = preset_fields(kw["preset"]) if kw.get("preset") else {}
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
+    if method and base and method != base["method"]:
+        raise click.UsageError(f"--preset {kw['preset']} is a {base['method']} recipe, not {method}")
+    method = method or base.get("method")
+    if method is None:
+        raise click.UsageError("give METHOD (edm, cd or ct) or --preset NAME")
+    fields_ = {**base, **{k: v for k, v in kw.items() if v is not None},
+               "method": method, "data": data or base.get("data", "digits"), "out": out}
+    cfg = TrainConfig(**fields_)
     if method == "cd" and cfg.teacher is None:
         raise click.UsageError("cd needs --teacher (e.g. edm_digits32 or runs/edm/model.safetensors)")
     try:
         res = run_training(cfg, resume=resume, progress=not quiet)
     except (LpipsUnavailable, ValueError) as e:
         raise click.ClickException(str(e)) from None
-    click.echo(f"done: {res['step']} steps -> {res['model']}")
+    if rank_world()[0] == 0:
+        click.echo(f"done: {res['step']} steps -> {res['model']}")

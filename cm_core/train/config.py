@@ -32,6 +32,17 @@ class TrainConfig:
     device: str | None = None
     threads: int | None = None
     save_every: int = 500
+    # scale-out (see cm_core/train/engine.py): per-position seeding, accumulation, precision
+    rng: str = "position"  # "position" (world-size independent) or "step" (legacy, 1 process)
+    grad_accum: int = 1
+    workers: int = 0
+    precision: str = "fp32"  # fp32, bf16 (autocast) or fp16 (autocast + grad scaler)
+    grad_checkpoint: bool = False
+    optimizer: str = "adam"  # adam or radam (the original's)
+    weight_decay: float = 0.0
+    ema_warmup: bool = True  # decay min(ema, (1+k)/(10+k)); the original uses the fixed rate
+    ema_rates: str = ""  # extra EMA decays, saved as ema_<rate>.safetensors
+    preset: str | None = None
     # architecture (original flag names)
     image_size: int = 32
     num_channels: int = 32
@@ -40,6 +51,7 @@ class TrainConfig:
     attention_resolutions: str = "8"
     num_head_channels: int = 32
     class_cond: bool = True
+    use_scale_shift_norm: bool = True
     num_classes: int = 10
     dropout: float = 0.0
     # noise levels
@@ -67,7 +79,7 @@ class TrainConfig:
             "image_size": self.image_size, "num_channels": self.num_channels,
             "num_res_blocks": self.num_res_blocks,
             "attention_resolutions": self.attention_resolutions, "class_cond": self.class_cond,
-            "use_scale_shift_norm": True, "resblock_updown": True,
+            "use_scale_shift_norm": self.use_scale_shift_norm, "resblock_updown": True,
             "num_head_channels": self.num_head_channels, "channel_mult": self.channel_mult,
             "num_classes": self.num_classes, "dropout": self.dropout})
 
@@ -76,6 +88,21 @@ class TrainConfig:
         """Output parameterisation: ``"edm"`` for teachers, ``"cm"`` for consistency models."""
         return "edm" if self.method == "edm" else "cm"
 
+    def ema_rate_list(self) -> list[float]:
+        """The extra EMA decays of ``ema_rates`` (``"0.999,0.9999"`` -> [0.999, 0.9999])."""
+        return [float(r) for r in self.ema_rates.split(",") if r.strip()]
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the valid choices for any unknown enum-like field."""
+        choices = {"method": ("edm", "cd", "ct"), "rng": ("position", "step"),
+                   "precision": ("fp32", "bf16", "fp16"), "optimizer": ("adam", "radam")}
+        for name, valid in choices.items():
+            if getattr(self, name) not in valid:
+                raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, "
+                                 f"got {getattr(self, name)!r}")
+        if self.batch_size < 1 or self.grad_accum < 1:
+            raise ValueError("--batch-size and --grad-accum must be at least 1")
+
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
 
@@ -83,6 +110,8 @@ class TrainConfig:
     def from_json(cls, text: str, **override: Any) -> "TrainConfig":
         """Rebuild from :meth:`to_json`, ignoring unknown keys, then apply ``override``."""
         known = {f.name for f in fields(cls)}
-        d = {k: v for k, v in json.loads(text).items() if k in known}
+        raw = json.loads(text)
+        d = {k: v for k, v in raw.items() if k in known}
+        d.setdefault("rng", "step")  # configs written before per-position seeding existed
         d.update({k: v for k, v in override.items() if v is not None})
         return cls(**d)

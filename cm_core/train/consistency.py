@@ -12,6 +12,7 @@ import torch
 from ..models.denoiser import Denoiser
 from .config import TrainConfig
 from .losses import get_distance
+from .rng import BatchRng
 from .state import ema_update, frozen_copy
 
 
@@ -22,11 +23,11 @@ def karras_grid(n: int, cfg: TrainConfig) -> torch.Tensor:
     return (lo + i * (hi - lo)) ** cfg.rho
 
 
-def adjacent_sigmas(n: int, batch: int, g: torch.Generator, cfg: TrainConfig,
+def adjacent_sigmas(n: int, rng: BatchRng, cfg: TrainConfig,
                     device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     """``(t_n, t_{n+1})`` [B] each, ``n ~ U{1, ..., N-1}`` on an ``n``-point grid."""
     grid = karras_grid(n, cfg)
-    idx = torch.randint(0, n - 1, (batch,), generator=g)
+    idx = rng.randint(n - 1)
     return grid[idx].float().to(device), grid[idx + 1].float().to(device)
 
 

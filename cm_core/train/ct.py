@@ -16,6 +16,7 @@ import torch
 from ..models.denoiser import Denoiser
 from .config import TrainConfig
 from .consistency import ConsistencyObjective, adjacent_sigmas
+from .rng import BatchRng
 
 
 def num_scales(step: int, cfg: TrainConfig) -> int:
@@ -37,10 +38,10 @@ class CTObjective(ConsistencyObjective):
         return target_mu(step, self.cfg)
 
     def loss(self, model: Denoiser, x: torch.Tensor, labels: torch.Tensor | None,
-             g: torch.Generator, step: int) -> torch.Tensor:
+             rng: BatchRng, step: int) -> torch.Tensor:
         """Scalar CT loss for clean images ``x`` [B, C, H, W]."""
-        t_lo, t_hi = adjacent_sigmas(num_scales(step, self.cfg), x.shape[0], g, self.cfg, x.device)
-        z = torch.randn(x.shape, generator=g).to(x.device)
+        t_lo, t_hi = adjacent_sigmas(num_scales(step, self.cfg), rng, self.cfg, x.device)
+        z = rng.randn(*x.shape[1:]).to(x.device)
         x_hi = x + t_hi[:, None, None, None] * z
         x_lo = x + t_lo[:, None, None, None] * z
         return self.consistency_loss(model, x_hi, t_hi, x_lo, t_lo, labels)

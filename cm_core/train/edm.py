@@ -10,6 +10,7 @@ import torch
 
 from ..models.denoiser import Denoiser
 from .config import TrainConfig
+from .rng import BatchRng
 
 
 class EDMObjective:
@@ -20,11 +21,10 @@ class EDMObjective:
         self.extra: dict[str, torch.nn.Module] = {}
 
     def loss(self, model: Denoiser, x: torch.Tensor, labels: torch.Tensor | None,
-             g: torch.Generator, step: int) -> torch.Tensor:
-        """Scalar loss for clean images ``x`` [B, C, H, W] in [-1, 1]; noise drawn from ``g``."""
-        b = x.shape[0]
-        sigma = torch.exp(self.cfg.p_mean + self.cfg.p_std * torch.randn(b, generator=g)).to(x.device)
-        n = torch.randn(x.shape, generator=g).to(x.device)
+             rng: BatchRng, step: int) -> torch.Tensor:
+        """Scalar loss for clean images ``x`` [B, C, H, W] in [-1, 1]; noise drawn from ``rng``."""
+        sigma = torch.exp(self.cfg.p_mean + self.cfg.p_std * rng.randn()).to(x.device)
+        n = rng.randn(*x.shape[1:]).to(x.device)
         sd = self.cfg.sigma_data
         weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
         denoised = model(x + sigma[:, None, None, None] * n, sigma, labels)

@@ -7,69 +7,26 @@ import csv
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Protocol
 
 import torch
 from tqdm import tqdm
 
-from ..models.checkpoints import load_denoiser, pick_device
+from ..accel.distributed import rank_world
+from ..models.checkpoints import pick_device
 from ..models.denoiser import Denoiser
-from ..models.network import build_unet
+from .common import Objective, build_model, ema_decay, learning_rate, make_objective
 from .config import TrainConfig
 from .data import ImageDataset, load_dataset
-from .state import MODEL_FILE, ema_update, frozen_copy, load_state, save_model, save_state, stored_config
-
-
-class Objective(Protocol):
-    extra: dict[str, torch.nn.Module]
-
-    def loss(self, model: Denoiser, x: torch.Tensor, labels: torch.Tensor | None,
-             g: torch.Generator, step: int) -> torch.Tensor: ...
-
-    def after_step(self, model: Denoiser, step: int) -> None: ...
-
-    def log(self, step: int) -> dict[str, float]: ...
-
-
-def build_model(cfg: TrainConfig, device: torch.device) -> Denoiser:
-    """A fresh :class:`Denoiser` of ``cfg``'s architecture and kind, in train mode."""
-    arch = cfg.arch()
-    den = Denoiser(build_unet(arch), kind=cfg.kind, sigma_min=cfg.sigma_min,  # type: ignore[arg-type]
-                   sigma_max=cfg.sigma_max, sigma_data=cfg.sigma_data,
-                   num_classes=arch.num_classes if arch.class_cond else None,
-                   image_size=arch.image_size)
-    return den.to(device).train()
-
-
-def make_objective(cfg: TrainConfig, model: Denoiser, device: torch.device) -> Objective:
-    """The objective of ``cfg.method``; CD loads its teacher (and may copy its weights)."""
-    from .cd import CDObjective
-    from .ct import CTObjective
-    from .edm import EDMObjective
-    if cfg.init:
-        model.net.load_state_dict(load_denoiser(cfg.init, device=device).net.state_dict())
-    if cfg.method == "edm":
-        return EDMObjective(cfg)
-    if cfg.method == "ct":
-        return CTObjective(cfg, model)
-    if cfg.method == "cd":
-        if not cfg.teacher:
-            raise ValueError("cd needs --teacher (a registry name or a path to an EDM model)")
-        teacher = load_denoiser(cfg.teacher, kind="edm", device=device)
-        if cfg.init_from_teacher:
-            model.net.load_state_dict(teacher.net.state_dict())
-        return CDObjective(cfg, model, teacher)
-    raise ValueError(f"method must be edm, cd or ct, got {cfg.method!r}")
-
-
-def learning_rate(step: int, cfg: TrainConfig) -> float:
-    """Linear warm-up to ``cfg.lr`` over ``cfg.warmup`` steps, then constant."""
-    return cfg.lr * min(1.0, (step + 1) / max(cfg.warmup, 1))
-
-
-def ema_decay(step: int, cfg: TrainConfig) -> float:
-    """Slow-EMA decay with the usual warm-up ``min(ema, (1 + k) / (10 + k))``."""
-    return min(cfg.ema, (1 + step) / (10 + step))
+from .rng import StepRng
+from .state import (
+    MODEL_FILE,
+    ema_update,
+    frozen_copy,
+    load_state,
+    save_model,
+    save_state,
+    stored_config,
+)
 
 
 def _epoch_of(step: int, cfg: TrainConfig, ds: ImageDataset) -> int:
@@ -77,13 +34,15 @@ def _epoch_of(step: int, cfg: TrainConfig, ds: ImageDataset) -> int:
 
 
 def _prepare(cfg: TrainConfig, resume: bool) -> TrainConfig:
-    """Resuming takes the stored config (only ``steps``, ``device``, ``threads``, ``save_every``
-    may change)."""
+    """Resuming takes the stored config (only ``steps``, ``device``, ``threads``, ``save_every``,
+    ``workers`` and ``grad_accum`` may change: none of them changes the result)."""
     stored = stored_config(Path(cfg.out)) if resume else None
     if stored is None:
+        cfg.check()
         return cfg
     return replace(stored, steps=cfg.steps, device=cfg.device, threads=cfg.threads,
-                   save_every=cfg.save_every, out=cfg.out)
+                   save_every=cfg.save_every, out=cfg.out, workers=cfg.workers,
+                   grad_accum=cfg.grad_accum)
 
 
 def train_step(model: Denoiser, objective: Objective, opt: torch.optim.Optimizer,
@@ -91,11 +50,12 @@ def train_step(model: Denoiser, objective: Objective, opt: torch.optim.Optimizer
     """One optimisation step; all randomness from a generator seeded by ``(seed, step)``."""
     g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
     x, labels = ds.batch(cfg.batch_size, g)
+    rng = StepRng(g, cfg.batch_size)
     x = x.to(device)
     labels = labels.to(device) if (labels is not None and cfg.class_cond) else None
     for group in opt.param_groups:
         group["lr"] = learning_rate(step, cfg)
-    loss = objective.loss(model, x, labels, g, step)
+    loss = objective.loss(model, x, labels, rng, step)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     if cfg.grad_clip > 0:
@@ -118,6 +78,12 @@ def run_training(cfg: TrainConfig, resume: bool = False, progress: bool = True) 
     ``state.safetensors`` and ``log.csv`` (step, loss, lr, images/s).
     """
     cfg = _prepare(cfg, resume)
+    if cfg.rng == "position":
+        from .engine import run_parallel
+        return run_parallel(cfg, resume, progress)
+    if rank_world()[1] > 1:
+        raise ValueError("this run uses the legacy --rng step (one generator per step), which "
+                         "cannot be split across processes; start a new run with --rng position")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)

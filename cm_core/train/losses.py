@@ -4,8 +4,10 @@ Every function takes two image batches [B, C, H, W] and returns per-sample dista
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -42,9 +44,36 @@ def lpips_available() -> bool:
 _LPIPS: list[torch.nn.Module] = []
 
 
+VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+
+
+def lpips_files() -> list[Path]:
+    """The files LPIPS(VGG) needs: torchvision's ImageNet VGG-16 in the torch hub cache and the
+    ``lpips`` package's linear-layer weights (``weights/v0.1/vgg.pth``, shipped in its wheel)."""
+    files = [Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG16_URL).name]
+    spec = importlib.util.find_spec("lpips")
+    if spec is not None and spec.origin:
+        files.append(Path(spec.origin).parent / "weights" / "v0.1" / "vgg.pth")
+    return files
+
+
+def _lpips_problem() -> str | None:
+    """Why LPIPS cannot run offline, or None."""
+    if importlib.util.find_spec("lpips") is None or importlib.util.find_spec("torchvision") is None:
+        return "the 'lpips' and 'torchvision' packages are not installed (pip install lpips torchvision)"
+    missing = [str(f) for f in lpips_files() if not f.is_file()]
+    if missing:
+        return (f"missing weight file(s): {', '.join(missing)} (VGG-16: download {VGG16_URL} into "
+                f"{Path(torch.hub.get_dir()) / 'checkpoints'}; vgg.pth comes with the lpips package)")
+    return None
+
+
 def _lpips_net() -> torch.nn.Module:
     if _LPIPS:
         return _LPIPS[0]
+    problem = _lpips_problem()
+    if problem:
+        raise LpipsUnavailable(f"LPIPS is unavailable: {problem}; or use --loss l2 / pseudo_huber")
     try:
         import lpips  # noqa: PLC0415
         net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from ..models.checkpoints import arch_meta, read_safetensors
 from .config import TrainConfig
@@ -39,9 +39,19 @@ def _cpu(sd: dict[str, torch.Tensor], prefix: str = "") -> dict[str, torch.Tenso
 
 
 def _atomic_save(tensors: dict[str, torch.Tensor], path: Path, meta: dict[str, str]) -> None:
-    tmp = path.with_suffix(".tmp")
+    """Write ``path.tmp``, flush it to disk, then rename it over ``path`` (atomic on POSIX and
+    Windows): a process killed at any point leaves either the old or the new file, never a torn one."""
+    tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
     os.replace(tmp, path)
+    if hasattr(os, "O_DIRECTORY"):  # make the rename itself durable
+        fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def save_model(path: Path, net: torch.nn.Module, cfg: TrainConfig, step: int,
@@ -54,8 +64,9 @@ def save_model(path: Path, net: torch.nn.Module, cfg: TrainConfig, step: int,
 
 
 def save_state(out: Path, cfg: TrainConfig, step: int, nets: dict[str, torch.nn.Module],
-               opt: torch.optim.Optimizer) -> None:
-    """Everything needed to resume after ``step`` completed steps."""
+               opt: torch.optim.Optimizer, extra_meta: dict[str, str] | None = None) -> None:
+    """Everything needed to resume after ``step`` completed steps (``extra_meta``: e.g. the
+    fp16 grad-scaler state)."""
     tensors: dict[str, torch.Tensor] = {}
     for name, net in nets.items():
         tensors.update(_cpu(net.state_dict(), f"{name}."))
@@ -63,15 +74,15 @@ def save_state(out: Path, cfg: TrainConfig, step: int, nets: dict[str, torch.nn.
         for k, v in st.items():
             tensors[f"opt.{i}.{k}"] = torch.as_tensor(v, dtype=torch.float32).reshape(-1).clone() \
                 if k == "step" else v.detach().cpu().contiguous()
-    _atomic_save(tensors, out / STATE_FILE, {"training_config": cfg.to_json(), "step": str(step)})
+    _atomic_save(tensors, out / STATE_FILE, {"training_config": cfg.to_json(), "step": str(step),
+                                             **(extra_meta or {})})
 
 
 def load_state(out: Path, nets: dict[str, torch.nn.Module], opt: torch.optim.Optimizer,
                device: torch.device) -> int:
     """Restore ``nets`` and ``opt`` from ``out/state.safetensors``; returns the completed step."""
     path = out / STATE_FILE
-    tensors = load_file(str(path))
-    _, meta = read_safetensors(path)
+    tensors, meta = read_safetensors(path)
     for name, net in nets.items():
         net.load_state_dict({k[len(name) + 1:]: v for k, v in tensors.items()
                              if k.startswith(name + ".")})
@@ -85,12 +96,20 @@ def load_state(out: Path, nets: dict[str, torch.nn.Module], opt: torch.optim.Opt
     return int(meta["step"])
 
 
+def state_meta(out: Path) -> dict[str, str]:
+    """The metadata of ``out/state.safetensors`` (config JSON, step, scaler state), read without
+    loading the tensors."""
+    from safetensors import safe_open
+    with safe_open(str(out / STATE_FILE), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def stored_config(out: Path) -> TrainConfig | None:
     """The config saved in ``out/state.safetensors``, if a resumable run is there."""
     path = out / STATE_FILE
     if not path.is_file():
         return None
-    _, meta = read_safetensors(path)
+    meta = state_meta(out)
     return TrainConfig.from_json(meta["training_config"])
 
 
