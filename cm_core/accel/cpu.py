@@ -9,9 +9,13 @@ channels_last ~3x fp32 on the ImageNet 64 architecture (issue 14), with max abs 
 images, which is why every bf16 variant checks itself against fp32 (:mod:`cm_core.accel.verify`).
 
 Compilation on CPU: Inductor with ``freezing`` (weights folded as constants and pre-packed for
-oneDNN) and optionally ``max_autotune``; it costs minutes of both cores per batch bucket and gains
-~15% at batch 1 on ImageNet 64, so ``compile="auto"`` leaves it off on CPU (``compile=True`` or
-``CM_COMPILE=1`` turns it on; it then runs in the background over :data:`CPU_BUCKETS`).
+oneDNN) and optionally ``max_autotune``, in the background over :data:`CPU_BUCKETS` while eager bf16
+serves. It pays most where Python and kernel-launch overhead matter: the embedded 32 px net (1.4M
+parameters, 16 images) went from 73 to 41 ms in bf16 (eager -> compiled; ~2 min of compilation per
+bucket cold, 26 s from the persistent cache), but only 73 -> 69 ms in fp32, and bf16 is too near the
+quality bound there (:func:`cpu_plan`). On the released networks (300-500M parameters, compute-bound)
+it gains ~15% at batch 1 for ~130 s per bucket. So ``compile="auto"`` does not compile on CPU;
+``compile=True`` (``CM_COMPILE=1`` in the app) does, in the background over :data:`CPU_BUCKETS`.
 """
 from __future__ import annotations
 
@@ -23,7 +27,10 @@ import torch
 
 from .compile_cache import Compiler, StepFn
 
-__all__ = ["CPU_BUCKETS", "cpu_compiler", "native_bf16"]
+__all__ = ["CPU_BUCKETS", "CPU_COMPILE_MAX_PARAMS", "cpu_compile_pays", "cpu_compiler", "cpu_plan",
+           "native_bf16"]
+
+CPU_COMPILE_MAX_PARAMS = 20_000_000
 
 # bounded: the app's CM_MAX_BATCH is 16; larger CPU batches are padded to a multiple of 16
 CPU_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -66,3 +73,28 @@ def cpu_compiler(max_autotune: bool = False) -> Compiler:
     def comp(fn: StepFn) -> StepFn:
         return torch.compile(fn, dynamic=False, fullgraph=False, options=opts)
     return comp
+
+
+def cpu_compile_pays(net: torch.nn.Module) -> bool:
+    """Whether a network is small (at most :data:`CPU_COMPILE_MAX_PARAMS` parameters): overhead-bound
+    on a CPU, where bf16 pays little (see :func:`cpu_plan`)."""
+    return sum(p.numel() for p in net.parameters()) <= CPU_COMPILE_MAX_PARAMS
+
+
+def cpu_plan(net: torch.nn.Module) -> tuple[torch.dtype, bool]:
+    """``(dtype, compile)`` of ``dtype="auto"``, ``compile="auto"`` on this CPU.
+
+    - no native bf16: ``(float32, False)``, the exact path;
+    - a large network (the released ones): ``(bfloat16, False)``: bf16 + channels_last eager, ~2-3x
+      fp32, max abs ~1e-2 vs fp32 on final images;
+    - a small network (the embedded 32 px ones): ``(float32, False)``, the exact path. bf16 pays
+      little there (overhead-bound: 16 images 73 -> 72 ms eager) and its weight rounding alone costs
+      1.6e-2 on the trained 1.4M-parameter net, whose two-step samples then reach 3.4e-2, over the
+      3e-2 bound; compiled fp32 gains only ~5-10% (69 ms) for ~80 s of compilation per bucket.
+      Compiled bf16 runs 41 ms with max abs 2.95e-2 one-step, too near the bound to be a default
+      (``optimize(den, dtype="bf16", compile=True)`` gives it, self-checked).
+    """
+    if not native_bf16():
+        return torch.float32, False
+    small = cpu_compile_pays(net)
+    return (torch.float32, False) if small else (torch.bfloat16, False)

@@ -60,7 +60,7 @@ from .compile_cache import (
     default_compiler,
     log,
 )
-from .cpu import CPU_BUCKETS, cpu_compiler, native_bf16
+from .cpu import CPU_BUCKETS, cpu_compiler, cpu_plan, native_bf16
 from .cuda_graphs import GraphedCall, capture_slot, is_oom
 from .verify import SelfCheck, _pad
 
@@ -213,11 +213,16 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
             return self._compiled
         if self._compiled is not None:
             self._request(bucket)
-        if not self.variant_ok(bucket, False):
+        if not self.variant_ok(self._check_bucket(bucket), False):
             self.stats["exact_calls"] += 1
             return self._exact_step
         self.stats["eager_calls"] += 1
         return self._step_impl
+
+    def _check_bucket(self, n: int) -> int:
+        """The bucket a batch of ``n`` is checked under (eager batches are not padded, but are
+        checked per bucket, so at most ``len(buckets)`` checks)."""
+        return bucket_for(n, self.buckets)
 
     def _accept_compiled(self, bucket: int) -> bool:
         """Called by the compile worker before a compiled bucket switches on: its self-check."""
@@ -225,7 +230,7 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
 
     def describe_path(self, n: int) -> str:
         """Which path serves a batch of ``n`` now, and its measured error vs fp32 (info lines)."""
-        b = self._bucket(n)
+        b = self._check_bucket(n)
         if self._compiled is not None and b in self._ready and (b, True) in self.checks:
             c = self.checks[(b, True)]
         elif self._is_exact_variant(False):
@@ -340,8 +345,9 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
     ``den`` is moved to ``device`` in place (unless ``copy``) and, when the fast variant differs
     from it, kept in fp32 as the exact reference; the variant is a cast copy. ``dtype``: ``"auto"``
     (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :func:`pick_dtype`) or explicit.
-    ``compile``: ``"auto"`` = on CUDA only (on CPU Inductor with freezing takes minutes per bucket
-    for ~15%; ``True`` runs it in the background). ``mode``: torch.compile mode, default
+    On a CPU ``"auto"`` follows :func:`~cm_core.accel.cpu.cpu_plan`: with native bf16, large
+    networks run bf16 + channels_last eager, small ones the exact fp32 path. ``compile``:
+    ``"auto"`` = on CUDA only; ``True`` compiles on CPU too (Inductor with freezing). ``mode``: torch.compile mode, default
     ``"max-autotune-no-cudagraphs"`` on CUDA (graphs are ours), ``"reduce-overhead"`` turns our
     whole-loop graphs off; on CPU ``"max-autotune"`` adds autotuning to freezing. Batches are
     padded to the next of ``batch_buckets`` (default :data:`DEFAULT_BUCKETS` on GPUs,
@@ -354,7 +360,9 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
     dev = torch.device(device) if device is not None else next(den.parameters()).device
     cuda = dev.type == "cuda"
     buckets = tuple(batch_buckets or (CPU_BUCKETS if dev.type == "cpu" else DEFAULT_BUCKETS))
-    use_compile = compiler is not None or (cuda if compile == "auto" else bool(compile))
+    plan = cpu_plan(den) if dev.type == "cpu" else (None, cuda)
+    dt = plan[0] if dtype == "auto" and plan[0] is not None else pick_dtype(dev, dtype)
+    use_compile = compiler is not None or (plan[1] if compile == "auto" else bool(compile))
     mode = mode or ("max-autotune-no-cudagraphs" if cuda else "default")
     cache_file = None
     if use_compile and compiler is None:
@@ -368,7 +376,6 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
         torch.backends.cudnn.benchmark = True
     if copy:
         den = _copy.deepcopy(den)
-    dt = pick_dtype(dev, dtype)
     cl = (cuda or dt == torch.bfloat16) if channels_last == "auto" else bool(channels_last)
     exact = None
     if dt != torch.float32 or use_compile or cl:  # the variant differs: keep fp32 as the reference

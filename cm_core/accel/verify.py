@@ -95,7 +95,7 @@ class SelfCheck:
     """The self-verification part of :class:`cm_core.accel.fast.FastDenoiser` (a mixin).
 
     Uses ``exact`` (the fp32 :class:`Denoiser`, or None when the variant is the exact path itself),
-    ``den``, ``dtype``, ``device``, ``channels_last``, ``_step_impl``, ``_compiled``, ``_bucket``,
+    ``den``, ``dtype``, ``device``, ``channels_last``, ``_step_impl``, ``_compiled``, ``_check_bucket``,
     ``stats``; keeps ``checks`` {(bucket, compiled): Check}.
     """
 
@@ -162,7 +162,7 @@ class SelfCheck:
         """Check the variants of ``batch_sizes`` now (``compiled`` ones too, when compiled)."""
         out = []
         for n in batch_sizes:
-            b = self._bucket(n)  # type: ignore[attr-defined]
+            b = self._check_bucket(n)  # type: ignore[attr-defined]
             for comp in (False, True) if compiled and self._compiled is not None else (False,):
                 if self._is_exact_variant(comp):
                     continue
