@@ -8,9 +8,6 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
-# no background Inductor compilation in the app's model cache during tests (minutes of CPU per
-# bucket); tests of compilation ask for it explicitly. The app servers started by tests inherit it.
-os.environ.setdefault("CM_COMPILE", "0")
 
 
 def golden_dir() -> Path:

@@ -121,10 +121,10 @@ class ModelCache:
     def _load(self, spec: ModelSpec) -> Denoiser:
         den = self._loader(spec.name, device=self.device, dtype=self.dtype)
         self.loads += 1
-        if _use_fast(self.device) and isinstance(den, Denoiser):  # (tests' loaders return stand-ins)
+        if _use_fast(self.device):
             from ..accel.fast import optimize  # fp16 + channels_last + compile buckets + CUDA graphs
             den = optimize(den, dtype=self.dtype if "CM_DTYPE" in os.environ else "auto",
-                           **{"compile": _env_compile(), **fast_options()})  # ZeroGPU: no compilation, no CUDA graphs
+                           **_env_compile(), **fast_options())  # ZeroGPU: no compilation, no CUDA graphs
         return den
 
     def run(self, name: str, fn: Callable[[ModelSpec, Denoiser], Any]) -> Any:
@@ -165,13 +165,13 @@ def _use_fast(device: torch.device) -> bool:
     return device.type == "cuda" or (device.type == "cpu" and native_bf16())
 
 
-def _env_compile() -> bool | str:
-    """``$CM_COMPILE``: ``auto`` (default: :func:`cm_core.accel.fast.optimize` decides: CUDA, and
-    small networks on CPUs with bf16), ``1`` or ``0``."""
+def _env_compile() -> dict[str, bool]:
+    """``$CM_COMPILE``: ``auto`` (default: :func:`cm_core.accel.fast.optimize` decides, i.e. on CUDA
+    only), ``1`` (also on CPU: Inductor with freezing, in the background) or ``0``; as options."""
     mode = os.environ.get("CM_COMPILE", "auto").strip().lower()
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"CM_COMPILE must be auto, 0 or 1, got {mode!r}")
-    return "auto" if mode == "auto" else mode == "1"
+    return {} if mode == "auto" else {"compile": mode == "1"}
 
 
 def _env_dtype(device: torch.device) -> torch.dtype:
