@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from bench.bench import make_denoiser  # noqa: E402
+from bench import make_denoiser  # noqa: E402  (bench/bench.py, this folder)
 
 from cm_core import optimize  # noqa: E402
 from cm_core.accel.verify import compare  # noqa: E402
