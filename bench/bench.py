@@ -1,17 +1,21 @@
 """Benchmark: our fast path vs diffusers' ``ConsistencyModelPipeline``, same process, same weights.
 
     python bench/bench.py --device cuda            # ImageNet 64 and LSUN 256 (random weights)
-    python bench/bench.py --device cpu             # embedded 32px model + ImageNet 64 at batch 1
+    python bench/bench.py --device cpu             # embedded 32px model, ImageNet 64 (b1, b8), LSUN 256 (b1)
 
 Every row samples with the same ``UNet2DModel`` weights. "diffusers" is
 ``ConsistencyModelPipeline`` + ``CMStochasticIterativeScheduler`` (``output_type="pt"``);
 "exact" is our fp32 :class:`~cm_core.models.denoiser.Denoiser`; "fast" is :func:`cm_core.accel.fast.optimize`
 (CUDA: fp16, channels_last, torch.compile max-autotune-no-cudagraphs, whole-call CUDA graphs;
-CPU: its defaults, i.e. fp32 eager). Columns: ms at batch 1, img/s at the large batch, peak GPU
-memory, compile seconds (blocking compilation of the two buckets used), speed-up over the best
-diffusers row of the same model and steps, fraction of the compute limit
-(FLOPs per image / the device's dense fp16 tensor peak), and max |fast - fp32 exact| on the same
-noise. Prints a Markdown table (paste it into bench/RESULTS.md).
+CPU with native bf16: bf16 + channels_last eager for the released nets, exact fp32 for the embedded
+one; ``--compile on`` adds Inductor with freezing). The half-precision diffusers row is fp16 on CUDA
+and bf16 on CPU (pipeline cast with ``.to(dtype)``). Columns: ms at batch 1, img/s at the large
+batch, peak GPU memory, compile seconds (blocking compilation of the buckets used), first-call ms
+(the first batch-1 call after setup: lazy inits, and for the fast rows its self-check against fp32),
+speed-up over diffusers fp32 and over the best diffusers row of the same model and steps, fraction
+of the compute limit (FLOPs per image / the device's dense fp16 tensor peak), and max abs vs fp32
+of the same code (diffusers half vs diffusers fp32, ours fast vs ours exact) on the same noise, 2
+images, final [-1, 1] images. Prints a Markdown table (paste it into bench/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from cm_core.accel.fast import optimize, timed  # noqa: E402
+from cm_core import optimize  # noqa: E402
+from cm_core.accel.fast import timed  # noqa: E402
 from cm_core.models.denoiser import Denoiser  # noqa: E402
 from cm_core.models.network import build_unet  # noqa: E402
 from cm_core.models.registry import IMAGENET64, LSUN256, ArchSpec, ModelSpec, get_spec  # noqa: E402
@@ -48,6 +53,7 @@ class Row:
     batch: int = 0
     mem_gib: float | None = None
     compile_s: float | None = None
+    first_ms: float | None = None
     err: float | None = None
     flops: float = 0.0
 
@@ -64,15 +70,16 @@ def flops_per_image(arch: ArchSpec) -> float:
     return float(fc.get_total_flops())
 
 
-def measure(fn: Callable[[], object], device: torch.device, iters: int) -> float:
-    """Median seconds of ``fn`` over ``iters`` runs after one warm-up run."""
-    fn()
+def measure(fn: Callable[[], object], device: torch.device, iters: int) -> tuple[float, float]:
+    """(median seconds of ``fn`` over ``iters`` runs after one warm-up run, the warm-up's seconds)."""
+    with timed(device) as first:
+        fn()
     times = []
     for _ in range(iters):
         with timed(device) as t:
             fn()
         times.append(t["s"])
-    return statistics.median(times)
+    return statistics.median(times), first["s"]
 
 
 def make_denoiser(spec: ModelSpec, device: torch.device) -> Denoiser:
@@ -151,9 +158,10 @@ def run_row(row: Row, fn: Callable[[int, int], torch.Tensor], device: torch.devi
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     if batch1:
-        row.ms_b1 = 1e3 * measure(lambda: fn(1, row.steps), device, iters)
+        med, first = measure(lambda: fn(1, row.steps), device, iters)
+        row.ms_b1, row.first_ms = 1e3 * med, 1e3 * first
     if row.batch > 1:
-        row.ips = row.batch / measure(lambda: fn(row.batch, row.steps), device, max(1, iters // 4))
+        row.ips = row.batch / measure(lambda: fn(row.batch, row.steps), device, max(1, iters // 4))[0]
     if cuda:
         row.mem_gib = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 30 + weights_gib
     print(f"  {row.model} {row.steps}-step {row.impl}: b1 {row.ms_b1} ms, {row.ips} img/s", flush=True)
@@ -161,28 +169,32 @@ def run_row(row: Row, fn: Callable[[int, int], torch.Tensor], device: torch.devi
 
 
 def bench_model(spec: ModelSpec, device: torch.device, big: int, steps_list: tuple[int, ...],
-                iters: int, batch1: bool = True, edit: bool = True) -> list[Row]:
-    """All rows of one model: diffusers fp32 (+fp16 on CUDA), exact fp32, fast; plus editing."""
+                iters: int, batch1: bool = True, edit: bool = True, compile: bool | str = "auto"
+                ) -> list[Row]:
+    """All rows of one model: diffusers fp32 and fp16 (CUDA) / bf16 (CPU), exact fp32, fast
+    (``cm_core.optimize``); plus editing. Errors: max abs vs the fp32 row of the same code."""
     cuda = device.type == "cuda"
     den = make_denoiser(spec, device)
     flops = flops_per_image(spec.arch)
     with timed(device) as t:  # every bucket the rows use (max_err samples 2), so no compile overlaps a timing
-        fast = optimize(den, copy=True, warm_buckets=(1, 2, big), background=False)
+        fast = optimize(den, copy=True, compile=compile, warm_buckets=(1, 2, big), background=False)
     compile_s = t["s"] if fast._compiled is not None else None
-    impls: list[tuple[str, Callable, float]] = [
-        ("diffusers fp32", diffusers_call(den, spec, torch.float32, device), _weights_gib(den))]
-    if cuda:
-        impls.append(("diffusers fp16", diffusers_call(den, spec, torch.float16, device),
-                      _weights_gib(den) / 2))
-    impls += [("ours exact fp32", ours_call(den, spec), _weights_gib(den)),
-              (f"ours fast {str(fast.dtype)[6:]}", ours_call(fast, spec), _weights_gib(fast))]
+    half = torch.float16 if cuda else torch.bfloat16
+    d32 = diffusers_call(den, spec, torch.float32, device)
+    d16 = diffusers_call(den, spec, half, device)
+    impls: list[tuple[str, Callable, float, Callable]] = [
+        ("diffusers fp32", d32, _weights_gib(den), d32),
+        (f"diffusers {'fp16' if cuda else 'bf16'}", d16, _weights_gib(den) / 2, d32),
+        ("ours exact fp32", ours_call(den, spec), _weights_gib(den), ours_call(den, spec)),
+        (f"ours fast {str(fast.dtype)[6:]}", ours_call(fast, spec), _weights_gib(fast), ours_call(den, spec))]
     rows = []
     for steps in steps_list:
-        err = max_err(ours_call(fast, spec), ours_call(den, spec), steps)
-        for name, fn, gib in impls:
+        for name, fn, gib, ref in impls:
             row = Row(spec.name, steps, name, batch=big, flops=flops)
             if name.startswith("ours fast"):
-                row.compile_s, row.err = compile_s, err
+                row.compile_s = compile_s
+            if fn is not ref:
+                row.err = max_err(fn, ref, steps)
             rows.append(run_row(row, fn, device, iters, gib, batch1))
     if edit:
         ne = len(spec.ts) - 1
@@ -192,7 +204,9 @@ def bench_model(spec: ModelSpec, device: torch.device, big: int, steps_list: tup
     st = fast.stats
     print(f"  {spec.name} fast path: compile {st['compile_s']}, graph replays {st['graph_replays']}, "
           f"deferred {st['graph_deferred']}, compile error {st['compile_error']}, "
-          f"graph error {st['graph_error']}", flush=True)
+          f"graph error {st['graph_error']}, exact calls {st['exact_calls']}", flush=True)
+    for n in sorted({1, 2, big}):
+        print(f"  batch {n}: {fast.describe_path(n)}", flush=True)
     return rows
 
 
@@ -207,25 +221,31 @@ def _f(v: float | None, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def _ratios(r: Row, ref: list[Row]) -> str:
+    """Speed-up of ``r`` over the fastest of ``ref`` at batch 1 and at the large batch."""
+    b1 = min((x.ms_b1 for x in ref if x.ms_b1), default=None)
+    ips = max((x.ips for x in ref if x.ips), default=None)
+    return (f"{_f(b1 / r.ms_b1 if b1 and r.ms_b1 else None, '.2f')} / "
+            f"{_f(r.ips / ips if ips and r.ips else None, '.2f')}")
+
+
 def table(rows: list[Row], peak: float | None) -> str:
     """Markdown table; ratios against the best diffusers row of the same model and steps."""
-    out = ["| model | steps | impl | ms @ b1 | img/s @ batch | peak GiB | compile s | "
-           "x diffusers (b1 / batch) | % of limit (b1 / batch) | max abs vs fp32 |",
-           "|---|---|---|---|---|---|---|---|---|---|"]
+    out = ["| model | steps | impl | ms @ b1 | img/s @ batch | peak GiB | compile s | first call ms | "
+           "x diffusers fp32 (b1 / batch) | x best diffusers (b1 / batch) | % of limit (b1 / batch) | max abs vs fp32 |",
+           "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ref = [x for x in rows if x.model == r.model and x.steps == r.steps and "diffusers" in x.impl
                and not r.impl.startswith("edit")]  # diffusers has no editing: no ratio there
-        b1 = min((x.ms_b1 for x in ref if x.ms_b1), default=None)
-        ips = max((x.ips for x in ref if x.ips), default=None)
-        sp = f"{_f(b1 / r.ms_b1 if b1 and r.ms_b1 else None, '.2f')} / {_f(r.ips / ips if ips and r.ips else None, '.2f')}"
+        sp = [_ratios(r, [x for x in ref if x.impl == "diffusers fp32"]), _ratios(r, ref)]
         lim = "-"
         if peak:
             lim_ms = 1e3 * r.flops * r.steps / (peak * 1e12)
             lim = (f"{_f(100 * lim_ms / r.ms_b1 if r.ms_b1 else None, '.1f')} / "
                    f"{_f(100 * r.ips * lim_ms / 1e3 if r.ips else None, '.1f')}")
         out.append(f"| {r.model} | {r.steps} | {r.impl} | {_f(r.ms_b1, '.1f')} | "
-                   f"{_f(r.ips, '.1f')} @ {r.batch} | {_f(r.mem_gib, '.2f')} | {_f(r.compile_s, '.0f')} | "
-                   f"{sp} | {lim} | {_f(r.err, '.1e')} |")
+                   f"{_f(r.ips, '.2f')} @ {r.batch} | {_f(r.mem_gib, '.2f')} | {_f(r.compile_s, '.0f')} | "
+                   f"{_f(r.first_ms, '.0f')} | {sp[0]} | {sp[1]} | {lim} | {_f(r.err, '.1e')} |")
     return "\n".join(out)
 
 
@@ -233,19 +253,24 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--iters", type=int, default=None, help="timed runs per point (default 20 GPU, 3 CPU)")
+    ap.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                    help="the fast rows' compilation (default: what cm_core.optimize picks)")
     ap.add_argument("--models", default=None, help="comma list (default: by device)")
     args = ap.parse_args()
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
-    iters = args.iters or (20 if cuda else 3)
+    iters = args.iters
     plan = ({"cd_imagenet64_lpips": (256, (1, 2), True), "cd_bedroom256_lpips": (32, (1, 2), True)}
-            if cuda else {"cd_digits32": (16, (1, 2), True), "cd_imagenet64_lpips": (1, (1,), False)})
+            if cuda else {"cd_digits32": (16, (1, 2), True), "cd_imagenet64_lpips": (8, (1, 2), True),
+                          "cd_bedroom256_lpips": (1, (1,), False)})
     if args.models:
         plan = {m: plan.get(m, (16, (1,), False)) for m in args.models.split(",")}
     rows = []
     for name, (big, steps, edit) in plan.items():
         print(f"{name}: FLOPs/image {flops_per_image(get_spec(name).arch) / 1e9:.1f} G", flush=True)
-        rows += bench_model(get_spec(name), dev, big, steps, iters, edit=edit)
+        comp = {"auto": "auto", "on": True, "off": False}[args.compile]
+        it = iters or (20 if cuda else 10 if get_spec(name).embedded else 2)
+        rows += bench_model(get_spec(name), dev, big, steps, it, edit=edit, compile=comp)
     what = torch.cuda.get_device_name(dev) if cuda else f"{platform.processor() or platform.machine()}, " \
         f"{torch.get_num_threads()} threads"
     print(f"\n{what}; torch {torch.__version__}; {datetime.date.today()}\n")

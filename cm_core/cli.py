@@ -17,12 +17,43 @@ def main() -> None:
 
 
 @main.command("models")
-def models_cmd() -> None:
-    """List registered models and whether each is on disk."""
+@click.option("--check-fast", "check_fast", default=None, metavar="MODEL",
+              help="check MODEL's fast-path variants against exact fp32 and say which path serves")
+@click.option("--batch-sizes", default="1,16", show_default=True, help="with --check-fast: batches to check")
+@click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
+              help="with --check-fast: also compile (blocking; minutes on a CPU) and check the compiled variants")
+@click.option("--device", default=None, help="with --check-fast: cuda, mps or cpu (default: best available)")
+def models_cmd(check_fast: str | None, batch_sizes: str, compile_: bool, device: str | None) -> None:
+    """List registered models and whether each is on disk (or check one's fast path)."""
     from .models.checkpoints import is_available
+    if check_fast:
+        _check_fast(check_fast, [int(b) for b in batch_sizes.split(",") if b.strip()], compile_, device)
+        return
     for spec in registry.REGISTRY.values():
         mark = "on disk" if is_available(spec) else "missing"
         click.echo(f"{spec.name:24s} {spec.method:12s} {spec.dataset:22s} {spec.resolution:4d}px  {mark}")
+
+
+def _check_fast(name: str, sizes: list[int], compile_: bool, device: str | None) -> None:
+    """``models --check-fast``: each variant's max abs / PSNR vs fp32 and the path each batch gets."""
+    from .accel.fast import optimize
+    from .models.checkpoints import CheckpointError, load_denoiser
+    try:
+        den = load_denoiser(name, device=device)
+    except (CheckpointError, registry.UnknownModelError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+    fast = optimize(den, compile=compile_, warm_buckets=tuple(sizes) if compile_ else (), background=False)
+    click.echo(f"{name} on {fast.device}: fast dtype {str(fast.dtype).removeprefix('torch.')}, "
+               f"channels_last {fast.channels_last}, compiled {fast._compiled is not None}")
+    checks = fast.check_variants(tuple(sizes), compiled=compile_)
+    for c in checks:
+        click.echo(f"  {c.describe()}")
+    if not checks:
+        click.echo("  the fast path is the exact fp32 path here (no low-precision variant to check)")
+    for n in sizes:
+        click.echo(f"  batch {n}: serves {fast.describe_path(n)}")
+    if fast.stats["compile_error"]:
+        click.echo(f"  compile error: {fast.stats['compile_error']}")
 
 
 @main.command("sample")

@@ -19,6 +19,14 @@ from cm_core.sampling.generate import SampleSettings, labels_for, sample_batch
 SPEC = get_spec("cd_digits32")
 
 
+@pytest.fixture(autouse=True)
+def no_native_bf16(monkeypatch):
+    """These tests cover a CPU without native bf16 (fp32 defaults); tests/test_cpu_fast.py the other."""
+    from cm_core.accel import cpu
+    monkeypatch.setattr(fast_mod, "native_bf16", lambda: False)
+    monkeypatch.setattr(cpu, "native_bf16", lambda: False)
+
+
 @pytest.fixture(scope="module")
 def den() -> Denoiser:
     torch.manual_seed(0)

@@ -11,6 +11,13 @@ from cm_core.models.imagenet_classes import imagenet_class_index, imagenet_class
 from cm_core.models.registry import REGISTRY, get_spec
 
 
+@pytest.fixture(autouse=True)
+def exact_path(monkeypatch):
+    """The model cache's stand-in loaders return objects that are no networks: no fast path
+    (CM_FAST=auto would put them on it on a CPU with native bf16)."""
+    monkeypatch.setenv("CM_FAST", "0")
+
+
 class _Fake(torch.nn.Module):
     closed: list[str] = []
 

@@ -11,8 +11,12 @@ from cm_core.service.model_cache import _use_fast
 def test_fast_path_switch(monkeypatch):
     import torch
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    from cm_core.accel import cpu as cpu_mod
     monkeypatch.delenv("CM_FAST", raising=False)
-    assert not _use_fast(cpu) and _use_fast(cuda)
+    for bf16 in (False, True):  # auto: CUDA, and CPUs with native bf16
+        monkeypatch.setattr(cpu_mod, "native_bf16", lambda bf16=bf16: bf16)
+        assert _use_fast(cpu) == bf16 and _use_fast(cuda)
+    monkeypatch.setattr(cpu_mod, "native_bf16", lambda: False)
     monkeypatch.setenv("CM_FAST", "1")
     assert _use_fast(cpu)
     monkeypatch.setenv("CM_FAST", "0")

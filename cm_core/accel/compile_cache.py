@@ -90,6 +90,10 @@ class BackgroundCompiler:
     stats: dict
 
 
+    def _accept_compiled(self, bucket: int) -> bool:
+        """Whether the freshly compiled ``bucket`` may switch on (the fast path's self-check)."""
+        return True
+
     def warmup(self, buckets: Sequence[int] | None = None, block: bool = False) -> None:
         """Queue the buckets of batch sizes ``buckets`` (default: all buckets) for compilation in
         the background thread, smallest first; ``block`` waits until they are compiled (or failed)."""
@@ -166,6 +170,9 @@ class BackgroundCompiler:
                 self._queue.clear()
             return
         self.stats["compile_s"][b] = time.perf_counter() - t0
+        if not self._accept_compiled(b):
+            log.warning("compiled batch bucket %d failed its self-check, its eager path stays", b)
+            return
         self._ready.add(b)
         if self._cache_file is not None:
             _mega_cache(self._cache_file, save=True)

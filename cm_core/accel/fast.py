@@ -25,8 +25,13 @@ Why this is hand-written rather than just ``torch.compile(mode="reduce-overhead"
   ``250 log sigma`` stay float32 (in bf16, ``250 log 80 = 1095`` would be rounded to a multiple
   of 8); only the UNet body runs in bf16/fp16.
 
-On CPU the defaults give the exact path (fp32, eager, no padding): same numbers as the
-:class:`Denoiser`. Everything CUDA-specific is guarded by ``device.type == "cuda"``.
+On a CPU with native bf16 (:func:`cm_core.accel.cpu.native_bf16`) the defaults are bf16 +
+channels_last, eager (compilation on request, see :mod:`cm_core.accel.cpu`); on other CPUs they
+give the exact path (fp32, eager, no padding): same numbers as the :class:`Denoiser`.
+Everything CUDA-specific is guarded by ``device.type == "cuda"``.
+
+Every variant other than the exact one checks itself against exact fp32 the first time it would
+serve (:mod:`cm_core.accel.verify`); beyond the quality bound the exact fp32 path serves instead.
 
 Parts: :mod:`cm_core.accel.cuda_graphs` (:class:`GraphedCall`) and :mod:`cm_core.accel.compile_cache` (persistent
 caches, :class:`~cm_core.accel.compile_cache.BackgroundCompiler`); their public names are re-exported here.
@@ -34,6 +39,7 @@ caches, :class:`~cm_core.accel.compile_cache.BackgroundCompiler`); their public 
 from __future__ import annotations
 
 import contextlib
+import copy as _copy
 import os
 import threading
 import time
@@ -54,7 +60,9 @@ from .compile_cache import (
     default_compiler,
     log,
 )
+from .cpu import CPU_BUCKETS, cpu_compiler, cpu_plan, native_bf16
 from .cuda_graphs import GraphedCall, capture_slot, is_oom
+from .verify import SelfCheck, _pad
 
 __all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
            "configure_compile_cache", "default_compiler", "optimize", "pick_dtype", "timed"]
@@ -64,7 +72,7 @@ DEFAULT_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 
 # ----------------------------------------------------------------------------------------- setup
 def pick_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch.dtype:
-    """Network dtype: ``"auto"`` = fp16 on CUDA, fp32 elsewhere; explicit choices are strings
+    """Network dtype: ``"auto"`` = fp16 on CUDA, bf16 on a CPU with native bf16, fp32 elsewhere; explicit choices are strings
     ``"float32" | "float16" | "bfloat16" | "fp32" | "fp16" | "bf16"`` or torch dtypes.
 
     Why fp16 rather than bf16 by default: the released checkpoints were trained and sampled in
@@ -72,14 +80,18 @@ def pick_dtype(device: torch.device, dtype: str | torch.dtype = "auto") -> torch
     and fp16's 10-bit mantissa keeps the one-step output within ~2e-3 of fp32, where bf16
     (7 bits) gives ~9e-3 on ImageNet-64 and ~2e-2 on the embedded 32px net (random weights,
     measured on CPU), over the 1e-2 bound. H100/A100 run both at the same tensor-core rate.
-    bf16 stays available (``dtype="bf16"``); a GPU without fast fp16 is not a target.
+    bf16 stays available (``dtype="bf16"``); a GPU without fast fp16 is not a target. On CPUs fp16
+    is emulated, while bf16 runs natively on ``avx512_bf16`` / AMX; its error is checked per
+    variant against fp32 (:mod:`cm_core.accel.verify`).
     """
     if isinstance(dtype, torch.dtype):
         return dtype
     alias = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16", "half": "float16"}
     if dtype != "auto":
         return getattr(torch, alias.get(dtype, dtype))
-    return torch.float16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        return torch.float16
+    return torch.bfloat16 if device.type == "cpu" and native_bf16() else torch.float32
 
 
 def bucket_for(n: int, buckets: Sequence[int]) -> int:
@@ -93,13 +105,6 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
     return -(-n // top) * top
 
 
-def _pad(t: torch.Tensor | None, b: int) -> torch.Tensor | None:
-    """Pad dim 0 to ``b`` rows by repeating the last row (valid sigmas and labels, finite images)."""
-    if t is None or t.shape[0] == b:
-        return t
-    return torch.cat([t, t[-1:].expand(b - t.shape[0], *t.shape[1:])])
-
-
 def attention_processors(net: torch.nn.Module) -> set[str]:
     """Names of the attention processors in ``net`` (``AttnProcessor2_0`` = PyTorch SDPA, which
     dispatches to flash / memory-efficient kernels on CUDA in half precision)."""
@@ -107,19 +112,21 @@ def attention_processors(net: torch.nn.Module) -> set[str]:
 
 
 # --------------------------------------------------------------------------------- the denoiser
-class FastDenoiser(BackgroundCompiler, torch.nn.Module):
+class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
     """A :class:`Denoiser` run fast: same call contract, plus whole-loop :meth:`run_graphed`.
 
     ``den(x, sigma, class_labels, dropout_rng=None)``: ``x`` [B, C, H, W] (any float dtype),
     ``sigma`` [B] or a float, labels [B] long (or one label for all); returns the unclamped clean
     estimate in ``x``'s dtype. Monte-Carlo dropout (``dropout > 0`` with an rng) runs the exact
     eager :class:`Denoiser`, since per-image dropout generators cannot be compiled or graphed.
+    ``exact``: the fp32 reference (None when ``den`` itself is run exactly: fp32, eager).
     Build it with :func:`optimize`.
     """
 
     def __init__(self, den: Denoiser, device: torch.device, dtype: torch.dtype,
                  compiler: Compiler | None, buckets: Sequence[int], pad: bool,
-                 channels_last: bool, cuda_graphs: bool, cache_file: Path | None = None) -> None:
+                 channels_last: bool, cuda_graphs: bool, cache_file: Path | None = None,
+                 exact: Denoiser | None = None, verify: bool = True) -> None:
         super().__init__()
         self.den = den.to(device=device, dtype=dtype).eval()
         if channels_last:
@@ -142,7 +149,8 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
         # a replay counts once in graph_replays, whatever its number of evaluations
         self.stats: dict = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0,
                             "graph_deferred": 0, "compile_s": {}, "compile_error": None,
-                            "graph_error": None}
+                            "graph_error": None, "exact_calls": 0}
+        self._init_checks(exact, verify)
 
     max_graphs = 32  # CUDA graphs kept (least recently used dropped first)
 
@@ -164,6 +172,8 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
     @dropout.setter
     def dropout(self, p: float) -> None:
         self.den.dropout = p
+        if self.exact is not None:
+            self.exact.dropout = p
 
     @property
     def graphs_active(self) -> bool:
@@ -203,8 +213,33 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
             return self._compiled
         if self._compiled is not None:
             self._request(bucket)
+        if not self.variant_ok(self._check_bucket(bucket), False):
+            self.stats["exact_calls"] += 1
+            return self._exact_step
         self.stats["eager_calls"] += 1
         return self._step_impl
+
+    def _check_bucket(self, n: int) -> int:
+        """The bucket a batch of ``n`` is checked under (eager batches are not padded, but are
+        checked per bucket, so at most ``len(buckets)`` checks)."""
+        return bucket_for(n, self.buckets)
+
+    def _accept_compiled(self, bucket: int) -> bool:
+        """Called by the compile worker before a compiled bucket switches on: its self-check."""
+        return self.variant_ok(bucket, True)
+
+    def describe_path(self, n: int) -> str:
+        """Which path serves a batch of ``n`` now, and its measured error vs fp32 (info lines)."""
+        b = self._check_bucket(n)
+        if self._compiled is not None and b in self._ready and (b, True) in self.checks:
+            c = self.checks[(b, True)]
+        elif self._is_exact_variant(False):
+            return "exact float32"
+        elif (c := self.checks.get((b, False))) is None:
+            return f"fast {self._variant_name(b, False)} (not checked yet)"
+        if c.ok:
+            return f"fast {c.variant} (max abs {c.max_abs:.1e}, PSNR {c.psnr:.1f} dB vs fp32)"
+        return f"exact float32 (fast {c.variant} turned off: max abs {c.max_abs:.1e}, PSNR {c.psnr:.1f} dB)"
 
     def _bucket(self, n: int) -> int:
         return bucket_for(n, self.buckets) if self.pad else n
@@ -229,7 +264,8 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
                 class_labels: torch.Tensor | None = None, dropout_rng: Rng = None) -> torch.Tensor:
         if self.den.dropout > 0 and dropout_rng is not None:
-            return self.den(x, sigma, class_labels, dropout_rng)
+            ref = self.exact if self.exact is not None else self.den
+            return ref(x, sigma, class_labels, dropout_rng)
         n = x.shape[0]
         sig = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
         sig = sig.expand(n) if sig.numel() == 1 else sig
@@ -299,43 +335,55 @@ class FastDenoiser(BackgroundCompiler, torch.nn.Module):
 # ------------------------------------------------------------------------------------ the entry
 def optimize(den: Denoiser, device: str | torch.device | None = None,
              dtype: str | torch.dtype = "auto", compile: bool | str = "auto",
-             mode: str | None = None, batch_buckets: Sequence[int] = DEFAULT_BUCKETS,
+             mode: str | None = None, batch_buckets: Sequence[int] | None = None,
              channels_last: bool | str = "auto", cuda_graphs: bool | str = "auto",
              warm_buckets: Sequence[int] | None = (1,), background: bool = True,
              cache_dir: str | os.PathLike | None = None, copy: bool = False,
-             compiler: Compiler | None = None) -> FastDenoiser:
-    """Wrap ``den`` in a :class:`FastDenoiser` (moves and casts ``den`` in place unless ``copy``).
+             compiler: Compiler | None = None, verify: bool = True) -> FastDenoiser:
+    """Wrap ``den`` in a :class:`FastDenoiser` that every sampler and editor accepts.
 
-    ``dtype``: ``"auto"`` (fp16 on CUDA, fp32 on CPU; see :func:`pick_dtype`) or explicit. ``compile``:
-    ``"auto"`` = on CUDA only (on CPU Inductor takes minutes for a small gain). ``mode``:
-    torch.compile mode, default ``"max-autotune-no-cudagraphs"`` on CUDA (graphs are ours);
-    ``"reduce-overhead"`` turns our whole-loop graphs off and lets Inductor graph each call.
-    Batches are padded to the next of ``batch_buckets`` whenever compile or graphs are on.
+    ``den`` is moved to ``device`` in place (unless ``copy``) and, when the fast variant differs
+    from it, kept in fp32 as the exact reference; the variant is a cast copy. ``dtype``: ``"auto"``
+    (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :func:`pick_dtype`) or explicit.
+    On a CPU ``"auto"`` follows :func:`~cm_core.accel.cpu.cpu_plan`: with native bf16, large
+    networks run bf16 + channels_last eager, small ones the exact fp32 path. ``compile``:
+    ``"auto"`` = on CUDA only; ``True`` compiles on CPU too (Inductor with freezing). ``mode``: torch.compile mode, default
+    ``"max-autotune-no-cudagraphs"`` on CUDA (graphs are ours), ``"reduce-overhead"`` turns our
+    whole-loop graphs off; on CPU ``"max-autotune"`` adds autotuning to freezing. Batches are
+    padded to the next of ``batch_buckets`` (default :data:`DEFAULT_BUCKETS` on GPUs,
+    :data:`~cm_core.accel.cpu.CPU_BUCKETS` on CPU) whenever compile or graphs are on.
     ``warm_buckets`` are queued for background compilation at once (others when first used);
     ``background=False`` blocks until they are compiled. ``compiler`` overrides torch.compile
-    (tests). CPU defaults: fp32, eager, no padding, i.e. the exact :class:`Denoiser` numbers.
+    (tests). ``verify``: each variant checks itself against fp32 when it first serves
+    (:mod:`cm_core.accel.verify`). ``channels_last="auto"``: on CUDA and with CPU bf16.
     """
     dev = torch.device(device) if device is not None else next(den.parameters()).device
     cuda = dev.type == "cuda"
-    use_compile = compiler is not None or (cuda if compile == "auto" else bool(compile))
+    buckets = tuple(batch_buckets or (CPU_BUCKETS if dev.type == "cpu" else DEFAULT_BUCKETS))
+    plan = cpu_plan(den) if dev.type == "cpu" else (None, cuda)
+    dt = plan[0] if dtype == "auto" and plan[0] is not None else pick_dtype(dev, dtype)
+    use_compile = compiler is not None or (plan[1] if compile == "auto" else bool(compile))
     mode = mode or ("max-autotune-no-cudagraphs" if cuda else "default")
     cache_file = None
     if use_compile and compiler is None:
         cache = configure_compile_cache(cache_dir)
-        _raise_recompile_limit(2 * len(batch_buckets) + 4)
-        cache_file = cache / f"mega-{den.name or 'model'}-{mode}.bin".replace("/", "_")
+        _raise_recompile_limit(2 * len(buckets) + 4)
+        cache_file = cache / f"mega-{den.name or 'model'}-{dev.type}-{mode}.bin".replace("/", "_")
         _mega_cache(cache_file, save=False)
-        compiler = default_compiler(mode)
+        compiler = default_compiler(mode) if dev.type != "cpu" else cpu_compiler(mode == "max-autotune")
     graphs = cuda and (cuda if cuda_graphs == "auto" else bool(cuda_graphs)) and mode != "reduce-overhead"
     if cuda:
         torch.backends.cudnn.benchmark = True
     if copy:
-        import copy as _copy
         den = _copy.deepcopy(den)
-    fast = FastDenoiser(den, dev, pick_dtype(dev, dtype), compiler if use_compile else None,
-                        batch_buckets, pad=use_compile or graphs,
-                        channels_last=cuda if channels_last == "auto" else bool(channels_last),
-                        cuda_graphs=graphs, cache_file=cache_file)
+    cl = (cuda or dt == torch.bfloat16) if channels_last == "auto" else bool(channels_last)
+    exact = None
+    if dt != torch.float32 or use_compile or cl:  # the variant differs: keep fp32 as the reference
+        exact = den.to(device=dev, dtype=torch.float32).eval()
+        den = _copy.deepcopy(exact)
+    fast = FastDenoiser(den, dev, dt, compiler if use_compile else None, buckets,
+                        pad=use_compile or graphs, channels_last=cl, cuda_graphs=graphs,
+                        cache_file=cache_file, exact=exact, verify=verify)
     if use_compile and warm_buckets:
         fast.warmup(warm_buckets, block=not background)
     return fast

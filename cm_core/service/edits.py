@@ -14,6 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..accel.verify import describe_path
 from ..models.denoiser import Denoiser
 from ..models.registry import ModelSpec, get_spec
 from .classes import parse_class
@@ -30,9 +31,10 @@ class EditResult:
     output: Image.Image
     seconds: float
     description: str
+    path: str = ""           # which path served and its measured error (cm_core.accel.verify)
 
     def summary(self) -> str:
-        return f"{self.description}: {self.seconds:.3f} s"
+        return f"{self.description}: {self.seconds:.3f} s" + (f"; {self.path}" if self.path else "")
 
 
 def _editor_image(value: Any, what: str) -> Any:
@@ -68,14 +70,14 @@ def _describe(kw: dict[str, Any]) -> str:
 
 
 def _run_edit(model: str, fn: Callable[[ModelSpec, Denoiser, Callable | None], tuple],
-              progress: Progress | None, label: str) -> tuple[Any, float]:
+              progress: Progress | None, label: str) -> tuple[Any, float, str]:
     cb = _progress_callback(progress, label)
 
-    def run(spec: ModelSpec, den: Denoiser) -> tuple[Any, float]:
+    def run(spec: ModelSpec, den: Denoiser) -> tuple[Any, float, str]:
         t = time.perf_counter()
         with torch.no_grad():
             res = fn(spec, den, cb)
-        return res, time.perf_counter() - t
+        return res, time.perf_counter() - t, describe_path(den, 1)
     get_spec(str(model))
     return cache().run(str(model), run)
 
@@ -92,9 +94,9 @@ def colorize(model: str, image: Any, *, steps: Any = 2, ts: Any = None, seed: An
     spec = get_spec(str(model))
     img = _editor_image(image, "an image to colorize")
     kw, sd, lab = _schedule(spec, steps, ts), _int("seed", seed, 0, MAX_SEED), parse_class(spec, class_label)
-    (out, ref), secs = _run_edit(model, lambda s, d, cb: colorize_image(
+    (out, ref), secs, path = _run_edit(model, lambda s, d, cb: colorize_image(
         d, s, img, seed=sd, class_label=lab, callback=cb, **kw), progress, "colorize step")
-    return EditResult(_fitted(spec, img), ref, out, secs, f"colorized with {_describe(kw)}")
+    return EditResult(_fitted(spec, img), ref, out, secs, f"colorized with {_describe(kw)}", path=path)
 
 
 def inpaint(model: str, editor: Any, *, mask: Any = None, steps: Any = 2, ts: Any = None,
@@ -108,11 +110,11 @@ def inpaint(model: str, editor: Any, *, mask: Any = None, steps: Any = 2, ts: An
     if not isinstance(m, dict) and m is editor:
         raise ValueError("no mask: paint over the region to regenerate with the brush")
     kw, sd, lab = _schedule(spec, steps, ts), _int("seed", seed, 0, MAX_SEED), parse_class(spec, class_label)
-    (out, ref), secs = _run_edit(model, lambda s, d, cb: inpaint_image(
+    (out, ref), secs, path = _run_edit(model, lambda s, d, cb: inpaint_image(
         d, s, img, m, seed=sd, class_label=lab, callback=cb, **kw), progress, "inpaint step")
     shown = _editor_image({"background": editor.get("composite"), "composite": None}, "") \
         if isinstance(editor, dict) and editor.get("composite") is not None else img
-    return EditResult(_fitted(spec, shown), ref, out, secs, f"inpainted with {_describe(kw)}")
+    return EditResult(_fitted(spec, shown), ref, out, secs, f"inpainted with {_describe(kw)}", path=path)
 
 
 def super_resolve(model: str, image: Any, *, low_res: bool = False, patch_size: Any = 4,
@@ -127,14 +129,14 @@ def super_resolve(model: str, image: Any, *, low_res: bool = False, patch_size: 
     if spec.resolution % p:
         raise ValueError(f"the patch factor must divide the model size {spec.resolution}, got {p}")
     kw, sd, lab = _schedule(spec, steps, ts), _int("seed", seed, 0, MAX_SEED), parse_class(spec, class_label)
-    (out, ref), secs = _run_edit(model, lambda s, d, cb: super_resolve_image(
+    (out, ref), secs, path = _run_edit(model, lambda s, d, cb: super_resolve_image(
         d, s, img, patch_size=p, seed=sd, class_label=lab, callback=cb, **kw), progress, "super-resolution step")
     from ..editing.pictures import load_image, to_rgb
     shown = to_rgb(load_image(img)) if low_res else _fitted(spec, img).resize(
         (spec.resolution // p,) * 2, Image.Resampling.BOX)
     low = shown.resize((spec.resolution,) * 2, Image.Resampling.NEAREST) if shown.size[0] != spec.resolution else shown
     return EditResult(low, ref, out, secs, f"x{p} super-resolution ({spec.resolution // p} px -> "
-                      f"{spec.resolution} px) with {_describe(kw)}")
+                      f"{spec.resolution} px) with {_describe(kw)}", path=path)
 
 
 def denoise(model: str, image: Any, *, noise_level: Any = 40, add_noise: bool = True,
@@ -161,11 +163,11 @@ def denoise(model: str, image: Any, *, noise_level: Any = 40, add_noise: bool = 
         a = np.asarray(fitted, np.float32) + rng.normal(0.0, level, (spec.resolution, spec.resolution, 3))
         noisy = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
     std = None if (level == 0 and not add_noise) else level
-    (out, ref), secs = _run_edit(model, lambda s, d, cb: denoise_image(
+    (out, ref), secs, path = _run_edit(model, lambda s, d, cb: denoise_image(
         d, s, noisy, noise_std=std, num_steps=n, seed=sd, class_label=lab, callback=cb),
         progress, "denoise step")
     what = "estimated noise" if std is None else f"noise std {level:g}/255"
-    return EditResult(fitted, ref, out, secs, f"denoised ({what}, {n} step(s))")
+    return EditResult(fitted, ref, out, secs, f"denoised ({what}, {n} step(s))", path=path)
 
 
 def stroke_guided(model: str, editor: Any, *, sigma: Any = 4.0, steps: Any = 2, seed: Any = 0,
@@ -189,6 +191,6 @@ def stroke_guided(model: str, editor: Any, *, sigma: Any = 4.0, steps: Any = 2, 
     n = _int("steps", steps, 1, 16)
     sd, lab = _int("seed", seed, 0, MAX_SEED), parse_class(spec, class_label)
     _schedule(spec, 1, None)
-    (out, ref), secs = _run_edit(model, lambda s, d, cb: stroke_image(
+    (out, ref), secs, path = _run_edit(model, lambda s, d, cb: stroke_image(
         d, s, img, sigma=sg, num_steps=n, seed=sd, class_label=lab, callback=cb), progress, "step")
-    return EditResult(_fitted(spec, img), ref, out, secs, f"stroke-guided (SDEdit) from sigma {sg:g}, {n} step(s)")
+    return EditResult(_fitted(spec, img), ref, out, secs, f"stroke-guided (SDEdit) from sigma {sg:g}, {n} step(s)", path=path)

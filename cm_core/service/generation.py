@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..accel.verify import describe_path
 from ..models.denoiser import Denoiser
 from ..models.registry import ModelSpec
 from ..sampling import generate as _generate
@@ -32,6 +33,7 @@ class GenerateResult:
     description: str
     batched_with: int = 1  # requests that ran in the same forward batch
     extra: dict = field(default_factory=dict)
+    path: str = ""  # which path served and its measured error vs fp32 (cm_core.accel.verify)
 
     @property
     def images_per_second(self) -> float:
@@ -44,6 +46,8 @@ class GenerateResult:
             s += f"; model loaded in {self.load_seconds:.2f} s"
         if self.batched_with > 1:
             s += f"; batched with {self.batched_with - 1} other request(s)"
+        if self.path:
+            s += f"; path: {self.path}"
         return s
 
 
@@ -106,15 +110,16 @@ def generate_many(reqs: Sequence[GenerateRequest], progress: Progress | None = N
             out = _sampler()(den, spec, seeds, settings, lab, cb)
             if out.is_cuda:  # this stream only: a device-wide sync would break another thread's capture
                 torch.cuda.current_stream(out.device).synchronize()
-            return out, time.perf_counter() - t
-        images, secs = cache().run(name, run)
+            return out, time.perf_counter() - t, describe_path(den, len(seeds))
+        images, secs, path = cache().run(name, run)
         pil = to_pil(images)
         k = 0
         for i in idx:
             m = len(plans[i].seeds)
             results[i] = GenerateResult(pil[k:k + m], _captions(spec, plans[i].seeds, lab[k:k + m] if lab is not None else None),
                                         secs, load_s, plans[i].evaluations, plans[i].description,
-                                        batched_with=len(idx), extra={"seeds": list(plans[i].seeds)})
+                                        batched_with=len(idx), extra={"seeds": list(plans[i].seeds)},
+                                        path=path)
             k += m
     return results  # type: ignore[return-value]
 

@@ -54,7 +54,7 @@ def interpolate(model: str, *, mode: str = "seeds", seed_a: Any = 0, seed_b: Any
     if mode == "seeds":
         from ..editing.picture_editors import interpolate_images
         a, b = _int("seed A", seed_a, 0, MAX_SEED), _int("seed B", seed_b, 0, MAX_SEED)
-        outs, secs = _run_edit(model, lambda s, d, cb: interpolate_images(
+        outs, secs, _path = _run_edit(model, lambda s, d, cb: interpolate_images(
             d, s, a, b, num_frames=k, class_label=lab, callback=cb, frame_batch=max_batch(), **kw),
             progress, "step")
         desc = f"seeds {a} -> {b}, {_describe(kw)} per frame"
@@ -62,7 +62,7 @@ def interpolate(model: str, *, mode: str = "seeds", seed_a: Any = 0, seed_b: Any
         ia = _editor_image(image_a, "image A")
         ib = _editor_image(image_b, "image B")
         xa, xb = _fitted(spec, ia), _fitted(spec, ib)
-        outs, secs = _run_edit(model, lambda s, d, cb: _interp_images(
+        outs, secs, _path = _run_edit(model, lambda s, d, cb: _interp_images(
             d, s, xa, xb, k, lab, kw.get("num_steps", 2), sigma, cb), progress, "step")
         desc = f"two images noised to sigma {sigma:g}, {kw.get('num_steps', 2)} step(s) per frame"
     else:

@@ -2,7 +2,8 @@
 
 Environment: ``CM_MODEL_CACHE_SIZE`` (models kept loaded, default 2), ``CM_DEVICE`` (default CUDA >
 MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs), ``CM_FAST``
-(the :mod:`cm_core.accel.fast` path: ``auto`` = on CUDA, where it picks fp16 unless ``CM_DTYPE`` is set).
+(the :mod:`cm_core.accel.fast` path: ``auto`` = on CUDA, where it picks fp16 unless ``CM_DTYPE`` is set,
+and on CPUs with native bf16).
 """
 from __future__ import annotations
 
@@ -123,7 +124,7 @@ class ModelCache:
         if _use_fast(self.device):
             from ..accel.fast import optimize  # fp16 + channels_last + compile buckets + CUDA graphs
             den = optimize(den, dtype=self.dtype if "CM_DTYPE" in os.environ else "auto",
-                           **fast_options())  # ZeroGPU: no compilation, no CUDA graphs
+                           **_env_compile(), **fast_options())  # ZeroGPU: no compilation, no CUDA graphs
         return den
 
     def run(self, name: str, fn: Callable[[ModelSpec, Denoiser], Any]) -> Any:
@@ -152,12 +153,25 @@ def _release(den: Denoiser) -> None:
 
 
 def _use_fast(device: torch.device) -> bool:
-    """``$CM_FAST``: ``auto`` (default: the fast path on CUDA), ``1`` (everywhere; on CPU its
+    """``$CM_FAST``: ``auto`` (default: the fast path on CUDA and on CPUs with native bf16, where it
+    runs bf16 + channels_last and checks itself against fp32), ``1`` (everywhere; on other CPUs its
     defaults give the exact numbers) or ``0`` (never)."""
     mode = os.environ.get("CM_FAST", "auto").strip().lower()
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"CM_FAST must be auto, 0 or 1, got {mode!r}")
-    return mode == "1" or (mode == "auto" and device.type == "cuda")
+    if mode != "auto":
+        return mode == "1"
+    from ..accel.cpu import native_bf16
+    return device.type == "cuda" or (device.type == "cpu" and native_bf16())
+
+
+def _env_compile() -> dict[str, bool]:
+    """``$CM_COMPILE``: ``auto`` (default: :func:`cm_core.accel.fast.optimize` decides, i.e. on CUDA
+    only), ``1`` (also on CPU: Inductor with freezing, in the background) or ``0``; as options."""
+    mode = os.environ.get("CM_COMPILE", "auto").strip().lower()
+    if mode not in ("auto", "0", "1"):
+        raise ValueError(f"CM_COMPILE must be auto, 0 or 1, got {mode!r}")
+    return {} if mode == "auto" else {"compile": mode == "1"}
 
 
 def _env_dtype(device: torch.device) -> torch.dtype:

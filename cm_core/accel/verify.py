@@ -1,0 +1,171 @@
+"""Self-verification of the fast path: each fast variant checks itself against exact fp32 once.
+
+A *variant* is (model, device, dtype, batch bucket, compiled or not). The first time a variant would
+serve, :class:`SelfCheck` runs it on a fixed input (two images: pure noise at ``sigma_max``, i.e. a
+one-step sample, and noise at an intermediate level, as in multistep sampling and editing), padded to
+the bucket, and compares the clamped outputs with the exact fp32 :class:`~cm_core.models.denoiser.Denoiser`
+on the same input. The quality bound (issue 14) is that of final images:
+
+- max abs difference <= :data:`MAX_ABS` (3e-2) in [-1, 1] units;
+- PSNR of the 8-bit images >= :data:`MIN_PSNR` (40 dB).
+
+A variant beyond the bound is turned off for that model (logged, kept in ``stats["checks"]``): an
+eager variant hands its bucket to the exact fp32 path, a compiled one never switches on (its eager
+variant keeps serving). This also guards hardware nobody could try (the CUDA paths have not run
+on a GPU). :func:`describe_path` says which path serves a batch and its measured error (the app's
+info line and ``python -m cm_core models --check-fast``).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from dataclasses import dataclass
+
+import torch
+
+from ..models.denoiser import Denoiser
+from .compile_cache import StepFn
+
+__all__ = ["MAX_ABS", "MIN_PSNR", "Check", "SelfCheck", "compare", "describe_path", "fixed_input"]
+
+MAX_ABS = 3e-2
+MIN_PSNR = 40.0
+log = logging.getLogger("cm_core.fast")
+
+
+@dataclass(frozen=True)
+class Check:
+    """The measured error of one variant against exact fp32 on the fixed input."""
+    variant: str      # e.g. "bfloat16 eager, bucket 4"
+    max_abs: float    # in [-1, 1] units, clamped outputs
+    psnr: float       # dB, 8-bit images (inf when equal)
+    ok: bool          # within MAX_ABS and MIN_PSNR
+
+    def describe(self) -> str:
+        verdict = "ok" if self.ok else f"OFF (bound: max abs <= {MAX_ABS:g}, PSNR >= {MIN_PSNR:g} dB)"
+        return f"{self.variant}: max abs {self.max_abs:.1e}, PSNR {self.psnr:.1f} dB vs fp32 - {verdict}"
+
+
+def _uint8(x: torch.Tensor) -> torch.Tensor:
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round()
+
+
+def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
+    """(max abs of the clamped [-1, 1] images, PSNR in dB of their 8-bit versions)."""
+    err = (out.float().clamp(-1, 1) - ref.float().clamp(-1, 1)).abs().max().item()
+    mse = (_uint8(out) - _uint8(ref)).pow(2).mean().item()
+    return err, (math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse))
+
+
+def fixed_input(den: Denoiser, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
+                                                                 torch.Tensor | None]:
+    """The check's input: x [2, 3, R, R] f32 (noise * sigma_max; a smooth image plus noise at
+    sigma = 1), sigma [2] f32 and labels [2] long (classes 0 and 1, or None), from a fixed seed."""
+    r = int(den.image_size or den.net.config.sample_size)
+    g = torch.Generator().manual_seed(20230301)
+    noise = torch.randn(2, 3, r, r, generator=g)
+    ramp = torch.linspace(-0.8, 0.8, r).view(1, 1, r).expand(3, r, r)
+    sig = torch.tensor([float(den.sigma_max), 1.0])
+    x = torch.stack([noise[0] * sig[0], ramp + noise[1] * sig[1]])
+    lab = torch.tensor([0, 1 % den.num_classes]) if den.class_cond else None
+    return x.to(device), sig.to(device), (lab.to(device) if lab is not None else None)
+
+
+def _pad(t: torch.Tensor | None, b: int) -> torch.Tensor | None:
+    """Pad dim 0 to ``b`` rows by repeating the last row (valid sigmas and labels, finite images)."""
+    if t is None or t.shape[0] == b:
+        return t
+    return torch.cat([t, t[-1:].expand(b - t.shape[0], *t.shape[1:])])
+
+
+def describe_path(den: object, n: int) -> str:
+    """Which path serves a batch of ``n`` on ``den`` and its measured error (the info lines)."""
+    fn = getattr(den, "describe_path", None)
+    if callable(fn):
+        return str(fn(n))
+    try:
+        dtype = next(den.parameters()).dtype  # type: ignore[attr-defined]
+    except (AttributeError, StopIteration):
+        return "exact"
+    return f"exact {str(dtype).removeprefix('torch.')}"
+
+
+class SelfCheck:
+    """The self-verification part of :class:`cm_core.accel.fast.FastDenoiser` (a mixin).
+
+    Uses ``exact`` (the fp32 :class:`Denoiser`, or None when the variant is the exact path itself),
+    ``den``, ``dtype``, ``device``, ``channels_last``, ``_step_impl``, ``_compiled``, ``_check_bucket``,
+    ``stats``; keeps ``checks`` {(bucket, compiled): Check}.
+    """
+
+    exact: Denoiser | None
+    verify: bool = True
+    stats: dict
+
+    def _init_checks(self, exact: Denoiser | None, verify: bool) -> None:
+        self.exact, self.verify = exact, verify
+        self.checks: dict[tuple[int, bool], Check] = {}
+        self._check_lock = threading.Lock()
+        self._ref: torch.Tensor | None = None
+        self.stats["checks"] = self.checks
+
+    def _is_exact_variant(self, compiled: bool) -> bool:
+        """fp32 eager without channels_last runs the exact Denoiser's numbers: nothing to check."""
+        return self.exact is None and not compiled
+
+    def _variant_name(self, b: int, compiled: bool) -> str:
+        how = "compiled" if compiled else "eager"
+        cl = ", channels_last" if getattr(self, "channels_last", False) else ""
+        return f"{str(self.dtype).removeprefix('torch.')} {how}{cl}, bucket {b}"
+
+    def variant_ok(self, b: int, compiled: bool) -> bool:
+        """Whether variant (bucket ``b``, ``compiled``) may serve; checks it the first time."""
+        if not self.verify or self._is_exact_variant(compiled):
+            return True
+        key = (b, compiled)
+        if key not in self.checks:
+            if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+                return True  # never inside a capture (the warm-up run before it did the check)
+            with self._check_lock:
+                if key not in self.checks:
+                    self.checks[key] = self._run_check(b, compiled)
+        return self.checks[key].ok
+
+    def _reference(self) -> torch.Tensor:
+        if self._ref is None:
+            x, sig, lab = fixed_input(self.den, self.device)
+            ref_den = self.exact if self.exact is not None else self.den
+            with torch.no_grad():
+                self._ref = ref_den(x.float(), sig, lab).float().clamp(-1, 1)
+        return self._ref
+
+    def _run_check(self, b: int, compiled: bool) -> Check:
+        x, sig, lab = fixed_input(self.den, self.device)
+        fn: StepFn = self._compiled if compiled and self._compiled is not None else self._step_impl
+        with torch.no_grad():
+            out = fn(_pad(x, b), _pad(sig, b), _pad(lab, b))[: x.shape[0]]
+        err, psnr = compare(out, self._reference())
+        c = Check(self._variant_name(b, compiled), err, psnr, err <= MAX_ABS and psnr >= MIN_PSNR)
+        (log.info if c.ok else log.warning)("%s self-check: %s", getattr(self, "name", "") or "model",
+                                            c.describe())
+        return c
+
+    def _exact_step(self, x: torch.Tensor, sig: torch.Tensor, labels: torch.Tensor | None
+                    ) -> torch.Tensor:
+        """The exact fp32 path with the step's contract (f32 in, f32 out)."""
+        den = self.exact if self.exact is not None else self.den
+        return den(x.float(), sig, labels).float()
+
+    def check_variants(self, batch_sizes: tuple[int, ...] = (1,), compiled: bool = False
+                       ) -> list[Check]:
+        """Check the variants of ``batch_sizes`` now (``compiled`` ones too, when compiled)."""
+        out = []
+        for n in batch_sizes:
+            b = self._check_bucket(n)  # type: ignore[attr-defined]
+            for comp in (False, True) if compiled and self._compiled is not None else (False,):
+                if self._is_exact_variant(comp):
+                    continue
+                self.variant_ok(b, comp)
+                out.append(self.checks[(b, comp)])
+        return out
