@@ -94,6 +94,9 @@ def test_compilation_and_cuda_graphs_are_off_on_zerogpu(zero, monkeypatch):
     cache = S.ModelCache(capacity=1, device="cpu", loader=lambda name, **kw: object())
     cache.get("cd_digits32")
     assert seen[-1]["compile"] is False and seen[-1]["cuda_graphs"] is False
+    monkeypatch.setenv("CM_COMPILE", "1")  # asked for, yet ZeroGPU keeps compilation off
+    S.ModelCache(capacity=1, device="cpu", loader=lambda name, **kw: object()).get("cd_digits32")
+    assert seen[-1]["compile"] is False and seen[-1]["cuda_graphs"] is False
     monkeypatch.delenv("CM_DEVICE", raising=False)
     on_zero = S.ModelCache(capacity=1)  # models go to (emulated) cuda, no memory queries there
     assert on_zero.device.type == "cuda" and on_zero._free_memory(on_zero.device) is None

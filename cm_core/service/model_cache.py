@@ -124,7 +124,7 @@ class ModelCache:
         if _use_fast(self.device):
             from ..accel.fast import optimize  # fp16 + channels_last + compile buckets + CUDA graphs
             den = optimize(den, dtype=self.dtype if "CM_DTYPE" in os.environ else "auto",
-                           **_env_compile(), **fast_options())  # ZeroGPU: no compilation, no CUDA graphs
+                           **{**_env_compile(), **fast_options()})  # ZeroGPU wins: no compilation, no graphs
         return den
 
     def run(self, name: str, fn: Callable[[ModelSpec, Denoiser], Any]) -> Any:
