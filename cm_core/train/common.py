@@ -1,11 +1,16 @@
 """What both training loops share: the objective protocol, the model and objective factories,
-loading ``--init`` / ``--teacher`` weights, and the learning-rate and EMA schedules."""
+loading ``--init`` / ``--teacher`` weights, the learning-rate and EMA schedules, and the step log
+(progress bar, ``log.csv``, checkpoint cadence)."""
 from __future__ import annotations
 
+import csv
+import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import torch
+from tqdm import tqdm
 
 from ..models.checkpoints import load_denoiser
 from ..models.denoiser import Denoiser
@@ -80,3 +85,48 @@ def learning_rate(step: int, cfg: TrainConfig) -> float:
 def ema_decay(step: int, cfg: TrainConfig) -> float:
     """Slow-EMA decay with the usual warm-up ``min(ema, (1 + k) / (10 + k))``."""
     return min(cfg.ema, (1 + step) / (10 + step))
+
+
+class StepLog:
+    """The progress bar and ``log.csv`` (step, loss, lr, images/s) of steps ``start .. cfg.steps - 1``.
+
+    ``write=False`` (ranks other than 0) keeps the bar's bookkeeping but writes no file. Iterate it for
+    the steps, :meth:`record` each step's loss, and checkpoint when :meth:`checkpoint_due` says so.
+    """
+
+    def __init__(self, cfg: TrainConfig, out: Path, start: int, progress: bool, write: bool = True,
+                 desc: str = "") -> None:
+        self.cfg, self.losses = cfg, []
+        self._file = open(out / "log.csv", "a", newline="") if write else None
+        self._writer = csv.writer(self._file) if self._file is not None else None
+        self._bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
+                         desc=desc or f"train {cfg.method}", dynamic_ncols=True)
+        self.t0 = self._last = time.time()
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._bar)
+
+    def record(self, step: int, loss: float, objective: Objective) -> float:
+        """Log step ``step``'s loss (bar postfix with the mean of the last 50, a csv row); returns now."""
+        self.losses.append(loss)
+        now = time.time()
+        ips, self._last = self.cfg.batch_size / max(now - self._last, 1e-9), now
+        recent = self.losses[-50:]
+        self._bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", img_s=f"{ips:.0f}",
+                              **{k: f"{v:.4g}" for k, v in objective.log(step).items()})
+        if self._writer is not None:
+            self._writer.writerow([step + 1, f"{loss:.6f}", f"{learning_rate(step, self.cfg):.3g}", f"{ips:.1f}"])
+        return now
+
+    def checkpoint_due(self, step: int) -> bool:
+        """Whether to checkpoint after step ``step`` (every ``save_every`` steps and at the end);
+        the log is flushed first, so it never runs behind a checkpoint."""
+        done = step + 1
+        due = done % self.cfg.save_every == 0 or done == self.cfg.steps
+        if due and self._file is not None:
+            self._file.flush()
+        return due
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()

@@ -9,18 +9,15 @@ to float reduction order. Rank 0 alone writes checkpoints and the log.
 from __future__ import annotations
 
 import contextlib
-import csv
-import time
 from pathlib import Path
 from typing import Any
 
 import torch
-from tqdm import tqdm
 
 from ..accel.distributed import init_group, local_device, rank_world
 from ..models.checkpoints import pick_device
 from ..models.denoiser import Denoiser
-from .common import Objective, build_model, ema_decay, learning_rate, make_objective
+from .common import Objective, StepLog, build_model, ema_decay, learning_rate, make_objective
 from .config import TrainConfig
 from .dropout import install_train_dropout, position_dropout
 from .loader import PositionDataset, StepBatches, make_loader
@@ -164,24 +161,12 @@ def run_parallel(cfg: TrainConfig, resume: bool, progress: bool) -> dict:
 
 
 def _loop(tr: Trainer, ddp: torch.nn.Module, batches, start: int, progress: bool) -> list[float]:
-    cfg, losses = tr.cfg, []
-    log = open(tr.out / "log.csv", "a", newline="") if tr.rank == 0 else None
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
-               desc=f"train {cfg.method} x{tr.world}", dynamic_ncols=True)
-    t0 = last = time.time()
-    for step in bar:
-        losses.append(tr.step(ddp, [next(batches) for _ in range(cfg.grad_accum)], step))
-        now = time.time()
-        ips, last = cfg.batch_size / max(now - last, 1e-9), now
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", img_s=f"{ips:.0f}",
-                        **{k: f"{v:.4g}" for k, v in tr.objective.log(step).items()})
-        if log is not None:
-            csv.writer(log).writerow([step + 1, f"{losses[-1]:.6f}", f"{learning_rate(step, cfg):.3g}",
-                                      f"{ips:.1f}"])
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            if log is not None:
-                log.flush()
-            tr.checkpoint(step + 1, now - t0)
-    if log is not None:
-        log.close()
-    return losses
+    cfg = tr.cfg
+    log = StepLog(cfg, tr.out, start, progress, write=tr.rank == 0, desc=f"train {cfg.method} x{tr.world}")
+    for step in log:
+        loss = tr.step(ddp, [next(batches) for _ in range(cfg.grad_accum)], step)
+        now = log.record(step, loss, tr.objective)
+        if log.checkpoint_due(step):
+            tr.checkpoint(step + 1, now - log.t0)
+    log.close()
+    return log.losses

@@ -3,18 +3,15 @@ for the released weights, per-step seeded randomness (so a resumed run draws wha
 would), periodic resumable checkpoints and a tqdm bar with loss and images/s."""
 from __future__ import annotations
 
-import csv
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import torch
-from tqdm import tqdm
 
 from ..accel.distributed import rank_world
 from ..models.checkpoints import pick_device
 from ..models.denoiser import Denoiser
-from .common import Objective, build_model, ema_decay, learning_rate, make_objective
+from .common import Objective, StepLog, build_model, ema_decay, learning_rate, make_objective
 from .config import TrainConfig
 from .data import ImageDataset, load_dataset
 from .rng import StepRng
@@ -107,29 +104,17 @@ def _loop(model: Denoiser, objective: Objective, opt: torch.optim.Optimizer, ema
           ds: ImageDataset, cfg: TrainConfig, start: int, device: torch.device, out: Path,
           progress: bool) -> list[float]:
     """Steps ``start .. cfg.steps - 1`` with logging and checkpoints."""
-    losses: list[float] = []
     epoch = _epoch_of(start, cfg, ds)
     ds.recolor(epoch)
-    log = open(out / "log.csv", "a", newline="")
-    writer = csv.writer(log)
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
-               desc=f"train {cfg.method}", dynamic_ncols=True)
-    t0 = last = time.time()
-    for step in bar:
+    log = StepLog(cfg, out, start, progress)
+    for step in log:
         if _epoch_of(step, cfg, ds) != epoch:
             epoch = _epoch_of(step, cfg, ds)
             ds.recolor(epoch)
-        losses.append(train_step(model, objective, opt, ds, cfg, step, device))
+        loss = train_step(model, objective, opt, ds, cfg, step, device)
         ema_update(ema, model, ema_decay(step, cfg))
-        now = time.time()
-        ips = cfg.batch_size / max(now - last, 1e-9)
-        last = now
-        bar.set_postfix(loss=f"{sum(losses[-50:]) / len(losses[-50:]):.4f}", img_s=f"{ips:.0f}",
-                        **{k: f"{v:.4g}" for k, v in objective.log(step).items()})
-        writer.writerow([step + 1, f"{losses[-1]:.6f}", f"{learning_rate(step, cfg):.3g}", f"{ips:.1f}"])
-        done = step + 1
-        if done % cfg.save_every == 0 or done == cfg.steps:
-            log.flush()
-            _checkpoint(out, cfg, done, model, ema, objective, opt, now - t0)
+        now = log.record(step, loss, objective)
+        if log.checkpoint_due(step):
+            _checkpoint(out, cfg, step + 1, model, ema, objective, opt, now - log.t0)
     log.close()
-    return losses
+    return log.losses
