@@ -276,3 +276,18 @@ def test_the_real_hub_client_offline_is_a_clear_error(space):
     with pytest.raises(CheckpointError, match="could not list openai/diffusers-ct_imagenet64"):
         S.ensure_model("ct_imagenet64")
     assert not is_available(get_spec("ct_imagenet64"))
+
+
+def test_a_hub_error_with_an_empty_message_is_still_a_clear_error(space, remote, monkeypatch):
+    """``TimeoutError()`` has no message: the error names its type instead of failing on it."""
+    hub = StandInHub(space, {"openai/diffusers-cd_imagenet64_lpips": remote})
+
+    def silent(*a, **k):
+        raise TimeoutError()
+    monkeypatch.setattr(hub, "download", silent)
+    monkeypatch.setattr(hub_fetch, "CLIENT", hub)
+    with pytest.raises(CheckpointError, match=r"download of .* failed \(TimeoutError\)"):
+        S.ensure_model("cd_imagenet64_lpips")
+    monkeypatch.setattr(hub, "files", silent)
+    with pytest.raises(CheckpointError, match=r"could not list .* \(TimeoutError\)"):
+        S.ensure_model("cd_imagenet64_lpips")

@@ -81,7 +81,7 @@ def verify(path: Path, spec: ModelSpec) -> None:
         raise CheckpointError(f"{path}: sha256 mismatch; delete it and run {FETCH_CMD} {spec.name}")
 
 
-def _first_line(e: BaseException) -> str:
+def first_line(e: BaseException) -> str:
     """``Type: first line of the message`` (some errors, e.g. EOFError, have an empty message)."""
     lines = str(e).splitlines()
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
@@ -94,10 +94,10 @@ def read_original(path: Path) -> dict[str, torch.Tensor]:
     except (pickle.UnpicklingError, AttributeError, TypeError) as e:
         raise CheckpointError(f"{path}: refused to load: the file contains pickled objects other than "
                               f"tensors (it could run code); only plain state_dict files are accepted "
-                              f"({_first_line(e)})") from None
+                              f"({first_line(e)})") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"{path}: not a readable checkpoint (empty, truncated or corrupt: "
-                              f"{_first_line(e)}); re-download it with {FETCH_CMD}") from None
+                              f"{first_line(e)}); re-download it with {FETCH_CMD}") from None
     for key in ("state_dict", "model", "ema"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -277,7 +277,7 @@ def _hub_download(repo: str) -> Path:
         from huggingface_hub import snapshot_download
         return Path(snapshot_download(repo, allow_patterns=["*.json", "unet/*", "*.safetensors"]))
     except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth...
-        raise CheckpointError(f"could not get Hub repo {repo!r}: {str(e).splitlines()[0][:200]} "
+        raise CheckpointError(f"could not get Hub repo {repo!r}: {first_line(e)} "
                               "(offline? set HF_HUB_OFFLINE=0 and check the network, or pass a local path)") from None
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .checkpoints import HUB_CONFIGS, HUB_WEIGHTS, CheckpointError, checkpoint_dir, is_available, local_path
+from .checkpoints import HUB_CONFIGS, HUB_WEIGHTS, CheckpointError, checkpoint_dir, first_line, is_available, local_path
 from .download import Progress, fetch_original
 from .registry import ModelSpec
 
@@ -126,7 +126,7 @@ def fetch_hub_files(spec: ModelSpec, progress: Progress | None = None, expected_
     except CheckpointError:
         raise
     except Exception as e:  # noqa: BLE001 - offline, unknown repo, auth
-        raise CheckpointError(f"could not list {repo} on the Hub ({str(e).splitlines()[0][:200]}); "
+        raise CheckpointError(f"could not list {repo} on the Hub ({first_line(e)}); "
                               "check the network, or fetch it elsewhere into the Hub cache") from None
     names = {f for f, _ in files}
     weights = next((w for w in HUB_WEIGHTS if w in names), None)
@@ -145,7 +145,7 @@ def fetch_hub_files(spec: ModelSpec, progress: Progress | None = None, expected_
         try:
             client.download(repo, name, commit, on_bytes)
         except Exception as e:  # noqa: BLE001 - network, disk
-            raise CheckpointError(f"download of {repo}/{name} failed ({str(e).splitlines()[0][:200]}); "
+            raise CheckpointError(f"download of {repo}/{name} failed ({first_line(e)}); "
                                   "choose the model again to resume") from None
         base += size or got
 

@@ -12,7 +12,7 @@ from typing import Protocol
 import torch
 from tqdm import tqdm
 
-from ..models.checkpoints import load_denoiser
+from ..models.checkpoints import first_line, load_denoiser
 from ..models.denoiser import Denoiser
 from ..models.network import build_unet
 from ..models.registry import REGISTRY
@@ -74,7 +74,7 @@ def _copy_weights(model: Denoiser, src: Denoiser, name: str) -> None:
         model.net.load_state_dict(src.net.state_dict())
     except RuntimeError as e:
         raise ValueError(f"{name}: its architecture differs from the training config (pass the "
-                         f"matching --preset or architecture flags): {str(e).splitlines()[0][:200]}") from None
+                         f"matching --preset or architecture flags): {first_line(e)}") from None
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
