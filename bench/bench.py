@@ -16,6 +16,11 @@ speed-up over diffusers fp32 and over the best diffusers row of the same model a
 of the compute limit (FLOPs per image / the device's dense fp16 tensor peak), and max abs vs fp32
 of the same code (diffusers half vs diffusers fp32, ours fast vs ours exact) on the same noise, 2
 images, final [-1, 1] images. Prints a Markdown table (paste it into bench/RESULTS.md).
+
+On CPU the "diffusers fp32/bf16" rows run first, before any ``optimize`` call, i.e. with glibc's
+default allocator, as a user runs the pipeline; ``optimize`` then tunes the process's allocator
+(:mod:`cm_core.accel.cpu_malloc`), and diffusers is measured once more in it ("(tuned malloc)"
+rows). The speed-up columns are against the default-allocator rows.
 """
 from __future__ import annotations
 
@@ -39,6 +44,7 @@ from cm_core.models.network import build_unet  # noqa: E402
 from cm_core.models.registry import IMAGENET64, LSUN256, ArchSpec, ModelSpec, get_spec  # noqa: E402
 from cm_core.sampling.generate import SampleSettings, labels_for, sample_batch  # noqa: E402
 
+DIFFUSERS = ("diffusers fp32", "diffusers fp16", "diffusers bf16")  # the ratios' reference rows
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L4": 121.0, "4090": 165.0}
 PARAMS = {IMAGENET64: 295_899_267, LSUN256: 526_304_771}
 
@@ -161,41 +167,56 @@ def run_row(row: Row, fn: Callable[[int, int], torch.Tensor], device: torch.devi
         med, first = measure(lambda: fn(1, row.steps), device, iters)
         row.ms_b1, row.first_ms = 1e3 * med, 1e3 * first
     if row.batch > 1:
-        row.ips = row.batch / measure(lambda: fn(row.batch, row.steps), device, max(1, iters // 4))[0]
+        row.ips = row.batch / measure(lambda: fn(row.batch, row.steps), device, max(3, iters // 2))[0]
     if cuda:
         row.mem_gib = (torch.cuda.max_memory_allocated(device) - base) / 2 ** 30 + weights_gib
     print(f"  {row.model} {row.steps}-step {row.impl}: b1 {row.ms_b1} ms, {row.ips} img/s", flush=True)
     return row
 
 
+def diffusers_rows(spec: ModelSpec, device: torch.device, big: int, steps_list: tuple[int, ...],
+                   iters: int, den: Denoiser | None = None, label: str = "", batch1: bool = True
+                   ) -> list[Row]:
+    """diffusers' pipeline in fp32 and fp16 (CUDA) / bf16 (CPU) on ``den`` (default: the bench's
+    weights of ``spec``). The half-precision row's error is against the fp32 pipeline."""
+    den = den if den is not None else make_denoiser(spec, device)
+    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    d32 = diffusers_call(den, spec, torch.float32, device)
+    d16 = diffusers_call(den, spec, half, device)
+    rows, flops = [], flops_per_image(spec.arch)
+    for steps in steps_list:
+        for name, fn, gib in ((f"diffusers fp32{label}", d32, _weights_gib(den)),
+                              (f"diffusers {str(half)[6:].replace('bfloat', 'bf').replace('float', 'fp')}{label}",
+                               d16, _weights_gib(den) / 2)):
+            row = Row(spec.name, steps, name, batch=big, flops=flops)
+            if fn is d16:
+                row.err = max_err(d16, d32, steps)
+            rows.append(run_row(row, fn, device, iters, gib, batch1))
+    return rows
+
+
 def bench_model(spec: ModelSpec, device: torch.device, big: int, steps_list: tuple[int, ...],
-                iters: int, batch1: bool = True, edit: bool = True, compile: bool | str = "auto"
-                ) -> list[Row]:
+                iters: int, batch1: bool = True, edit: bool = True, compile: bool | str = "auto",
+                untuned: list[Row] | None = None) -> list[Row]:
     """All rows of one model: diffusers fp32 and fp16 (CUDA) / bf16 (CPU), exact fp32, fast
-    (``cm_core.optimize``); plus editing. Errors: max abs vs the fp32 row of the same code."""
-    cuda = device.type == "cuda"
+    (``cm_core.optimize``); plus editing. Errors: max abs vs the fp32 row of the same code.
+    ``untuned``: diffusers rows measured before this process's allocator was tuned (CPU); the
+    diffusers rows measured here are then labelled "(tuned malloc)"."""
     den = make_denoiser(spec, device)
     flops = flops_per_image(spec.arch)
     with timed(device) as t:  # every bucket the rows use (max_err samples 2), so no compile overlaps a timing
         fast = optimize(den, copy=True, compile=compile, warm_buckets=(1, 2, big), background=False)
     compile_s = t["s"] if fast._compiled is not None else None
-    half = torch.float16 if cuda else torch.bfloat16
-    d32 = diffusers_call(den, spec, torch.float32, device)
-    d16 = diffusers_call(den, spec, half, device)
-    impls: list[tuple[str, Callable, float, Callable]] = [
-        ("diffusers fp32", d32, _weights_gib(den), d32),
-        (f"diffusers {'fp16' if cuda else 'bf16'}", d16, _weights_gib(den) / 2, d32),
-        ("ours exact fp32", ours_call(den, spec), _weights_gib(den), ours_call(den, spec)),
-        (f"ours fast {str(fast.dtype)[6:]}", ours_call(fast, spec), _weights_gib(fast), ours_call(den, spec))]
-    rows = []
+    label = " (tuned malloc)" if untuned is not None else ""
+    rows = (untuned or []) + diffusers_rows(spec, device, big, steps_list, iters, den, label, batch1)
+    exact = ours_call(den, spec)
     for steps in steps_list:
-        for name, fn, gib, ref in impls:
+        for name, d in (("ours exact fp32", den), (f"ours fast {str(fast.dtype)[6:]}", fast)):
             row = Row(spec.name, steps, name, batch=big, flops=flops)
-            if name.startswith("ours fast"):
-                row.compile_s = compile_s
-            if fn is not ref:
-                row.err = max_err(fn, ref, steps)
-            rows.append(run_row(row, fn, device, iters, gib, batch1))
+            fn = exact if d is den else ours_call(fast, spec)
+            if d is fast:
+                row.compile_s, row.err = compile_s, max_err(fn, exact, steps)
+            rows.append(run_row(row, fn, device, iters, _weights_gib(d), batch1))
     if edit:
         ne = len(spec.ts) - 1
         for name, d in (("edit: inpaint exact fp32", den), ("edit: inpaint fast", fast)):
@@ -235,7 +256,7 @@ def table(rows: list[Row], peak: float | None) -> str:
            "x diffusers fp32 (b1 / batch) | x best diffusers (b1 / batch) | % of limit (b1 / batch) | max abs vs fp32 |",
            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
-        ref = [x for x in rows if x.model == r.model and x.steps == r.steps and "diffusers" in x.impl
+        ref = [x for x in rows if x.model == r.model and x.steps == r.steps and x.impl in DIFFUSERS
                and not r.impl.startswith("edit")]  # diffusers has no editing: no ratio there
         sp = [_ratios(r, [x for x in ref if x.impl == "diffusers fp32"]), _ratios(r, ref)]
         lim = "-"
@@ -266,11 +287,15 @@ def main() -> None:
     if args.models:
         plan = {m: plan.get(m, (16, (1,), False)) for m in args.models.split(",")}
     rows = []
+    its = {name: iters or (20 if cuda else 10 if get_spec(name).embedded else 2) for name in plan}
+    # CPU: diffusers as a user runs it, before optimize() tunes this process's allocator
+    untuned = {name: diffusers_rows(get_spec(name), dev, big, steps, its[name])
+               for name, (big, steps, _) in plan.items()} if not cuda else {}
     for name, (big, steps, edit) in plan.items():
         print(f"{name}: FLOPs/image {flops_per_image(get_spec(name).arch) / 1e9:.1f} G", flush=True)
         comp = {"auto": "auto", "on": True, "off": False}[args.compile]
-        it = iters or (20 if cuda else 10 if get_spec(name).embedded else 2)
-        rows += bench_model(get_spec(name), dev, big, steps, it, edit=edit, compile=comp)
+        rows += bench_model(get_spec(name), dev, big, steps, its[name], edit=edit, compile=comp,
+                            untuned=untuned.get(name))
     what = torch.cuda.get_device_name(dev) if cuda else f"{platform.processor() or platform.machine()}, " \
         f"{torch.get_num_threads()} threads"
     print(f"\n{what}; torch {torch.__version__}; {datetime.date.today()}\n")

@@ -14,7 +14,7 @@ from cm_core.models.registry import REGISTRY, get_spec
 @pytest.fixture(autouse=True)
 def exact_path(monkeypatch):
     """The model cache's stand-in loaders return objects that are no networks: no fast path
-    (CM_FAST=auto would put them on it on a CPU with native bf16)."""
+    (CM_FAST=auto would put them on it on a CPU)."""
     monkeypatch.setenv("CM_FAST", "0")
 
 

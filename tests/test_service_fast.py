@@ -1,4 +1,4 @@
-"""The app's model cache puts models on the fast path where it pays (CUDA), or when asked."""
+"""The app's model cache puts models on the fast path where it pays (CUDA, CPUs), or when asked."""
 import numpy as np
 import pytest
 
@@ -13,12 +13,12 @@ def test_fast_path_switch(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
     from cm_core.accel import cpu as cpu_mod
     monkeypatch.delenv("CM_FAST", raising=False)
-    for bf16 in (False, True):  # auto: CUDA, and CPUs with native bf16
+    for bf16 in (False, True):  # auto: CUDA and CPUs (their plan depends on native bf16), not MPS
         monkeypatch.setattr(cpu_mod, "native_bf16", lambda bf16=bf16: bf16)
-        assert _use_fast(cpu) == bf16 and _use_fast(cuda)
+        assert _use_fast(cpu) and _use_fast(cuda) and not _use_fast(torch.device("mps"))
     monkeypatch.setattr(cpu_mod, "native_bf16", lambda: False)
     monkeypatch.setenv("CM_FAST", "1")
-    assert _use_fast(cpu)
+    assert _use_fast(cpu) and _use_fast(torch.device("mps"))
     monkeypatch.setenv("CM_FAST", "0")
     assert not _use_fast(cuda)
     monkeypatch.setenv("CM_FAST", "yes")

@@ -1,36 +1,37 @@
-"""CPU-specific choices of the fast path: native bf16 detection, CPU buckets, the CPU compiler.
+"""CPU-specific choices of the fast path: native bf16 detection, the CPU plan, buckets, the compiler.
 
 On a CPU whose vector units compute bf16 natively (x86 ``avx512_bf16`` or ``amx_bf16``, i.e. Intel
-Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later) oneDNN runs bf16 convolutions and
-matrix products at about twice the fp32 rate (more with AMX) and moves half the bytes, so the fast
-path runs the UNet body in bf16 with channels_last activations there. Elsewhere bf16 is emulated
-(slower than fp32), so fp32 stays. Measured on a 2-core AMD EPYC (Zen 4, ``avx512_bf16``): bf16 +
-channels_last ~3x fp32 on the ImageNet 64 architecture (issue 14), with max abs 2-3e-2 on final
-images, which is why every bf16 variant checks itself against fp32 (:mod:`cm_core.accel.verify`).
+Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later) oneDNN runs bf16 convolutions at about
+twice the fp32 rate (measured on 2 Zen 5 cores: 850-890 against 420-440 GFLOP/s on the UNets' 3x3
+convolutions; AMX has several times more) and moves half the bytes, so the fast path runs the
+released UNets in bf16 with channels_last activations there, with the attention of
+:mod:`cm_core.accel.cpu_attention` and the allocator settings of :mod:`cm_core.accel.cpu_malloc`.
+Elsewhere bf16 is emulated (slower than fp32), so fp32 stays. Every variant checks itself against
+fp32 (:mod:`cm_core.accel.verify`). :func:`cpu_plan` has the choices and their measurements.
 
 Compilation on CPU: Inductor with ``freezing`` (weights folded as constants and pre-packed for
-oneDNN) and optionally ``max_autotune``, in the background over :data:`CPU_BUCKETS` while eager bf16
-serves. It pays most where Python and kernel-launch overhead matter: the embedded 32 px net (1.4M
-parameters, 16 images) went from 73 to 41 ms in bf16 (eager -> compiled; ~2 min of compilation per
-bucket cold, 26 s from the persistent cache), but only 73 -> 69 ms in fp32, and bf16 is too near the
-quality bound there (:func:`cpu_plan`). On the released networks (300-500M parameters, compute-bound)
-it gains ~15% at batch 1 for ~130 s per bucket. So ``compile="auto"`` does not compile on CPU;
+oneDNN) and optionally ``max_autotune``, in the background over :data:`CPU_BUCKETS` while eager
+serves. On the released networks (300-500M parameters, compute-bound: 87% of the ImageNet 64
+step's FLOPs are convolutions already at oneDNN's speed) it gave nothing (Zen 4: 757-812 ms
+compiled against 715-724 ms eager, 250 s to compile a bucket); on the embedded 32 px net it gains
+~8% in fp32 (48 against 52 ms, 60 s per bucket). So ``compile="auto"`` does not compile on CPU;
 ``compile=True`` (``CM_COMPILE=1`` in the app) does, in the background over :data:`CPU_BUCKETS`.
 """
 from __future__ import annotations
 
 import functools
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from .compile_cache import Compiler, StepFn
 
-__all__ = ["CPU_BUCKETS", "CPU_COMPILE_MAX_PARAMS", "cpu_compile_pays", "cpu_compiler", "cpu_plan",
-           "native_bf16"]
+__all__ = ["CPU_BUCKETS", "SMALL_NET_PARAMS", "CpuPlan", "cpu_compiler", "cpu_plan", "native_bf16",
+           "small_net"]
 
-CPU_COMPILE_MAX_PARAMS = 20_000_000
+SMALL_NET_PARAMS = 20_000_000
 
 # bounded: the app's CM_MAX_BATCH is 16; larger CPU batches are padded to a multiple of 16
 CPU_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
@@ -75,26 +76,39 @@ def cpu_compiler(max_autotune: bool = False) -> Compiler:
     return comp
 
 
-def cpu_compile_pays(net: torch.nn.Module) -> bool:
-    """Whether a network is small (at most :data:`CPU_COMPILE_MAX_PARAMS` parameters): overhead-bound
-    on a CPU, where bf16 pays little (see :func:`cpu_plan`)."""
-    return sum(p.numel() for p in net.parameters()) <= CPU_COMPILE_MAX_PARAMS
+def small_net(net: torch.nn.Module) -> bool:
+    """Whether a network is small (at most :data:`SMALL_NET_PARAMS` parameters, the embedded ones):
+    overhead-bound on a CPU, where bf16 pays little (see :func:`cpu_plan`), and cheap enough to
+    self-check on 16 images (:func:`cm_core.accel.verify.check_images`)."""
+    return sum(p.numel() for p in net.parameters()) <= SMALL_NET_PARAMS
 
 
-def cpu_plan(net: torch.nn.Module) -> tuple[torch.dtype, bool]:
-    """``(dtype, compile)`` of ``dtype="auto"``, ``compile="auto"`` on this CPU.
+@dataclass(frozen=True)
+class CpuPlan:
+    """What ``dtype="auto"``, ``compile="auto"``, ``channels_last="auto"`` mean for a network on
+    this CPU (:func:`cpu_plan`)."""
+    dtype: torch.dtype
+    compile: bool
+    channels_last: bool
 
-    - no native bf16: ``(float32, False)``, the exact path;
-    - a large network (the released ones): ``(bfloat16, False)``: bf16 + channels_last eager, ~2-3x
-      fp32, max abs ~1e-2 vs fp32 on final images;
-    - a small network (the embedded 32 px ones): ``(float32, False)``, the exact path. bf16 pays
-      little there (overhead-bound: 16 images 73 -> 72 ms eager) and its weight rounding alone costs
-      1.6e-2 on the trained 1.4M-parameter net, whose two-step samples then reach 3.4e-2, over the
-      3e-2 bound; compiled fp32 gains only ~5-10% (69 ms) for ~80 s of compilation per bucket.
-      Compiled bf16 runs 41 ms with max abs 2.95e-2 one-step, too near the bound to be a default
-      (``optimize(den, dtype="bf16", compile=True)`` gives it, self-checked).
+
+def cpu_plan(net: torch.nn.Module) -> CpuPlan:
+    """The CPU defaults for ``net`` (measured on 2 cores of a Zen 5 EPYC, issue 14):
+
+    - a large network (the released ones) on a CPU with native bf16: bf16 + channels_last eager,
+      with :mod:`cm_core.accel.cpu_attention`: ~2.2-3x fp32, max abs ~1e-2 vs fp32 on final images;
+      without native bf16: the exact path (fp32, eager, contiguous);
+    - a small network (the embedded 32 px ones), on any CPU: fp32 + channels_last eager. oneDNN's
+      channels_last kernels run its 32-64-channel convolutions faster (16 images 68 -> 52 ms) with
+      max abs ~7e-6 vs the exact path. bf16 is off: it is overhead-bound there (46-55 ms eager) and
+      its rounding reaches 2.8-3.6e-2 on the trained 1.4M-parameter net (16-64 images, one and two
+      steps), at or over the 3e-2 bound, and no mix of fp32 parts stays clearly within it (half
+      the network in fp32 still gives 2.6e-2). Compiled fp32 gains ~8% (48 ms) for ~60 s of
+      compilation per bucket; compiled bf16 runs 36 ms at 3.1e-2 (``optimize(den, dtype="bf16",
+      compile=True)`` gives it, self-checked).
     """
+    if small_net(net):
+        return CpuPlan(torch.float32, False, True)
     if not native_bf16():
-        return torch.float32, False
-    small = cpu_compile_pays(net)
-    return (torch.float32, False) if small else (torch.bfloat16, False)
+        return CpuPlan(torch.float32, False, False)
+    return CpuPlan(torch.bfloat16, False, True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -96,3 +97,16 @@ class GraphedCall:
                     dst.copy_(src, non_blocking=True)
             self.graph.replay()
             return self.out.clone()
+
+
+@contextlib.contextmanager
+def timed(device: torch.device) -> Iterator[dict]:
+    """``with timed(dev) as t: ...`` then ``t["s"]``: wall seconds, synchronising CUDA around it."""
+    res: dict = {}
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    yield res
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    res["s"] = time.perf_counter() - t0

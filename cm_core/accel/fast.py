@@ -38,13 +38,11 @@ caches, :class:`~cm_core.accel.compile_cache.BackgroundCompiler`); their public 
 """
 from __future__ import annotations
 
-import contextlib
 import copy as _copy
 import os
 import threading
-import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import torch
@@ -61,7 +59,9 @@ from .compile_cache import (
     log,
 )
 from .cpu import CPU_BUCKETS, cpu_compiler, cpu_plan, native_bf16
-from .cuda_graphs import GraphedCall, capture_slot, is_oom
+from .cpu_attention import attention_processors, install_cpu_attention
+from .cpu_malloc import tune_allocator
+from .cuda_graphs import GraphedCall, capture_slot, is_oom, timed
 from .verify import SelfCheck, _pad
 
 __all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
@@ -105,12 +105,6 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
     return -(-n // top) * top
 
 
-def attention_processors(net: torch.nn.Module) -> set[str]:
-    """Names of the attention processors in ``net`` (``AttnProcessor2_0`` = PyTorch SDPA, which
-    dispatches to flash / memory-efficient kernels on CUDA in half precision)."""
-    return {type(m.processor).__name__ for m in net.modules() if hasattr(m, "processor")}
-
-
 # --------------------------------------------------------------------------------- the denoiser
 class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
     """A :class:`Denoiser` run fast: same call contract, plus whole-loop :meth:`run_graphed`.
@@ -131,6 +125,9 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
         self.den = den.to(device=device, dtype=dtype).eval()
         if channels_last:
             self.den.net.to(memory_format=torch.channels_last)
+        self.cpu_attention = device.type == "cpu" and dtype == torch.bfloat16 and channels_last
+        if self.cpu_attention:
+            install_cpu_attention(self.den.net)
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self.buckets, self.pad = tuple(sorted(buckets)), pad
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
@@ -346,7 +343,8 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
     from it, kept in fp32 as the exact reference; the variant is a cast copy. ``dtype``: ``"auto"``
     (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :func:`pick_dtype`) or explicit.
     On a CPU ``"auto"`` follows :func:`~cm_core.accel.cpu.cpu_plan`: with native bf16, large
-    networks run bf16 + channels_last eager, small ones the exact fp32 path. ``compile``:
+    networks run bf16 + channels_last eager (with the CPU attention of
+    :mod:`~cm_core.accel.cpu_attention`), small ones fp32 + channels_last eager. ``compile``:
     ``"auto"`` = on CUDA only; ``True`` compiles on CPU too (Inductor with freezing). ``mode``: torch.compile mode, default
     ``"max-autotune-no-cudagraphs"`` on CUDA (graphs are ours), ``"reduce-overhead"`` turns our
     whole-loop graphs off; on CPU ``"max-autotune"`` adds autotuning to freezing. Batches are
@@ -355,14 +353,19 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
     ``warm_buckets`` are queued for background compilation at once (others when first used);
     ``background=False`` blocks until they are compiled. ``compiler`` overrides torch.compile
     (tests). ``verify``: each variant checks itself against fp32 when it first serves
-    (:mod:`cm_core.accel.verify`). ``channels_last="auto"``: on CUDA and with CPU bf16.
+    (:mod:`cm_core.accel.verify`). ``channels_last="auto"``: on CUDA, with CPU bf16, and for small nets on CPU.
+    On a CPU it also tunes glibc's allocator once per process (:mod:`~cm_core.accel.cpu_malloc`;
+    ``CM_CPU_MALLOC=0`` turns that off).
     """
     dev = torch.device(device) if device is not None else next(den.parameters()).device
     cuda = dev.type == "cuda"
     buckets = tuple(batch_buckets or (CPU_BUCKETS if dev.type == "cpu" else DEFAULT_BUCKETS))
-    plan = cpu_plan(den) if dev.type == "cpu" else (None, cuda)
-    dt = plan[0] if dtype == "auto" and plan[0] is not None else pick_dtype(dev, dtype)
-    use_compile = compiler is not None or (plan[1] if compile == "auto" else bool(compile))
+    plan = cpu_plan(den) if dev.type == "cpu" else None
+    if plan is not None:
+        tune_allocator()
+    dt = plan.dtype if dtype == "auto" and plan is not None else pick_dtype(dev, dtype)
+    auto_compile = plan.compile if plan is not None else cuda
+    use_compile = compiler is not None or (auto_compile if compile == "auto" else bool(compile))
     mode = mode or ("max-autotune-no-cudagraphs" if cuda else "default")
     cache_file = None
     if use_compile and compiler is None:
@@ -376,7 +379,8 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
         torch.backends.cudnn.benchmark = True
     if copy:
         den = _copy.deepcopy(den)
-    cl = (cuda or dt == torch.bfloat16) if channels_last == "auto" else bool(channels_last)
+    auto_cl = cuda or dt == torch.bfloat16 or (plan is not None and plan.channels_last)
+    cl = auto_cl if channels_last == "auto" else bool(channels_last)
     exact = None
     if dt != torch.float32 or use_compile or cl:  # the variant differs: keep fp32 as the reference
         exact = den.to(device=dev, dtype=torch.float32).eval()
@@ -387,16 +391,3 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
     if use_compile and warm_buckets:
         fast.warmup(warm_buckets, block=not background)
     return fast
-
-
-@contextlib.contextmanager
-def timed(device: torch.device) -> Iterator[dict]:
-    """``with timed(dev) as t: ...`` then ``t["s"]``: wall seconds, synchronising CUDA around it."""
-    res: dict = {}
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    t0 = time.perf_counter()
-    yield res
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    res["s"] = time.perf_counter() - t0

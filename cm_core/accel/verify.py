@@ -1,9 +1,10 @@
 """Self-verification of the fast path: each fast variant checks itself against exact fp32 once.
 
 A *variant* is (model, device, dtype, batch bucket, compiled or not). The first time a variant would
-serve, :class:`SelfCheck` runs it on a fixed input (two images: pure noise at ``sigma_max``, i.e. a
-one-step sample, and noise at an intermediate level, as in multistep sampling and editing), padded to
-the bucket, and compares the clamped outputs with the exact fp32 :class:`~cm_core.models.denoiser.Denoiser`
+serve, :class:`SelfCheck` runs it on a fixed input (:func:`fixed_input`: half pure noise at
+``sigma_max``, i.e. one-step samples, half noise at intermediate levels, as in multistep sampling
+and editing; 16 images for small networks, 2 for the released ones, :func:`check_images`) in
+batches of the bucket, and compares the clamped outputs with the exact fp32 :class:`~cm_core.models.denoiser.Denoiser`
 on the same input. The quality bound (issue 14) is that of final images:
 
 - max abs difference <= :data:`MAX_ABS` (3e-2) in [-1, 1] units;
@@ -26,8 +27,10 @@ import torch
 
 from ..models.denoiser import Denoiser
 from .compile_cache import StepFn
+from .cpu import small_net
 
-__all__ = ["MAX_ABS", "MIN_PSNR", "Check", "SelfCheck", "compare", "describe_path", "fixed_input"]
+__all__ = ["MAX_ABS", "MIN_PSNR", "Check", "SelfCheck", "check_images", "compare",
+           "describe_path", "fixed_input"]
 
 MAX_ABS = 3e-2
 MIN_PSNR = 40.0
@@ -58,17 +61,29 @@ def compare(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]:
     return err, (math.inf if mse == 0 else 10 * math.log10(255.0 ** 2 / mse))
 
 
-def fixed_input(den: Denoiser, device: torch.device) -> tuple[torch.Tensor, torch.Tensor,
-                                                                 torch.Tensor | None]:
-    """The check's input: x [2, 3, R, R] f32 (noise * sigma_max; a smooth image plus noise at
-    sigma = 1), sigma [2] f32 and labels [2] long (classes 0 and 1, or None), from a fixed seed."""
+def check_images(den: Denoiser) -> int:
+    """How many images the check runs: 16 for a small network (:func:`~cm_core.accel.cpu.small_net`:
+    a check costs milliseconds there, and the max abs of a 16-image batch is what users see; two
+    images passed bf16 on the embedded net at 2.2e-2 while its 16-image batches reach 3.3e-2), 2 for
+    the released ones (the fp32 reference of 2 LSUN 256 images takes ~12-25 s on a CPU)."""
+    return 16 if small_net(den.net) else 2
+
+
+def fixed_input(den: Denoiser, device: torch.device, n: int = 2
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """The check's input from a fixed seed: x [n, 3, R, R] f32, sigma [n] f32, labels [n] long
+    (classes 0, 1, 2, ... or None). The first half is noise * sigma_max (one-step samples); the
+    rest is a smooth image plus noise at sigmas from 0.1 to 10 (multistep sampling and editing;
+    sigma 1 when there is one)."""
     r = int(den.image_size or den.net.config.sample_size)
     g = torch.Generator().manual_seed(20230301)
-    noise = torch.randn(2, 3, r, r, generator=g)
-    ramp = torch.linspace(-0.8, 0.8, r).view(1, 1, r).expand(3, r, r)
-    sig = torch.tensor([float(den.sigma_max), 1.0])
-    x = torch.stack([noise[0] * sig[0], ramp + noise[1] * sig[1]])
-    lab = torch.tensor([0, 1 % den.num_classes]) if den.class_cond else None
+    noise = torch.randn(n, 3, r, r, generator=g)
+    ramp = torch.linspace(-0.8, 0.8, r).view(1, 1, 1, r).expand(1, 3, r, r)
+    half = n - n // 2
+    mids = torch.logspace(-1, 1, n // 2) if n > 2 else torch.ones(n // 2)
+    sig = torch.cat([torch.full((half,), float(den.sigma_max)), mids])
+    x = noise * sig.view(-1, 1, 1, 1) + torch.cat([torch.zeros(half, 3, r, r), ramp.expand(n // 2, 3, r, r)])
+    lab = torch.arange(n) % den.num_classes if den.class_cond else None
     return x.to(device), sig.to(device), (lab.to(device) if lab is not None else None)
 
 
@@ -134,18 +149,23 @@ class SelfCheck:
 
     def _reference(self) -> torch.Tensor:
         if self._ref is None:
-            x, sig, lab = fixed_input(self.den, self.device)
+            x, sig, lab = fixed_input(self.den, self.device, check_images(self.den))
             ref_den = self.exact if self.exact is not None else self.den
             with torch.no_grad():
                 self._ref = ref_den(x.float(), sig, lab).float().clamp(-1, 1)
         return self._ref
 
     def _run_check(self, b: int, compiled: bool) -> Check:
-        x, sig, lab = fixed_input(self.den, self.device)
+        x, sig, lab = fixed_input(self.den, self.device, check_images(self.den))
         fn: StepFn = self._compiled if compiled and self._compiled is not None else self._step_impl
-        with torch.no_grad():
-            out = fn(_pad(x, b), _pad(sig, b), _pad(lab, b))[: x.shape[0]]
-        err, psnr = compare(out, self._reference())
+        outs = []
+        with torch.no_grad():  # in batches of the bucket (padded), as the variant serves
+            for i in range(0, x.shape[0], b):
+                part = slice(i, i + b)
+                n = x[part].shape[0]
+                outs.append(fn(_pad(x[part], b), _pad(sig[part], b),
+                               _pad(lab[part] if lab is not None else None, b))[:n])
+        err, psnr = compare(torch.cat(outs), self._reference())
         c = Check(self._variant_name(b, compiled), err, psnr, err <= MAX_ABS and psnr >= MIN_PSNR)
         (log.info if c.ok else log.warning)("%s self-check: %s", getattr(self, "name", "") or "model",
                                             c.describe())

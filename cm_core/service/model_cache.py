@@ -153,16 +153,17 @@ def _release(den: Denoiser) -> None:
 
 
 def _use_fast(device: torch.device) -> bool:
-    """``$CM_FAST``: ``auto`` (default: the fast path on CUDA and on CPUs with native bf16, where it
-    runs bf16 + channels_last and checks itself against fp32), ``1`` (everywhere; on other CPUs its
-    defaults give the exact numbers) or ``0`` (never)."""
+    """``$CM_FAST``: ``auto`` (default: the fast path on CUDA and on CPUs: there it runs the
+    released nets in bf16 + channels_last where the CPU has native bf16 and exactly elsewhere, the
+    embedded nets in fp32 + channels_last, each variant checked against fp32, and tunes the
+    allocator; see :func:`cm_core.accel.cpu.cpu_plan`), ``1`` (everywhere, MPS too) or ``0``
+    (never: the exact fp32 Denoiser)."""
     mode = os.environ.get("CM_FAST", "auto").strip().lower()
     if mode not in ("auto", "0", "1"):
         raise ValueError(f"CM_FAST must be auto, 0 or 1, got {mode!r}")
     if mode != "auto":
         return mode == "1"
-    from ..accel.cpu import native_bf16
-    return device.type == "cuda" or (device.type == "cpu" and native_bf16())
+    return device.type in ("cuda", "cpu")
 
 
 def _env_compile() -> dict[str, bool]:
