@@ -61,8 +61,9 @@ def test_npz_same_for_1_and_2_processes_and_any_batch(tiny_ckpt, tmp_path):
     diff = np.abs(one["arr_0"].astype(int) - other_batch["arr_0"].astype(int))
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3  # kernels round ~1e-6 apart per batch size
     assert np.array_equal(one["arr_1"], other_batch["arr_1"])
-    fast = _run(tiny_ckpt, tmp_path / "f.npz", batch_size=4, fast=True)  # CPU fast path = exact
-    assert np.array_equal(one["arr_0"], fast["arr_0"])
+    fast = _run(tiny_ckpt, tmp_path / "f.npz", batch_size=4, fast=True)  # fp32 channels_last on CPU
+    diff = np.abs(one["arr_0"].astype(int) - fast["arr_0"].astype(int))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
     out = tmp_path / "two.npz"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",

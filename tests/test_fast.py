@@ -20,11 +20,14 @@ SPEC = get_spec("cd_digits32")
 
 
 @pytest.fixture(autouse=True)
-def no_native_bf16(monkeypatch):
-    """These tests cover a CPU without native bf16 (fp32 defaults); tests/test_cpu_fast.py the other."""
+def exact_cpu_plan(monkeypatch):
+    """These tests cover the machinery (padding, compilation, graphs) on the exact CPU plan (fp32,
+    contiguous: a CPU without native bf16, and the small net not put in channels_last), so that
+    they can compare to the bit; tests/test_cpu_fast.py covers the CPU plans themselves."""
     from cm_core.accel import cpu
     monkeypatch.setattr(fast_mod, "native_bf16", lambda: False)
     monkeypatch.setattr(cpu, "native_bf16", lambda: False)
+    monkeypatch.setattr(fast_mod, "cpu_plan", lambda net: cpu.CpuPlan(torch.float32, False, False))
 
 
 @pytest.fixture(scope="module")
@@ -53,11 +56,17 @@ def test_dtype_and_buckets():
 
 
 def test_cpu_default_is_exact(den, inputs, ref):
+    """The exact CPU plan gives the Denoiser's numbers to the bit; the small net's own plan
+    (fp32 + channels_last) is within 1e-5."""
+    from cm_core.accel import cpu
     fast = optimize(den, copy=True)
-    assert fast.dtype == torch.float32 and not fast.pad and fast._compiled is None
-    err = (sampling.onestep(fast, *inputs) - ref).abs().max().item()
-    print(f"fp32 fast vs exact max abs: {err:.2e}")
-    assert err == 0.0
+    assert fast.dtype == torch.float32 and not fast.pad and fast._compiled is None and fast.exact is None
+    assert (sampling.onestep(fast, *inputs) - ref).abs().max().item() == 0.0
+    assert cpu.cpu_plan(den) == cpu.CpuPlan(torch.float32, False, True)
+    cl = optimize(den, copy=True, channels_last=True)
+    err = (sampling.onestep(cl, *inputs) - ref).abs().max().item()
+    print(f"fp32 channels_last vs exact max abs: {err:.2e}")
+    assert 0 < err < 1e-5 and cl.exact is not None
 
 
 @pytest.mark.parametrize("dtype,bound", [("fp16", 1e-2), ("bf16", 5e-2)])
