@@ -7,8 +7,9 @@ Every row samples with the same ``UNet2DModel`` weights. "diffusers" is
 ``ConsistencyModelPipeline`` + ``CMStochasticIterativeScheduler`` (``output_type="pt"``);
 "exact" is our fp32 :class:`~cm_core.models.denoiser.Denoiser`; "fast" is :func:`cm_core.accel.fast.optimize`
 (CUDA: fp16, channels_last, torch.compile max-autotune-no-cudagraphs, whole-call CUDA graphs;
-CPU with native bf16: bf16 + channels_last eager for the released nets, exact fp32 for the embedded
-one; ``--compile on`` adds Inductor with freezing). The half-precision diffusers row is fp16 on CUDA
+CPU: bf16 + channels_last eager with chunked attention for the released nets where bf16 is native,
+fp32 + channels_last for the embedded one, a tuned allocator; ``--compile on`` adds Inductor with
+freezing). The half-precision diffusers row is fp16 on CUDA
 and bf16 on CPU (pipeline cast with ``.to(dtype)``). Columns: ms at batch 1, img/s at the large
 batch, peak GPU memory, compile seconds (blocking compilation of the buckets used), first-call ms
 (the first batch-1 call after setup: lazy inits, and for the fast rows its self-check against fp32),

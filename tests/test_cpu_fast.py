@@ -211,3 +211,17 @@ def test_released_architectures_within_the_bound(arch, name, golden):
         _within_bound(sampling.onestep(f, x, lab), sampling.onestep(den, x, lab), f"bf16 {arch.image_size}px")
     assert all(c.ok for c in f.checks.values())
 
+
+
+def test_interleaved_bench_runs(monkeypatch):
+    """bench/cpu_interleaved.py: diffusers in a child process, ours here, one row per batch."""
+    import sys
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import cpu_interleaved
+    monkeypatch.setitem(cpu_interleaved.PLAN, "cd_digits32", (2,))
+    (row,) = cpu_interleaved.interleave("cd_digits32", rounds=1)
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:3] == ["cd_digits32", "2", "1"] and all(float(c) > 0 for c in cells[3:6])
+    assert cells[6].endswith("x") and "fast float32" in cells[8]
+    assert "cpu_interleaved" in sys.modules

@@ -1,0 +1,98 @@
+"""The CPU speed-up targets of issue 14, measured interleaved: robust to a shared machine's drift.
+
+    python bench/cpu_interleaved.py                    # embedded (b16), ImageNet 64 (b1, b8), LSUN 256 (b1)
+    python bench/cpu_interleaved.py --models cd_imagenet64_lpips --rounds 7
+
+``bench/bench.py`` measures each row in turn, so on a VM whose speed drifts by 10-25% within
+minutes, rows measured minutes apart are not comparable. Here every round times one one-step call
+of each implementation back to back, on the same weights and batch: diffusers' pipeline in fp32 and
+in bf16 in a **child process** that never calls ``cm_core.optimize`` (glibc's default allocator, as
+a user runs it), and ``cm_core.optimize`` (ours fast) in this process. It prints, per model and
+batch, the median seconds of each and the median over rounds of the per-round speed-ups.
+"""
+from __future__ import annotations
+
+import argparse
+import multiprocessing as mp
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench import diffusers_call, make_denoiser, ours_call  # noqa: E402
+from cm_core import optimize  # noqa: E402
+from cm_core.models.registry import get_spec  # noqa: E402
+
+PLAN = {"cd_digits32": (16,), "cd_imagenet64_lpips": (1, 8), "cd_bedroom256_lpips": (1,)}
+
+
+def _seconds(fn, *args) -> float:
+    t0 = time.perf_counter()
+    fn(*args)
+    return time.perf_counter() - t0
+
+
+def diffusers_worker(name: str, threads: int, conn) -> None:
+    """Child: diffusers fp32 and bf16 on the bench's weights of ``name``; answers ("fp32"|"bf16",
+    batch) with the seconds of one one-step call, until None."""
+    torch.set_num_threads(threads)
+    spec = get_spec(name)
+    den = make_denoiser(spec, torch.device("cpu"))
+    fns = {dt: diffusers_call(den, spec, getattr(torch, dt.replace("fp", "float").replace("bf", "bfloat")),
+                              torch.device("cpu")) for dt in ("fp32", "bf16")}
+    conn.send("ready")
+    while (msg := conn.recv()) is not None:
+        dt, batch = msg
+        conn.send(_seconds(fns[dt], batch, 1))
+
+
+def interleave(name: str, rounds: int) -> list[str]:
+    """Rounds of (diffusers fp32, diffusers bf16, ours fast) per batch; Markdown rows."""
+    ctx = mp.get_context("spawn")
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=diffusers_worker, args=(name, torch.get_num_threads(), child), daemon=True)
+    proc.start()
+    spec = get_spec(name)
+    fast = optimize(make_denoiser(spec, torch.device("cpu")), warm_buckets=())
+    ours = ours_call(fast, spec)
+    assert parent.recv() == "ready"
+    rows = []
+    for batch in PLAN.get(name, (1,)):
+        times: dict[str, list[float]] = {"fp32": [], "bf16": [], "ours": []}
+        for r in range(rounds + 1):  # round 0 warms up (first calls, the self-check)
+            for dt in ("fp32", "bf16"):
+                parent.send((dt, batch))
+                s = parent.recv()
+                times[dt].append(s) if r else None
+            s = _seconds(ours, batch, 1)
+            times["ours"].append(s) if r else None
+        med = {k: statistics.median(v) for k, v in times.items()}
+        up = {dt: statistics.median(a / b for a, b in zip(times[dt], times["ours"])) for dt in ("fp32", "bf16")}
+        rows.append(f"| {name} | {batch} | {rounds} | {1e3 * med['fp32'] / batch:.1f} | "
+                    f"{1e3 * med['bf16'] / batch:.1f} | {1e3 * med['ours'] / batch:.1f} | "
+                    f"{up['fp32']:.2f}x | {up['bf16']:.2f}x | {fast.describe_path(batch)} |")
+        print(rows[-1], flush=True)
+    parent.send(None)
+    proc.join(timeout=60)
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default=",".join(PLAN), help="comma list")
+    ap.add_argument("--rounds", type=int, default=5, help="timed rounds per batch (after one warm-up)")
+    args = ap.parse_args()
+    out = ["| model | batch | rounds | diffusers fp32 ms/img | diffusers bf16 ms/img | ours fast ms/img | "
+           "x diffusers fp32 | x diffusers bf16 | path |", "|---|---|---|---|---|---|---|---|---|"]
+    for name in args.models.split(","):
+        out += interleave(name, args.rounds)
+    print(f"\none step, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
+    print("\n".join(out))
+
+
+if __name__ == "__main__":
+    main()
