@@ -5,7 +5,8 @@ Cooper Lake / Sapphire Rapids and later, AMD Zen 4 and later) oneDNN runs bf16 c
 twice the fp32 rate (measured on 2 Zen 5 cores: 850-890 against 420-440 GFLOP/s on the UNets' 3x3
 convolutions; AMX has several times more) and moves half the bytes, so the fast path runs the
 released UNets in bf16 with channels_last activations there, with the attention of
-:mod:`cm_core.accel.cpu_attention` and the allocator settings of :mod:`cm_core.accel.cpu_malloc`.
+:mod:`cm_core.accel.cpu_attention`, the in-place resnet blocks of :mod:`cm_core.accel.lean_blocks`
+and the allocator settings of :mod:`cm_core.accel.cpu_malloc`.
 Elsewhere bf16 is emulated (slower than fp32), so fp32 stays. Every variant checks itself against
 fp32 (:mod:`cm_core.accel.verify`). :func:`cpu_plan` has the choices and their measurements.
 

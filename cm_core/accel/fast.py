@@ -61,6 +61,7 @@ from .compile_cache import (
 from .cpu import CPU_BUCKETS, cpu_compiler, cpu_plan, native_bf16
 from .cpu_attention import attention_processors, install_cpu_attention
 from .cpu_malloc import tune_allocator
+from .lean_blocks import install_lean_resnets
 from .cuda_graphs import GraphedCall, capture_slot, is_oom, timed
 from .verify import SelfCheck, _pad
 
@@ -128,6 +129,8 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
         self.cpu_attention = device.type == "cpu" and dtype == torch.bfloat16 and channels_last
         if self.cpu_attention:
             install_cpu_attention(self.den.net)
+        if device.type == "cpu" and exact is not None:  # a checked variant: in-place resnet blocks
+            install_lean_resnets(self.den.net)
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self.buckets, self.pad = tuple(sorted(buckets)), pad
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
