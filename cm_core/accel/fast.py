@@ -61,8 +61,8 @@ from .compile_cache import (
 from .cpu import CPU_BUCKETS, cpu_compiler, cpu_plan, native_bf16
 from .cpu_attention import attention_processors, install_cpu_attention
 from .cpu_malloc import tune_allocator
-from .lean_blocks import install_lean_resnets
 from .cuda_graphs import GraphedCall, capture_slot, is_oom, timed
+from .lean_blocks import install_lean_resnets
 from .verify import SelfCheck, _pad
 
 __all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
