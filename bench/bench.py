@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cm_core import optimize  # noqa: E402
-from cm_core.accel.fast import timed  # noqa: E402
+from cm_core.accel.fast import pick_dtype, timed  # noqa: E402
 from cm_core.models.denoiser import Denoiser  # noqa: E402
 from cm_core.models.network import build_unet  # noqa: E402
 from cm_core.models.registry import IMAGENET64, LSUN256, ArchSpec, ModelSpec, get_spec  # noqa: E402
@@ -181,14 +181,13 @@ def diffusers_rows(spec: ModelSpec, device: torch.device, big: int, steps_list: 
     """diffusers' pipeline in fp32 and fp16 (CUDA) / bf16 (CPU) on ``den`` (default: the bench's
     weights of ``spec``). The half-precision row's error is against the fp32 pipeline."""
     den = den if den is not None else make_denoiser(spec, device)
-    half = torch.float16 if device.type == "cuda" else torch.bfloat16
+    half = "fp16" if device.type == "cuda" else "bf16"
     d32 = diffusers_call(den, spec, torch.float32, device)
-    d16 = diffusers_call(den, spec, half, device)
+    d16 = diffusers_call(den, spec, pick_dtype(device, half), device)
     rows, flops = [], flops_per_image(spec.arch)
     for steps in steps_list:
         for name, fn, gib in ((f"diffusers fp32{label}", d32, _weights_gib(den)),
-                              (f"diffusers {str(half)[6:].replace('bfloat', 'bf').replace('float', 'fp')}{label}",
-                               d16, _weights_gib(den) / 2)):
+                              (f"diffusers {half}{label}", d16, _weights_gib(den) / 2)):
             row = Row(spec.name, steps, name, batch=big, flops=flops)
             if fn is d16:
                 row.err = max_err(d16, d32, steps)

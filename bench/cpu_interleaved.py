@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import diffusers_call, make_denoiser, ours_call  # noqa: E402
 from cm_core import optimize  # noqa: E402
+from cm_core.accel.fast import pick_dtype  # noqa: E402
 from cm_core.models.registry import get_spec  # noqa: E402
 
 PLAN = {"cd_digits32": (16,), "cd_imagenet64_lpips": (1, 8), "cd_bedroom256_lpips": (1,)}
@@ -42,8 +43,8 @@ def diffusers_worker(name: str, threads: int, conn) -> None:
     torch.set_num_threads(threads)
     spec = get_spec(name)
     den = make_denoiser(spec, torch.device("cpu"))
-    fns = {dt: diffusers_call(den, spec, getattr(torch, dt.replace("fp", "float").replace("bf", "bfloat")),
-                              torch.device("cpu")) for dt in ("fp32", "bf16")}
+    cpu = torch.device("cpu")
+    fns = {dt: diffusers_call(den, spec, pick_dtype(cpu, dt), cpu) for dt in ("fp32", "bf16")}
     conn.send("ready")
     while (msg := conn.recv()) is not None:
         dt, batch = msg
@@ -67,9 +68,11 @@ def interleave(name: str, rounds: int) -> list[str]:
             for dt in ("fp32", "bf16"):
                 parent.send((dt, batch))
                 s = parent.recv()
-                times[dt].append(s) if r else None
+                if r:
+                    times[dt].append(s)
             s = _seconds(ours, batch, 1)
-            times["ours"].append(s) if r else None
+            if r:
+                times["ours"].append(s)
         med = {k: statistics.median(v) for k, v in times.items()}
         up = {dt: statistics.median(a / b for a, b in zip(times[dt], times["ours"])) for dt in ("fp32", "bf16")}
         rows.append(f"| {name} | {batch} | {rounds} | {1e3 * med['fp32'] / batch:.1f} | "

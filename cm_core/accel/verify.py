@@ -122,7 +122,7 @@ class SelfCheck:
         self.exact, self.verify = exact, verify
         self.checks: dict[tuple[int, bool], Check] = {}
         self._check_lock = threading.Lock()
-        self._ref: torch.Tensor | None = None
+        self._ref: tuple | None = None  # (fixed input, exact output), see _reference
         self.stats["checks"] = self.checks
 
     def _is_exact_variant(self, compiled: bool) -> bool:
@@ -147,16 +147,17 @@ class SelfCheck:
                     self.checks[key] = self._run_check(b, compiled)
         return self.checks[key].ok
 
-    def _reference(self) -> torch.Tensor:
+    def _reference(self) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
+        """The fixed input and the exact fp32 output on it, computed once for all variants."""
         if self._ref is None:
-            x, sig, lab = fixed_input(self.den, self.device, check_images(self.den))
+            inputs = fixed_input(self.den, self.device, check_images(self.den))
             ref_den = self.exact if self.exact is not None else self.den
             with torch.no_grad():
-                self._ref = ref_den(x.float(), sig, lab).float().clamp(-1, 1)
+                self._ref = (inputs, ref_den(inputs[0].float(), *inputs[1:]).float().clamp(-1, 1))
         return self._ref
 
     def _run_check(self, b: int, compiled: bool) -> Check:
-        x, sig, lab = fixed_input(self.den, self.device, check_images(self.den))
+        (x, sig, lab), ref = self._reference()
         fn: StepFn = self._compiled if compiled and self._compiled is not None else self._step_impl
         outs = []
         with torch.no_grad():  # in batches of the bucket (padded), as the variant serves
@@ -165,7 +166,7 @@ class SelfCheck:
                 n = x[part].shape[0]
                 outs.append(fn(_pad(x[part], b), _pad(sig[part], b),
                                _pad(lab[part] if lab is not None else None, b))[:n])
-        err, psnr = compare(torch.cat(outs), self._reference())
+        err, psnr = compare(torch.cat(outs), ref)
         c = Check(self._variant_name(b, compiled), err, psnr, err <= MAX_ABS and psnr >= MIN_PSNR)
         (log.info if c.ok else log.warning)("%s self-check: %s", getattr(self, "name", "") or "model",
                                             c.describe())
