@@ -13,11 +13,13 @@ from __future__ import annotations
 import os
 import time
 
+from cm_app.bounds import install_bounded_errors, install_bounded_logs
 from cm_app.layout import CSS, build_app
 from cm_app.uploads import install_atomic_image_cache
 from cm_core import service as S
 
 install_atomic_image_cache()
+install_bounded_errors()
 
 
 def _warm_up() -> float:
@@ -34,6 +36,7 @@ def _warm_up() -> float:
 def main() -> None:
     """Build the app, warm the default model up (unless ``CM_WARMUP=0``) and serve it."""
     t0 = time.perf_counter()
+    install_bounded_logs()
     S.configure_torch_threads()
     demo = build_app()
     port = int(os.environ.get("GRADIO_SERVER_PORT") or os.environ.get("PORT") or 7860)

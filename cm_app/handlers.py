@@ -11,6 +11,7 @@ import random
 import gradio as gr
 
 from cm_core import service as S
+from cm_core.models.messages import bound
 from cm_core.models.registry import get_spec
 
 
@@ -20,8 +21,10 @@ def _err(fn):
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
+        except gr.Error:
+            raise  # already a message (gr.Error is a ValueError: str() of it would add quotes)
         except S.USER_ERRORS as e:
-            raise gr.Error(str(e), print_exception=False) from None
+            raise gr.Error(bound(str(e)), print_exception=False) from None
     return wrapped
 
 
@@ -115,14 +118,14 @@ def generate(model, steps, ts, seed, batch_size, dropout, class_label, heun_step
             errors.append(None)
         except S.USER_ERRORS as e:
             reqs.append(None)
-            errors.append(str(e))
+            errors.append(bound(str(e)))
     if all(e is not None for e in errors):
         raise gr.Error(errors[0], print_exception=False)
     good = [r for r in reqs if r is not None]
     try:
         results = iter(S.generate_many(good))
     except S.USER_ERRORS as e:
-        raise gr.Error(str(e), print_exception=False) from None
+        raise gr.Error(bound(str(e)), print_exception=False) from None
     galleries, infos = [], []
     for err in errors:
         if err is not None:

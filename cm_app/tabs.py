@@ -100,8 +100,8 @@ def super_resolution_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dic
         with gr.Row():
             img = UploadImage(label="Image", type="pil", image_mode=None, format="png")
             with gr.Column():
-                low = gr.Radio([("high-resolution: downsample it first", False),
-                                ("low-resolution: upsample it", True)], value=False, label="The upload is")
+                low = gr.Checkbox(value=False, label="The upload is low-resolution: upsample it",
+                                  info="off: a high-resolution upload is downsampled by the patch factor first")
                 patch = gr.Dropdown([2, 4, 8], value=4, allow_custom_value=True,
                                     label="Patch factor (p x p pixels per low-res pixel)")
                 steps, ts = _steps_ts(spec)

@@ -5,6 +5,8 @@ import os
 
 import gradio as gr
 
+from cm_core.models.messages import QUOTE_CHARS, bound
+
 
 def _atomic_save_pil_to_cache(img, cache_dir: str, name: str = "image", format: str = "webp") -> str:
     """Gradio's ``save_pil_to_cache`` with an atomic write. Its files are named by content hash and
@@ -42,7 +44,7 @@ def _guard_upload(read, path):
     from cm_core.editing.pictures import ImageEditError, check_upload
 
     def clean(e: Exception) -> str:  # the server's temporary path is none of the user's business
-        return str(e).replace(str(path), os.path.basename(str(path))) if path else str(e)
+        return bound(str(e).replace(str(path), os.path.basename(str(path))[-QUOTE_CHARS:]) if path else str(e))
     try:
         if path:
             check_upload(str(path))

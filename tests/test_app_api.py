@@ -182,3 +182,56 @@ def test_bad_input_is_a_clear_error_not_a_crash(client, files, api, args, needle
 def test_app_still_serves_after_errors(client):
     gallery, _ = _gen(client, seed=0, n=1)
     assert _size(gallery[0]["image"]) == (R, R)
+
+
+# ----------------------------------------------------------------------------- the published API
+def _value_for(p: dict, files: dict[str, str]):
+    """A value of exactly the type that view_api prints for parameter ``p`` (its default where
+    that has the type; for a Literal, the default's text form when listed, else the first)."""
+    typ = p["python_type"]["type"]
+    default = p.get("parameter_default")
+    if typ.startswith("Literal["):
+        listed = [s.strip().strip("'") for s in typ[len("Literal["):-1].split(",")]
+        return str(default) if str(default) in listed else listed[0]
+    if typ == "filepath":
+        return handle_file(files["photo"])
+    if typ.startswith("dict(background"):
+        return {"background": handle_file(files["photo"]), "layers": [handle_file(files["mask"])],
+                "composite": None, "id": None}
+    cast = {"int": int, "float": float, "str": str, "bool": bool}[typ]
+    return cast(default) if default is not None else cast()
+
+
+def test_every_endpoint_accepts_the_types_view_api_lists(client, files):
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name, ep in api.items():
+        args = [_value_for(p, files) for p in ep["parameters"]]
+        client.predict(*args, api_name=name)  # raises on any error
+
+
+def test_a_20_mb_ts_is_refused_in_under_a_second_with_a_short_message(client):
+    t = time.perf_counter()
+    with pytest.raises(Exception) as e:
+        client.predict(MODEL, 1, "0" * 20_000_000, 0, 1, 0.0, "random", 18, api_name="/generate_steps")
+    assert time.perf_counter() - t < 1.0
+    assert "at most 4000" in str(e.value) and len(str(e.value)) < 200
+
+
+@pytest.mark.parametrize("field", ["model", "class_label"])
+def test_a_100_kb_name_gives_an_error_under_1_kb(client, field):
+    kw = dict(model=MODEL, steps=1, ts="", seed=0, batch_size=1, dropout=0.0, class_label="random",
+              heun_steps=18)
+    kw[field] = "x" * 100_000
+    with pytest.raises(Exception) as e:
+        client.predict(**kw, api_name="/generate_steps")
+    assert "characters long" in str(e.value) and len(str(e.value)) < 1000
+
+
+def test_a_data_url_as_a_file_path_gives_a_short_reply_and_short_log_lines(server):
+    import httpx
+    big = {"path": "data:image/png;base64," + "A" * 2_000_000, "meta": {"_type": "gradio.FileData"}}
+    r = httpx.post(f"{server.url}gradio_api/call/colorize", json={"data": [MODEL, big, 2, "", 0, "random"]},
+                   timeout=30)
+    reply = httpx.get(f"{server.url}gradio_api/call/colorize/{r.json()['event_id']}", timeout=30).text
+    assert "event: error" in reply and "File name too long" in reply and len(reply) < 2000
+    assert max(map(len, server.log.read_text().splitlines())) <= 1100

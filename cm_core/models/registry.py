@@ -11,6 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from .messages import check_length, quote
+
+MAX_NAME_CHARS = 100  # the longest model name accepted (registry names are under 30)
+
 BASE_URL = "https://openaipublic.blob.core.windows.net/consistency"
 EMBEDDED_DIR = Path(__file__).resolve().parents[2] / "checkpoints" / "embedded"
 
@@ -171,7 +175,8 @@ def names() -> list[str]:
 
 def get_spec(name: str) -> ModelSpec:
     """Look up a model by name; unknown names raise :class:`UnknownModelError` listing the valid ones."""
+    check_length("the model name", name, MAX_NAME_CHARS)
     try:
         return REGISTRY[name]
-    except KeyError:
-        raise UnknownModelError(f"unknown model {name!r}; valid names: {', '.join(REGISTRY)}") from None
+    except (KeyError, TypeError):  # TypeError: an unhashable value from an API client
+        raise UnknownModelError(f"unknown model {quote(name)}; valid names: {', '.join(REGISTRY)}") from None

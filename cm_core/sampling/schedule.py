@@ -9,6 +9,10 @@ from collections.abc import Sequence
 
 import torch
 
+from ..models.messages import check_length, quote
+
+MAX_TS_CHARS = 4000  # a ts text of 201 three-digit indices is about 800 characters
+
 SIGMA_MIN = 0.002
 SIGMA_MAX = 80.0
 RHO = 7.0
@@ -48,11 +52,11 @@ def validate_ts(ts: Sequence[int], steps: int) -> None:
         raise ValueError(f"steps must be >= 2 (the number of grid points), got {steps}")
     ts = list(ts)
     if len(ts) < 2:
-        raise ValueError(f"ts needs at least two indices (e.g. 0,{steps - 1}); got {ts}")
+        raise ValueError(f"ts needs at least two indices (e.g. 0,{steps - 1}); got {quote(ts)}")
     if any(int(t) != t for t in ts) or any(t < 0 or t > steps - 1 for t in ts):
-        raise ValueError(f"ts must be integer indices in [0, {steps - 1}] for steps={steps}; got {ts}")
+        raise ValueError(f"ts must be integer indices in [0, {steps - 1}] for steps={steps}; got {quote(ts)}")
     if any(b <= a for a, b in zip(ts, ts[1:])):
-        raise ValueError(f"ts must be strictly increasing; got {ts}")
+        raise ValueError(f"ts must be strictly increasing; got {quote(ts)}")
 
 
 def parse_ts(text: str | Sequence[int] | None, steps: int) -> tuple[tuple[int, ...] | None, int]:
@@ -63,6 +67,7 @@ def parse_ts(text: str | Sequence[int] | None, steps: int) -> tuple[tuple[int, .
     """
     if text is None or (isinstance(text, str) and not text.strip()):
         return None, steps
+    check_length("ts", text, MAX_TS_CHARS)
     if not isinstance(text, str):
         ts = tuple(int(t) for t in text)
     else:
@@ -71,8 +76,8 @@ def parse_ts(text: str | Sequence[int] | None, steps: int) -> tuple[tuple[int, .
             ts = tuple(int(t) for t in body.split(",") if t)
             steps = int(g) if g else steps
         except ValueError:
-            raise ValueError(f"ts must be comma-separated integers like 0,22,39 (optionally /<grid "
-                             f"points>, e.g. 0,106,200/201); got {text!r}") from None
+            raise ValueError("ts must be comma-separated integers like 0,22,39, optionally followed by "
+                             f"/N for an N-point grid (e.g. 0,106,200/201); got {quote(text)}") from None
     validate_ts(ts, steps)
     return ts, steps
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 from typing import Any
 
 from ..models.imagenet_classes import imagenet_class_index, imagenet_class_names
+from ..models.messages import check_length, quote
 from ..models.registry import ModelSpec
+
+MAX_CLASS_CHARS = 200  # the longest class text accepted (ImageNet names are under 100)
 
 
 def class_names(spec: ModelSpec) -> tuple[str, ...]:
@@ -34,12 +37,13 @@ def parse_class(spec: ModelSpec, value: Any) -> int | None:
     ``"207: Golden Retriever"``) or a name (``"golden retriever"``); None = random per image."""
     if value is None or (isinstance(value, str) and value.strip().lower() in ("", RANDOM_CLASS)):
         return None
+    check_length("the class", value, MAX_CLASS_CHARS)
     names = class_names(spec)
     if not names:
         return None  # unconditional: a class choice has no effect
     n = len(names)
     if isinstance(value, bool):
-        raise ValueError(f"class must be an index in [0, {n - 1}] or a name, got {value!r}")
+        raise ValueError(f"class must be an index in [0, {n - 1}] or a name, got {quote(value)}")
     if isinstance(value, (int, float)):
         if int(value) != value:
             raise ValueError(f"class index must be an integer, got {value}")
@@ -53,7 +57,7 @@ def parse_class(spec: ModelSpec, value: Any) -> int | None:
         else:
             matches = [i for i, nm in enumerate(names) if nm.lower() == str(value).strip().lower()]
             if not matches:
-                raise ValueError(f"unknown class {value!r} for {spec.name}; use an index in [0, {n - 1}]")
+                raise ValueError(f"unknown class {quote(value)} for {spec.name}; use an index in [0, {n - 1}]")
             idx = matches[0]
     if idx == -1:
         return None

@@ -16,10 +16,11 @@ from PIL import Image
 
 from ..accel.verify import describe_path
 from ..models.denoiser import Denoiser
+from ..models.messages import quote
 from ..models.registry import ModelSpec, get_spec
 from .classes import parse_class
 from .model_cache import cache
-from .params import _int, parse_ts
+from .params import _flag, _int, parse_ts
 from .progress import Progress, _progress_callback
 from .settings import MAX_SEED
 
@@ -125,6 +126,7 @@ def super_resolve(model: str, image: Any, *, low_res: bool = False, patch_size: 
     from ..editing.picture_editors import super_resolve_image
     spec = get_spec(str(model))
     img = _editor_image(image, "an image to super-resolve")
+    low_res = _flag("is_low_res", low_res)
     p = _int("patch factor", patch_size, 1, spec.resolution)
     if spec.resolution % p:
         raise ValueError(f"the patch factor must divide the model size {spec.resolution}, got {p}")
@@ -150,10 +152,10 @@ def denoise(model: str, image: Any, *, noise_level: Any = 40, add_noise: bool = 
     try:
         level = float(noise_level)
     except (TypeError, ValueError):
-        raise ValueError(f"noise level must be a number of grey levels, got {noise_level!r}") from None
+        raise ValueError(f"noise level must be a number of grey levels, got {quote(noise_level)}") from None
     if not 0 <= level <= 255:
         raise ValueError(f"noise level must be in [0, 255] grey levels, got {level}")
-    n = _int("steps", steps, 1, 16)
+    n, add_noise = _int("steps", steps, 1, 16), _flag("add_noise", add_noise)
     sd, lab = _int("seed", seed, 0, MAX_SEED), parse_class(spec, class_label)
     _schedule(spec, 1, None)  # EDM check
     fitted = _fitted(spec, img)
@@ -185,7 +187,7 @@ def stroke_guided(model: str, editor: Any, *, sigma: Any = 4.0, steps: Any = 2, 
     try:
         sg = float(sigma)
     except (TypeError, ValueError):
-        raise ValueError(f"sigma must be a number, got {sigma!r}") from None
+        raise ValueError(f"sigma must be a number, got {quote(sigma)}") from None
     if not 0.01 <= sg <= spec.sigma_max:
         raise ValueError(f"sigma must be in [0.01, {spec.sigma_max:g}], got {sg}")
     n = _int("steps", steps, 1, 16)

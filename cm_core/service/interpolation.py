@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from ..models.denoiser import Denoiser
+from ..models.messages import quote
 from ..models.registry import ModelSpec, get_spec
 from .classes import parse_class
 from .edits import _describe, _editor_image, _fitted, _run_edit, _schedule
@@ -66,7 +67,7 @@ def interpolate(model: str, *, mode: str = "seeds", seed_a: Any = 0, seed_b: Any
             d, s, xa, xb, k, lab, kw.get("num_steps", 2), sigma, cb), progress, "step")
         desc = f"two images noised to sigma {sigma:g}, {kw.get('num_steps', 2)} step(s) per frame"
     else:
-        raise ValueError(f"mode must be 'seeds' or 'images', got {mode!r}")
+        raise ValueError(f"mode must be 'seeds' or 'images', got {quote(mode)}")
     alphas = np.linspace(0, 1, k)
     return InterpolationResult(outs, [f"alpha {x:.2f}" for x in alphas], _gif(outs), secs, desc)
 

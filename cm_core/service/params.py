@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..models.checkpoints import CheckpointError
+from ..models.messages import quote
 from ..models.registry import DEFAULT_MODEL, ModelSpec, get_spec
 from ..sampling import schedule
 from ..sampling.generate import SampleSettings
@@ -32,14 +33,30 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
     try:
         f = float(value)
     except (TypeError, ValueError):
-        raise ValueError(f"{name} must be a number, got {value!r}") from None
+        raise ValueError(f"{name} must be a number, got {quote(value)}") from None
     if f != f or f in (float("inf"), float("-inf")):  # int() of these raises an unclear error
-        raise ValueError(f"{name} must be a finite number, got {value!r}")
+        raise ValueError(f"{name} must be a finite number, got {quote(value)}")
     if f != int(f):
         raise ValueError(f"{name} must be an integer, got {value}")
     if not lo <= int(f) <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {int(f)}")
     return int(f)
+
+
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A yes/no parameter: a bool, 0/1, or its text (``"True"``, ``"false"``, ``"1"``...), as API
+    clients send it; anything else is a ``ValueError`` (``bool("False")`` would be True)."""
+    if isinstance(value, bool) or value is None:
+        return bool(value)
+    if isinstance(value, (int, float)) and value in (0, 1):
+        return bool(value)
+    text = str(value).strip().lower() if isinstance(value, str) else None
+    if text in _TRUE or text in _FALSE:
+        return text in _TRUE
+    raise ValueError(f"{name} must be true or false, got {quote(value)}")
 
 
 @dataclass(frozen=True)
@@ -79,7 +96,7 @@ def plan(req: GenerateRequest) -> Plan:
     try:
         dropout = float(req.dropout or 0.0)
     except (TypeError, ValueError):
-        raise ValueError(f"dropout must be a number in [0, 0.9], got {req.dropout!r}") from None
+        raise ValueError(f"dropout must be a number in [0, 0.9], got {quote(req.dropout)}") from None
     if not 0.0 <= dropout <= 0.9:
         raise ValueError(f"dropout must be in [0, 0.9], got {dropout}")
     label = parse_class(spec, req.class_label)
