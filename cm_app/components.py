@@ -11,14 +11,21 @@ from cm_core.models.registry import ModelSpec
 from .deploy import model_event
 from .handlers import random_seed
 
-GPU = "gpu"  # one concurrency group for every event that runs a model
+GPU = "gpu"  # the concurrency group of the model-running events (the batched generate has its own)
 
 
 def _gpu(event: Any, fn: Any, inputs: list, outputs: list, api_name: str, **kw: Any) -> Any:
-    """Attach a model-running handler: one shared concurrency group, a public API name, fetch on
-    first use and ZeroGPU (:func:`cm_app.deploy.model_event`)."""
-    return event(model_event(fn, api_name, batched=kw.get("batch", False)), inputs, outputs,
-                 api_name=api_name, concurrency_id=GPU, concurrency_limit=S.concurrency(), **kw)
+    """Attach a model-running handler with a public API name, fetch on first use, a compute slot
+    and ZeroGPU (:func:`cm_app.deploy.model_event`).
+
+    The compute slots bound the work (``$CM_CONCURRENCY``); the queue lets ``$CM_WAITERS`` more
+    requests in, which wait for a download or a slot with a progress message. The batched generate
+    keeps a group of its own of ``$CM_CONCURRENCY`` events, so that the requests queued meanwhile
+    are merged into one batch."""
+    batched = kw.get("batch", False)
+    group, limit = ("generate", S.concurrency()) if batched else (GPU, S.concurrency() + S.waiters())
+    return event(model_event(fn, api_name, batched=batched), inputs, outputs,
+                 api_name=api_name, concurrency_id=group, concurrency_limit=limit, **kw)
 
 
 def _seed_row(label: str = "Seed") -> gr.Number:

@@ -6,8 +6,10 @@
    with the download shown on the event's progress bar (:func:`cm_core.service.ensure_model`);
 2. on ZeroGPU it is loaded into the model cache there too (weights moved to the emulated
    ``cuda``, as the Hub docs ask), so the GPU worker finds it and spends no GPU time on I/O;
-3. the handler runs, on ZeroGPU inside ``spaces.GPU(duration=...)`` with the duration estimated
-   from its batch size and steps (:func:`cm_core.service.estimate_seconds`).
+3. the handler runs in one of the compute slots (:mod:`cm_core.service.slots`), taken after the
+   download, on ZeroGPU inside ``spaces.GPU(duration=...)`` with the duration estimated from its
+   batch size and steps (:func:`cm_core.service.estimate_seconds`). Its progress callback stops
+   the work when the client leaves (:mod:`cm_app.clients`).
 
 Elsewhere step 2 is skipped, step 3 calls the handler directly, and ``spaces`` is not imported.
 The wrapper keeps the handler's signature (``functools.wraps``), which Gradio reads for its API
@@ -51,11 +53,16 @@ def _progress_arg(args: tuple, kwargs: dict) -> Callable[[float, str], None] | N
 
 
 def _prepare(models: list[str], progress: Callable[[float, str], None] | None, batched: bool) -> None:
-    """Fetch (where allowed) and, on ZeroGPU, load each model before the GPU is attached."""
+    """Fetch (where allowed) and, on ZeroGPU, load each model before the GPU is attached. A batch
+    does not wait for a download (it would hold up the requests merged into it): the download
+    starts, and the handler reports it in the rows of that model (:func:`cm_core.service.check_download`)."""
     for name in dict.fromkeys(models):
         try:
-            S.ensure_model(name, progress)
-            if S.zero_gpu_active():
+            if batched:
+                S.start_download(name)
+            else:
+                S.ensure_model(name, progress)
+            if S.zero_gpu_active() and S.model_info(name)["available"]:
                 S.cache().get(name)
         except S.USER_ERRORS:
             if not batched:
@@ -76,6 +83,8 @@ def model_event(fn: Callable, api_name: str, batched: bool = False) -> Callable:
             targets = [runs(str(m)) for m in models]
         except S.USER_ERRORS:
             targets = []  # an unknown model: the handler says which names are valid
-        _prepare(targets, _progress_arg(args, kwargs), batched)
-        return on_gpu(*args, **kwargs)
+        progress = _progress_arg(args, kwargs)
+        _prepare(targets, progress, batched)
+        with S.compute_slots().hold(progress):  # after the download: it holds no slot
+            return on_gpu(*args, **kwargs)
     return _err(run)

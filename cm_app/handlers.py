@@ -12,6 +12,8 @@ import gradio as gr
 
 from cm_core import service as S
 from cm_core.models.messages import bound
+
+from .clients import client_alive
 from cm_core.models.registry import get_spec
 
 
@@ -23,13 +25,23 @@ def _err(fn):
             return fn(*args, **kwargs)
         except gr.Error:
             raise  # already a message (gr.Error is a ValueError: str() of it would add quotes)
+        except S.Cancelled:  # nobody is left to read it: no message, no traceback in the log
+            raise gr.Error("cancelled", visible=False, print_exception=False) from None
         except S.USER_ERRORS as e:
             raise gr.Error(bound(str(e)), print_exception=False) from None
     return wrapped
 
 
-def _progress(progress: gr.Progress):
-    return lambda frac, desc: progress(frac, desc=desc)
+def _progress(progress: gr.Progress) -> S.Progress:
+    """``progress`` as the library's callback; it raises ``S.Cancelled`` once the client has left
+    (:func:`cm_app.clients.client_alive`), which stops the work between network evaluations."""
+    alive = client_alive()
+
+    def report(frac: float, desc: str) -> None:
+        if not alive():
+            raise S.Cancelled("the client left")
+        progress(frac, desc=desc)
+    return report
 
 
 def _gallery(result: S.GenerateResult) -> list:
@@ -106,36 +118,42 @@ def generate(model, steps, ts, seed, batch_size, dropout, class_label, heun_step
 
     Each argument is a list with one entry per queued request; the parameters are named in the
     singular because Gradio publishes these names as the API's (one request's values). Invalid
-    requests fail alone: when all are invalid the call raises (the client sees the message);
-    otherwise their gallery is empty and the info line carries the error.
+    requests, and those whose model cannot be loaded (with the real cause: still downloading, the
+    download failed, not on disk), fail alone: when all fail the call raises (the client sees the
+    message); otherwise their gallery is empty and the info line carries the error.
     """
-    reqs, errors = [], []
-    for args in zip(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps):
-        req = _request(*args)
+    reqs = [_request(*args) for args in zip(model, steps, ts, seed, batch_size, dropout, class_label,
+                                            heun_steps)]
+    errors: list[str | None] = [None] * len(reqs)
+    for i, req in enumerate(reqs):
         try:
             S.plan(req)
-            reqs.append(req)
-            errors.append(None)
+            S.check_download(str(req.model))
         except S.USER_ERRORS as e:
-            reqs.append(None)
-            errors.append(bound(str(e)))
+            errors[i] = bound(str(e))
+    results = _generate_per_model(reqs, errors)
     if all(e is not None for e in errors):
         raise gr.Error(errors[0], print_exception=False)
-    good = [r for r in reqs if r is not None]
-    try:
-        results = iter(S.generate_many(good))
-    except S.USER_ERRORS as e:
-        raise gr.Error(bound(str(e)), print_exception=False) from None
-    galleries, infos = [], []
-    for err in errors:
-        if err is not None:
-            galleries.append([])
-            infos.append(f"Error: {err}")
-        else:
-            r = next(results)
-            galleries.append(_gallery(r))
-            infos.append(r.summary())
-    return galleries, infos
+    return ([[] if e else _gallery(r) for e, r in zip(errors, results)],
+            [f"Error: {e}" if e else r.summary() for e, r in zip(errors, results)])
+
+
+def _generate_per_model(reqs: list, errors: list[str | None]) -> list:
+    """The requests without an error, one ``generate_many`` per model (a model that fails to load
+    fails its own rows, written into ``errors``); a result per request (None where failed)."""
+    results: list = [None] * len(reqs)
+    by_model: dict[str, list[int]] = {}
+    for i, req in enumerate(reqs):
+        if errors[i] is None:
+            by_model.setdefault(str(req.model), []).append(i)
+    for idx in by_model.values():
+        try:
+            for i, r in zip(idx, S.generate_many([reqs[i] for i in idx])):
+                results[i] = r
+        except S.USER_ERRORS as e:
+            for i in idx:
+                errors[i] = bound(str(e))
+    return results
 
 
 @_err

@@ -70,18 +70,20 @@ def _model_events(demo: gr.Blocks, model: gr.Dropdown, model_md: gr.Markdown, fe
     def on_model_change(model: str):
         return H.model_updates(model, all_cls, all_steps, g["ts"], g["heun"], gen.button, g["gen_steps_btn"],
                                g["cmp_btn"], model_md, fetch_btn)
+    fetching = dict(concurrency_id="fetch", concurrency_limit=None)  # each bounded by its deadline
     model.change(on_model_change, model, picked, api_name="model_info", queue=False).then(
-        H.fetch_on_choice, model, [model_md, table], api_name=False)  # a Space: download it now
+        H.fetch_on_choice, model, [model_md, table], api_name=False, **fetching)  # a Space: download now
     for ev in (gen.steps.change, g["ts"].change):
         ev(H.on_steps_change, [model, gen.steps, g["ts"]], [gen.button, g["gen_steps_btn"]], api_name=False,
            queue=False)
-    fetch_btn.click(H.fetch_model, model, [model_md, table], api_name="fetch_model")
+    fetch_btn.click(H.fetch_model, model, [model_md, table], api_name="fetch_model", **fetching)
     demo.load(on_model_change, model, picked, api_name=False, queue=False)
     refresh.click(H.model_table, None, table, api_name="model_table", queue=False)
 
 
 def _run_events(gen: T.Tab, edits: dict[str, T.Tab]) -> None:
-    """The model-running events, one concurrency group; ``edits`` maps api_name to its tab."""
+    """The model-running events (compute slots, see :func:`cm_app.components._gpu`); ``edits`` maps
+    api_name to its tab."""
     _gpu(gen.button.click, H.generate, gen.inputs, gen.outputs, "generate", batch=True,
          max_batch_size=S.max_batched_requests())
     _gpu(gen.extra["gen_steps_btn"].click, H.generate_steps, gen.inputs, gen.outputs, "generate_steps")

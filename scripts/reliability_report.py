@@ -444,10 +444,12 @@ def burst(url: str, pid: int, f: dict[str, str], n: int = 50, timeout: float = 6
 
 def queue_full_check(tmp: Path, f: dict[str, str], n: int = 12, queue: int = 2,
                      timeout: float = 60.0) -> Counter:
-    """A server with ``CM_QUEUE_SIZE=queue``: of ``n`` simultaneous requests, the ones that do not
+    """A server with ``CM_QUEUE_SIZE=queue`` (and no waiters past the queue, ``CM_WAITERS=0``): of ``n``
+    simultaneous requests, the ones that do not
     fit get Gradio's clear queue-full message at once; the rest are served."""
     from app_server import AppServer
-    srv = AppServer(tmp, {"CM_QUEUE_SIZE": str(queue), "CM_WARMUP": "0", "CM_CACHE_EXAMPLES": "0"})
+    srv = AppServer(tmp, {"CM_QUEUE_SIZE": str(queue), "CM_WAITERS": "0", "CM_WARMUP": "0",
+                         "CM_CACHE_EXAMPLES": "0"})
     try:
         from gradio_client import Client
         client = Client(srv.url, verbose=False, max_workers=n + 8)
@@ -464,6 +466,51 @@ def queue_full_check(tmp: Path, f: dict[str, str], n: int = 12, queue: int = 2,
         return out
     finally:
         srv.stop()
+
+
+# ----------------------------------------------------------------------------- the soak
+@dataclass
+class SoakResult:
+    rounds: list = field(default_factory=list)  # (RSS after the round in bytes, wall seconds, failures)
+
+    def last_spread(self, k: int = 5) -> float:
+        """(max - min) / min of the RSS over the last ``k`` rounds."""
+        last = [r[0] for r in self.rounds[-k:]]
+        return (max(last) - min(last)) / min(last) if last else float("nan")
+
+
+def soak(url: str, pid: int, rounds: int = 10, n: int = 40, batch: int = 16, timeout: float = 300.0,
+         settle: float = 2.0) -> SoakResult:
+    """``rounds`` rounds of ``n`` concurrent /generate requests of ``batch`` images each; the
+    server's resident memory (RSS, with its children) is read ``settle`` seconds after each round."""
+    from gradio_client import Client
+    client = Client(url, verbose=False, max_workers=n + 8)
+    res = SoakResult()
+    for r in range(rounds):
+        t = time.perf_counter()
+        jobs = [client.submit(*_gen(seed=(r * n + i) * batch, batch=batch), api_name="/generate")
+                for i in range(n)]
+        failed = 0
+        for j in jobs:
+            try:
+                check_result("/generate", j.result(timeout=timeout))
+            except Exception:  # noqa: BLE001 - counted; the soak is about memory
+                failed += 1
+        wall = time.perf_counter() - t
+        time.sleep(settle)
+        res.rounds.append((RssSampler(pid).current(), wall, failed))
+        print(f"soak round {r + 1}/{rounds}: RSS {_mb(res.rounds[-1][0])}, {wall:.1f} s, {failed} failed", flush=True)
+    return res
+
+
+def soak_markdown(s: SoakResult, n: int, batch: int) -> str:
+    rows = "\n".join(f"| {i + 1} | {rss / 2 ** 20:.0f} | {wall:.1f} | {failed} |"
+                     for i, (rss, wall, failed) in enumerate(s.rounds))
+    k = min(5, len(s.rounds))
+    return (f"### Soak: {len(s.rounds)} rounds of {n} concurrent /generate requests x batch {batch}\n\n"
+            f"| round | server RSS after it (MiB) | wall (s) | failed |\n|---|---|---|---|\n{rows}\n\n"
+            f"Over the last {k} rounds the RSS spreads by {100 * s.last_spread(k):.1f}% "
+            f"({'flat: within 10%' if s.last_spread(k) <= 0.10 else 'NOT flat: over 10%'}).\n")
 
 
 # ----------------------------------------------------------------------------- report
@@ -525,46 +572,79 @@ def markdown(outcomes: list[Outcome], b: BurstResult | None, q: Counter | None, 
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str] | None = None) -> int:
+def _args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--requests", type=int, default=50)
     ap.add_argument("--timeout", type=float, default=60.0)
     ap.add_argument("--no-queue-check", action="store_true")
+    ap.add_argument("--soak-rounds", type=int, default=10, help="rounds of the memory soak (0: none)")
+    ap.add_argument("--soak-requests", type=int, default=40, help="concurrent requests per soak round")
+    ap.add_argument("--soak-batch", type=int, default=16, help="images per soak request")
+    ap.add_argument("--soak-only", action="store_true", help="only the soak (no matrix, burst, queue check)")
     ap.add_argument("--out", type=Path, help="also write the report here (markdown)")
-    a = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def _hostile_and_burst(tmp: Path, a: argparse.Namespace) -> tuple[str, bool]:
+    """The matrix, the burst and the queue check; (their report, whether all went as expected)."""
+    from app_server import AppServer
+    from gradio_client import Client
+    files = make_uploads(tmp / "uploads")
+    seed_checkpoints(tmp / "app" / "checkpoints")
+    srv = AppServer(tmp / "app", {"CM_CACHE_EXAMPLES": "0"})
+    try:
+        client = Client(srv.url, verbose=False)
+        outcomes = []
+        for c in matrix(files, tmp / "app" / "checkpoints", tmp / "app" / "embedded"):
+            o = run_case(client, c, a.timeout)
+            outcomes.append(o)
+            print(f"{'ok ' if o.as_expected else 'BAD'} {c.kind:10s} {c.name:50s} {o.message[:90]}", flush=True)
+        pwned = (tmp / "app" / "checkpoints" / PWNED).exists()
+        b = burst(srv.url, srv.proc.pid, files, a.requests, a.timeout)
+        print(f"burst: {dict(b.outcomes)} in {b.wall:.1f} s, peak RSS {_mb(b.rss_peak)}", flush=True)
+        run_case(client, Case("recovery", "after the burst", "/generate", lambda: _gen()))
+        assert srv.proc.poll() is None, "the server died"
+        start_s = srv.start_seconds
+    finally:
+        srv.stop()
+    q = None if a.no_queue_check else queue_full_check(tmp / "queue", files)
+    cmd = "CM_TORCH_THREADS=1 .venv/bin/python scripts/reliability_report.py" + (
+        f" --requests {a.requests}" if a.requests != 50 else "")
+    ok = all(o.as_expected or o.case.xfail for o in outcomes) and not pwned and not b.failures
+    return markdown(outcomes, b, q, pwned, start_s, cmd), ok
+
+
+def _soak(tmp: Path, a: argparse.Namespace) -> tuple[str, bool]:
+    """The memory soak on a fresh server; (its report, whether it was flat and failed nothing)."""
+    from app_server import AppServer
+    srv = AppServer(tmp / "soak", {"CM_CACHE_EXAMPLES": "0"})
+    try:
+        s = soak(srv.url, srv.proc.pid, a.soak_rounds, a.soak_requests, a.soak_batch, max(a.timeout, 300.0))
+    finally:
+        srv.stop()
+    ok = s.last_spread() <= 0.10 and not any(f for _, _, f in s.rounds)
+    return soak_markdown(s, a.soak_requests, a.soak_batch), ok
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = _args(argv)
     os.environ.setdefault("CM_TORCH_THREADS", "1")
     import torch
     torch.set_num_threads(1)
-    from app_server import AppServer
-    from gradio_client import Client
+    parts, ok = [], True
     with tempfile.TemporaryDirectory(prefix="cm-reliability-") as d:
-        tmp = Path(d)
-        files = make_uploads(tmp / "uploads")
-        seed_checkpoints(tmp / "app" / "checkpoints")
-        srv = AppServer(tmp / "app", {"CM_CACHE_EXAMPLES": "0"})
-        try:
-            client = Client(srv.url, verbose=False)
-            outcomes = []
-            for c in matrix(files, tmp / "app" / "checkpoints", tmp / "app" / "embedded"):
-                o = run_case(client, c, a.timeout)
-                outcomes.append(o)
-                print(f"{'ok ' if o.as_expected else 'BAD'} {c.kind:10s} {c.name:50s} {o.message[:90]}", flush=True)
-            pwned = (tmp / "app" / "checkpoints" / PWNED).exists()
-            b = burst(srv.url, srv.proc.pid, files, a.requests, a.timeout)
-            print(f"burst: {dict(b.outcomes)} in {b.wall:.1f} s, peak RSS {_mb(b.rss_peak)}", flush=True)
-            run_case(client, Case("recovery", "after the burst", "/generate", lambda: _gen()))
-            assert srv.proc.poll() is None, "the server died"
-            start_s = srv.start_seconds
-        finally:
-            srv.stop()
-        q = None if a.no_queue_check else queue_full_check(tmp / "queue", files)
-    cmd = "CM_TORCH_THREADS=1 .venv/bin/python scripts/reliability_report.py" + (
-        f" --requests {a.requests}" if a.requests != 50 else "")
-    report = markdown(outcomes, b, q, pwned, start_s, cmd)
+        if not a.soak_only:
+            report, ok = _hostile_and_burst(Path(d), a)
+            parts.append(report)
+        if a.soak_rounds > 0:
+            report, soak_ok = _soak(Path(d), a)
+            parts.append(report)
+            ok = ok and soak_ok
+    report = "\n\n".join(parts)
     print(report)
     if a.out:
         a.out.write_text(_doc(report))
-    return 0 if all(o.as_expected or o.case.xfail for o in outcomes) and not pwned and not b.failures else 1
+    return 0 if ok else 1
 
 
 def _doc(report: str) -> str:

@@ -20,7 +20,7 @@ from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline, 
 
 from cm_core.models import hub_fetch
 from cm_core import service as S
-from cm_core.service import model_cache
+from cm_core.service import fetches, model_cache
 from cm_core.models.checkpoints import CheckpointError, is_available, load_denoiser
 from cm_core.models.registry import get_spec
 
@@ -115,6 +115,7 @@ def space(tmp_path, monkeypatch):
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("CM_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
     monkeypatch.setattr(model_cache, "_CACHE", S.ModelCache(capacity=2, device="cpu"))
+    monkeypatch.setattr(fetches, "_JOBS", {})  # no download state from another test
     return cache
 
 
@@ -185,14 +186,21 @@ def test_two_visitors_choosing_the_same_model_download_it_once(space, remote, mo
     hub = StandInHub(space, {"openai/diffusers-cd_imagenet64_lpips": remote}, delay=0.2)
     monkeypatch.setattr(hub_fetch, "CLIENT", hub)
     results: list[bool] = []
-    threads = [threading.Thread(target=lambda: results.append(S.ensure_model("cd_imagenet64_lpips")))
-               for _ in range(3)]
+    seen: dict[int, list[tuple[float, str]]] = {i: [] for i in range(3)}
+
+    def visit(i: int) -> None:
+        results.append(S.ensure_model("cd_imagenet64_lpips", lambda f, d: seen[i].append((f, d))))
+    threads = [threading.Thread(target=visit, args=(i,)) for i in range(3)]
     for t in threads:
         t.start()
+        time.sleep(0.1)
     for t in threads:
         t.join()
-    assert sorted(results) == [False, False, True]
+    assert results == [True, True, True]  # each waited for the one download
     assert sorted(hub.downloads) == sorted(NEEDED)
+    for i in (1, 2):  # the later visitors see the first one's download move, not a frozen page
+        moving = [f for f, d in seen[i] if "downloading cd_imagenet64_lpips" in d and 0 < f < 1]
+        assert moving and seen[i][-1][0] == pytest.approx(1.0), seen[i]
 
 
 def test_disk_space_is_checked_before_anything_is_written(space, remote, monkeypatch):
@@ -291,3 +299,51 @@ def test_a_hub_error_with_an_empty_message_is_still_a_clear_error(space, remote,
     monkeypatch.setattr(hub, "files", silent)
     with pytest.raises(CheckpointError, match=r"could not list .* \(TimeoutError\)"):
         S.ensure_model("cd_imagenet64_lpips")
+
+
+def test_a_download_past_its_deadline_is_a_clear_error_and_its_waiter_stops_in_time(space, remote, monkeypatch):
+    monkeypatch.setenv("CM_FETCH_DEADLINE_S", "1")
+    monkeypatch.setenv("CM_HUB_TIMEOUT_S", "1")
+    hub = StandInHub(space, {"openai/diffusers-cd_imagenet64_lpips": remote}, delay=3.0)  # stalls halfway
+    monkeypatch.setattr(hub_fetch, "CLIENT", hub)
+    t = time.perf_counter()
+    with pytest.raises(CheckpointError, match=r"did not finish within 1 s \(CM_FETCH_DEADLINE_S\)"):
+        S.ensure_model("cd_imagenet64_lpips")
+    assert time.perf_counter() - t < 2.5  # the deadline plus one connection timeout
+    job = fetches._JOBS["cd_imagenet64_lpips"]
+    assert job.done.wait(10) and "deadline" in job.error  # the download itself stopped at its deadline
+    assert not is_available(get_spec("cd_imagenet64_lpips"))
+    assert not list((space / "models--openai--diffusers-cd_imagenet64_lpips").rglob("snapshots/*/*/*.json"))
+
+
+def test_waiting_for_another_download_of_the_model_ends_at_the_deadline(space):
+    import time as _t
+    with hub_fetch.model_lock("cd_imagenet64_lpips", space):
+        done = []
+        t = _t.monotonic()
+
+        def second():
+            try:
+                with hub_fetch.model_lock("cd_imagenet64_lpips", space, deadline=_t.monotonic() + 0.5):
+                    done.append("got it")
+            except CheckpointError as e:
+                done.append(str(e))
+        th = threading.Thread(target=second)
+        th.start()
+        th.join(5)
+    assert _t.monotonic() - t < 2 and "still running" in done[0]
+
+
+def test_a_batch_reports_the_cause_of_a_failed_download_and_does_not_wait(space, monkeypatch):
+    class Offline(hub_fetch.HubClient):
+        def files(self, repo):
+            raise ConnectionError("the Hub cannot be reached (name resolution failed)")
+    monkeypatch.setattr(hub_fetch, "CLIENT", Offline())
+    S.start_download("cd_imagenet64_lpips")
+    fetches._JOBS["cd_imagenet64_lpips"].done.wait(5)
+    with pytest.raises(CheckpointError, match="the Hub cannot be reached"):
+        S.check_download("cd_imagenet64_lpips")
+    S.start_download("cd_imagenet64_lpips")  # within the retry interval: the failure stands
+    with pytest.raises(CheckpointError, match="the Hub cannot be reached"):
+        S.check_download("cd_imagenet64_lpips")
+    S.check_download("cd_digits32")  # embedded: nothing to say

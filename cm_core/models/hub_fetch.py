@@ -9,6 +9,9 @@
   :func:`cm_core.models.download.fetch_original` (``.part``, verified, renamed) into ``$CM_CHECKPOINT_DIR``.
 - One download per model at a time: a lock file in the destination (other processes) and a
   thread lock (this process); whoever waited finds the model on disk and downloads nothing.
+- Time limits: every connection gives up after :func:`hub_timeout` seconds of silence, and a
+  whole fetch, the wait for another download of the same model included, after
+  :func:`fetch_deadline`; either way the error says why, and nothing complete-looking is left.
 - Free disk space is checked first (``$CM_MIN_FREE_GB`` kept free, default 1), so anonymous
   visitors of a Space cannot fill its disk.
 """
@@ -17,6 +20,7 @@ from __future__ import annotations
 import os
 import shutil
 import threading
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,8 +30,31 @@ from .checkpoints import HUB_CONFIGS, HUB_WEIGHTS, CheckpointError, checkpoint_d
 from .download import Progress, fetch_original
 from .registry import ModelSpec
 
-LOCK_TIMEOUT_S = 3600.0
 DiskFree = Callable[[Path], int]
+
+
+def hub_timeout() -> float:
+    """Seconds a Hub connection may stay silent (connect, listing, each read): ``$CM_HUB_TIMEOUT_S``,
+    default 20. It also sets huggingface_hub's download read timeout and its metadata timeout
+    where ``HF_HUB_DOWNLOAD_TIMEOUT`` / ``HF_HUB_ETAG_TIMEOUT`` are not set."""
+    return _env_seconds("CM_HUB_TIMEOUT_S", 20.0)
+
+
+def fetch_deadline() -> float:
+    """Seconds one fetch may take in all, lock wait included: ``$CM_FETCH_DEADLINE_S``, default
+    1800 (a 1.2 GB LSUN model at 1 MB/s)."""
+    return _env_seconds("CM_FETCH_DEADLINE_S", 1800.0)
+
+
+def _env_seconds(name: str, default: float) -> float:
+    raw = os.environ.get(name, "").strip()
+    try:
+        v = float(raw) if raw else default
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {raw!r}") from None
+    if not v > 0:
+        raise ValueError(f"{name} must be positive, got {raw!r}")
+    return v
 
 
 def auto_fetch_enabled() -> bool:
@@ -54,17 +81,33 @@ class HubClient:
     def files(self, repo: str) -> tuple[str, list[tuple[str, int | None]]]:
         """(commit, [(file, size in bytes)]) of the files of ``repo`` a load may need."""
         from huggingface_hub import HfApi
-        info = HfApi().model_info(repo, files_metadata=True)
+        info = HfApi(endpoint=_endpoint()).model_info(repo, files_metadata=True, timeout=hub_timeout())
         wanted = set(HUB_CONFIGS + HUB_WEIGHTS)
         return str(info.sha), [(f.rfilename, f.size) for f in info.siblings or [] if f.rfilename in wanted]
 
     def download(self, repo: str, filename: str, revision: str, on_bytes: Callable[[int], None]) -> Path:
         """One file into the Hub cache (atomic: ``.incomplete`` then rename); ``on_bytes(n)`` as it goes."""
         from huggingface_hub import hf_hub_download
+        _set_hub_timeouts()
+        kw = dict(revision=revision, endpoint=_endpoint(), etag_timeout=hub_timeout())
         try:
-            return Path(hf_hub_download(repo, filename, revision=revision, tqdm_class=_byte_bar(on_bytes)))
+            return Path(hf_hub_download(repo, filename, tqdm_class=_byte_bar(on_bytes), **kw))
         except TypeError:  # a huggingface_hub without tqdm_class: progress moves per file
-            return Path(hf_hub_download(repo, filename, revision=revision))
+            return Path(hf_hub_download(repo, filename, **kw))
+
+
+def _endpoint() -> str | None:
+    """``$HF_ENDPOINT`` as it is now (huggingface_hub reads it once, at import)."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _set_hub_timeouts() -> None:
+    """huggingface_hub's read and metadata timeouts from :func:`hub_timeout`, unless set by their
+    own variables (it reads those once, at import)."""
+    from huggingface_hub import constants
+    for var in ("HF_HUB_DOWNLOAD_TIMEOUT", "HF_HUB_ETAG_TIMEOUT"):
+        if var not in os.environ and hasattr(constants, var):
+            setattr(constants, var, int(max(1.0, hub_timeout())))
 
 
 def _byte_bar(on_bytes: Callable[[int], None]) -> type:
@@ -102,18 +145,24 @@ _THREAD_LOCKS: defaultdict[str, threading.Lock] = defaultdict(threading.Lock)
 
 
 @contextmanager
-def model_lock(name: str, folder: Path) -> Iterator[None]:
-    """Held while ``name`` downloads into ``folder``: by this process's threads and other processes."""
+def model_lock(name: str, folder: Path, deadline: float | None = None) -> Iterator[None]:
+    """Held while ``name`` downloads into ``folder``: by this process's threads and other
+    processes; waiting for it ends at ``deadline`` (``time.monotonic()``; default: the fetch deadline)."""
     from filelock import FileLock, Timeout
+    deadline = deadline if deadline is not None else time.monotonic() + fetch_deadline()
     locks = folder / ".cm-locks"
     locks.mkdir(parents=True, exist_ok=True)
-    with _THREAD_LOCKS[name]:
+    busy = CheckpointError(f"another download of {name} is still running (lock {locks}); try again later")
+    if not _THREAD_LOCKS[name].acquire(timeout=max(0.0, deadline - time.monotonic())):
+        raise busy
+    try:
         try:
-            with FileLock(str(locks / f"{name}.lock"), timeout=LOCK_TIMEOUT_S):
+            with FileLock(str(locks / f"{name}.lock"), timeout=max(0.0, deadline - time.monotonic())):
                 yield
         except Timeout:
-            raise CheckpointError(f"another download of {name} has held {locks} for over "
-                                  f"{LOCK_TIMEOUT_S:.0f} s; try again later") from None
+            raise busy from None
+    finally:
+        _THREAD_LOCKS[name].release()
 
 
 def fetch_hub_files(spec: ModelSpec, progress: Progress | None = None, expected_bytes: int | None = None,
@@ -150,26 +199,44 @@ def fetch_hub_files(spec: ModelSpec, progress: Progress | None = None, expected_
         base += size or got
 
 
+def _until(deadline: float, name: str, progress: Progress | None) -> Progress:
+    """``progress`` that raises once ``deadline`` has passed (called as the bytes arrive, so a
+    transfer that trickles stops there; a silent one stops at the read timeout)."""
+    def report(done: int, total: int | None) -> None:
+        if time.monotonic() > deadline:
+            raise CheckpointError(f"the download of {name} did not finish within its deadline "
+                                  f"(CM_FETCH_DEADLINE_S = {fetch_deadline():g} s); choose the model again "
+                                  "to resume")
+        if progress is not None:
+            progress(done, total)
+    return report
+
+
 def ensure_local(spec: ModelSpec, progress: Progress | None = None, expected_bytes: int | None = None,
-                 client: HubClient | None = None, disk_free: DiskFree = free_bytes) -> bool:
+                 client: HubClient | None = None, disk_free: DiskFree = free_bytes,
+                 deadline: float | None = None) -> bool:
     """Make ``spec`` loadable without a download; returns whether this call downloaded anything.
 
     CD/CT with a Hub repo: :func:`fetch_hub_files`; EDM teachers: the original ``.pt``. Embedded
-    models are always present.
+    models are always present. The whole fetch, waiting for another one of the same model
+    included, ends by ``deadline`` (``time.monotonic()``; default :func:`fetch_deadline` from now)
+    with a ``CheckpointError``; every connection times out after :func:`hub_timeout` of silence.
     """
     if spec.embedded or is_available(spec):
         return False
     if not spec.url and not spec.hub_repo:
         raise CheckpointError(f"{spec.name} cannot be downloaded")
+    deadline = deadline if deadline is not None else time.monotonic() + fetch_deadline()
     dest = hub_cache_dir() if spec.hub_repo else checkpoint_dir()
-    with model_lock(spec.name, dest):
+    report = _until(deadline, spec.name, progress)
+    with model_lock(spec.name, dest, deadline):
         if is_available(spec):  # another visitor fetched it while we waited
             return False
         if spec.hub_repo:
-            fetch_hub_files(spec, progress, expected_bytes, client, disk_free)
+            fetch_hub_files(spec, report, expected_bytes, client, disk_free)
         else:
             check_disk(dest, spec.size_bytes or expected_bytes or 0, disk_free)
-            fetch_original(spec, progress=progress, timeout=20.0)
+            fetch_original(spec, progress=report, timeout=hub_timeout())
     if not is_available(spec):
         raise CheckpointError(f"{spec.name}: the download finished but {local_path(spec)} / "
                               f"{spec.hub_repo} is still incomplete")

@@ -11,8 +11,8 @@ MPS > CPU), ``CM_DTYPE`` (``float32`` default; ``float16``/``bfloat16`` on GPUs)
 (largest batch per request, default 16), plus those of :mod:`cm_core.models.checkpoints`.
 
 Modules, one job each: :mod:`.settings` (limits, environment), :mod:`.model_cache` (the LRU of
-loaded models, out-of-memory handling), :mod:`.sizes` and :mod:`.models` (the model table, fetching),
-:mod:`.classes` and :mod:`.params` (validation, :func:`plan`), :mod:`.zerogpu` (ZeroGPU), :mod:`.generation`, :mod:`.edits`
+loaded models, out-of-memory handling), :mod:`.sizes` and :mod:`.models` (the model table, fetching), :mod:`.fetches` (downloads beside the requests),
+:mod:`.classes` and :mod:`.params` (validation, :func:`plan`), :mod:`.zerogpu` (ZeroGPU), :mod:`.slots` (compute slots), :mod:`.generation`, :mod:`.edits`
 and :mod:`.interpolation` (request functions), :mod:`.examples` (example inputs). The public names
 are re-exported here. Tests replace the process-wide cache in :mod:`.model_cache` (``_CACHE``) and
 the sampler in :mod:`cm_core.sampling.generate` (``sample_batch``), the modules that own them.
@@ -36,6 +36,7 @@ from .interpolation import InterpolationResult, interpolate
 from .model_cache import ModelCache, cache
 from .models import (
                          TABLE_HEADERS,
+                         check_download,
                          ensure_model,
                          fetch_command,
                          fetch_model,
@@ -43,10 +44,11 @@ from .models import (
                          model_markdown,
                          model_rows,
                          sampling_summary,
+                         start_download,
                          teacher_for,
 )
 from .params import USER_ERRORS, GenerateRequest, Plan, parse_ts, plan
-from .progress import Progress
+from .progress import Cancelled, Progress
 from .settings import (
                          MAX_HEUN_STEPS,
                          MAX_SEED,
@@ -59,12 +61,14 @@ from .settings import (
                          max_batch,
                          max_batched_requests,
                          queue_size,
+                         waiters,
 )
+from .slots import ComputeSlots, compute_slots
 from .sizes import human_size, model_bytes
 from .zerogpu import estimate_seconds, zero_gpu_active
 
 __all__ = [
-    "USER_ERRORS", "Progress", "MAX_SEED", "MAX_HEUN_STEPS", "MAX_TS_STEPS", "MAX_STEPS", "RANDOM_CLASS",
+    "USER_ERRORS", "Progress", "Cancelled", "ComputeSlots", "compute_slots", "waiters", "MAX_SEED", "MAX_HEUN_STEPS", "MAX_TS_STEPS", "MAX_STEPS", "RANDOM_CLASS",
     "TABLE_HEADERS", "ModelCache", "cache", "warm_up", "default_model", "max_batch", "concurrency",
     "queue_size", "max_batched_requests", "cache_examples", "configure_torch_threads", "model_bytes",
     "human_size", "fetch_command", "sampling_summary", "model_rows", "model_info", "model_markdown",
@@ -72,5 +76,5 @@ __all__ = [
     "GenerateRequest", "Plan", "plan", "GenerateResult", "to_pil", "generate", "generate_many",
     "compare_with_teacher", "noise_for_seed", "image_array", "example_files", "EditResult", "colorize",
     "inpaint", "super_resolve", "denoise", "stroke_guided", "InterpolationResult", "interpolate",
-    "class_names", "ensure_model", "estimate_seconds", "zero_gpu_active",
+    "class_names", "ensure_model", "start_download", "check_download", "estimate_seconds", "zero_gpu_active",
 ]

@@ -4,8 +4,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..models.checkpoints import FETCH_CMD, CheckpointError, is_available, local_path
-from ..models.hub_fetch import auto_fetch_enabled, ensure_local
+from ..models.hub_fetch import auto_fetch_enabled
 from ..models.registry import REGISTRY, ModelSpec, get_spec
+from .fetches import RETRY_AFTER_S, fetch_problem, start_fetch, wait_fetch
 from .model_cache import cache
 from .progress import Progress
 from .sizes import human_size, model_bytes
@@ -74,16 +75,10 @@ def model_markdown(name: str) -> str:
     return "\n\n".join(lines)
 
 
-def _bytes_progress(progress: Progress | None):
-    def on_bytes(done: int, total: int | None) -> None:
-        if progress is not None:
-            progress(done / total if total else 0.0, f"downloading: {human_size(done)} of {human_size(total)}")
-    return on_bytes
-
-
 def fetch_model(name: str, progress: Progress | None = None) -> str:
     """Download a released model (CD/CT: its diffusers Hub repo; EDM: the ``.pt``); returns where
-    it now is. One download per model at a time, disk space checked first."""
+    it now is. One download per model at a time (joined by whoever asks meanwhile), disk space
+    checked first, within the fetch deadline (:mod:`.fetches`)."""
     spec = get_spec(name)
     _download(spec, progress)
     return where(spec)
@@ -92,7 +87,9 @@ def fetch_model(name: str, progress: Progress | None = None) -> str:
 def _download(spec: ModelSpec, progress: Progress | None) -> bool:
     if not (spec.url or spec.hub_repo) and not is_available(spec):
         raise CheckpointError(f"{spec.name} cannot be downloaded: {fetch_command(spec)}")
-    return ensure_local(spec, _bytes_progress(progress), expected_bytes=model_bytes(spec, on_disk_only=False))
+    if spec.embedded or is_available(spec):
+        return False
+    return wait_fetch(start_fetch(spec), progress)
 
 
 def where(spec: ModelSpec) -> str:
@@ -102,14 +99,33 @@ def where(spec: ModelSpec) -> str:
     return str(path if path.is_file() or spec.embedded else resolve(spec.name)[0])
 
 
+def _needs_fetch(spec: ModelSpec) -> bool:
+    return not spec.embedded and auto_fetch_enabled() and not is_available(spec)
+
+
 def ensure_model(name: str, progress: Progress | None = None) -> bool:
     """Fetch ``name`` on first use where that is allowed (a Space, or ``CM_AUTO_FETCH=1``; see
     :func:`cm_core.models.hub_fetch.auto_fetch_enabled`); elsewhere a missing model stays missing and its
     load says how to fetch it. Returns whether a download happened."""
     spec = get_spec(name)
-    if spec.embedded or not auto_fetch_enabled() or is_available(spec):
-        return False
-    return _download(spec, progress)
+    return _download(spec, progress) if _needs_fetch(spec) else False
+
+
+def start_download(name: str) -> None:
+    """Where fetching on first use is allowed, start ``name``'s download without waiting for it
+    (not again within :data:`~.fetches.RETRY_AFTER_S` of a failure, whose cause is reported)."""
+    spec = get_spec(name)
+    if _needs_fetch(spec):
+        start_fetch(spec, retry_after=RETRY_AFTER_S)
+
+
+def check_download(name: str) -> None:
+    """Raise ``CheckpointError`` saying that ``name`` is being downloaded (with its progress) or why
+    its download failed, when it is not on disk for one of these reasons; else do nothing."""
+    spec = get_spec(name)
+    problem = None if spec.embedded or is_available(spec) else fetch_problem(name)
+    if problem is not None:
+        raise CheckpointError(problem)
 
 
 def teacher_for(name: str) -> str:

@@ -6,6 +6,14 @@ from collections.abc import Callable
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], description)
 
 
+class Cancelled(Exception):
+    """The client of a request left (cancelled it, or its connection dropped).
+
+    A :data:`Progress` callback raises it; request functions call their progress between network
+    evaluations, so the work stops within one evaluation and its compute slot is free at once.
+    Not a user error: nobody is left to read a message."""
+
+
 def _progress_callback(progress: Progress | None, total_label: str) -> Callable[[dict], None] | None:
     if progress is None:
         return None

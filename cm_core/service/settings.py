@@ -1,7 +1,7 @@
 """Limits and environment settings of the app-facing layer.
 
 ``CM_DEFAULT_MODEL``, ``CM_MAX_BATCH`` (largest batch per request, default 16), ``CM_CONCURRENCY``,
-``CM_QUEUE_SIZE``, ``CM_BATCH_REQUESTS``, ``CM_CACHE_EXAMPLES`` and ``CM_TORCH_THREADS``.
+``CM_QUEUE_SIZE``, ``CM_WAITERS``, ``CM_BATCH_REQUESTS``, ``CM_CACHE_EXAMPLES`` and ``CM_TORCH_THREADS``.
 """
 from __future__ import annotations
 
@@ -41,6 +41,14 @@ def _env_int(name: str, default: int, lo: int = 1) -> int:
 def concurrency() -> int:
     """Model-running events at a time (one shared group): ``$CM_CONCURRENCY``, default 1."""
     return _env_int("CM_CONCURRENCY", 1)
+
+
+def waiters() -> int:
+    """Model-running requests let past the queue besides the running ones: ``$CM_WAITERS``, default 8.
+
+    They wait for a model download or for a compute slot (:mod:`.slots`), showing which; a download
+    that takes minutes then holds none of the slots that serve models already on disk."""
+    return _env_int("CM_WAITERS", 8, lo=0)
 
 
 def queue_size() -> int:
