@@ -12,9 +12,9 @@ import gradio as gr
 
 from cm_core import service as S
 from cm_core.models.messages import bound
+from cm_core.models.registry import get_spec
 
 from .clients import client_alive
-from cm_core.models.registry import get_spec
 
 
 def _err(fn):

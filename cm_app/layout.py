@@ -97,7 +97,9 @@ def build_app() -> gr.Blocks:
     name = S.default_model()
     spec = get_spec(name)
     ex = S.example_files()
-    with gr.Blocks(title="cm-studio: consistency models") as demo:
+    # output images and uploads go to Gradio's cache folder: files older than an hour are deleted
+    # every hour, so a long-running Space's disk does not fill up with galleries
+    with gr.Blocks(title="cm-studio: consistency models", delete_cache=(3600, 3600)) as demo:
         model, model_md, fetch_btn, table, refresh = _header(name)
         with gr.Tabs():
             gen = T.generate_tab(model, name, spec)

@@ -444,9 +444,9 @@ def burst(url: str, pid: int, f: dict[str, str], n: int = 50, timeout: float = 6
 
 def queue_full_check(tmp: Path, f: dict[str, str], n: int = 12, queue: int = 2,
                      timeout: float = 60.0) -> Counter:
-    """A server with ``CM_QUEUE_SIZE=queue`` (and no waiters past the queue, ``CM_WAITERS=0``): of ``n``
-    simultaneous requests, the ones that do not
-    fit get Gradio's clear queue-full message at once; the rest are served."""
+    """A server with ``CM_QUEUE_SIZE=queue`` and no waiters past the queue (``CM_WAITERS=0``): of
+    ``n`` simultaneous requests, the ones that do not fit get Gradio's clear queue-full message at
+    once; the rest are served."""
     from app_server import AppServer
     srv = AppServer(tmp, {"CM_QUEUE_SIZE": str(queue), "CM_WAITERS": "0", "CM_WARMUP": "0",
                          "CM_CACHE_EXAMPLES": "0"})
@@ -471,7 +471,7 @@ def queue_full_check(tmp: Path, f: dict[str, str], n: int = 12, queue: int = 2,
 # ----------------------------------------------------------------------------- the soak
 @dataclass
 class SoakResult:
-    rounds: list = field(default_factory=list)  # (RSS after the round in bytes, wall seconds, failures)
+    rounds: list = field(default_factory=list)  # (RSS after the round, wall s, failures, peak RSS during it)
 
     def last_spread(self, k: int = 5) -> float:
         """(max - min) / min of the RSS over the last ``k`` rounds."""
@@ -488,27 +488,30 @@ def soak(url: str, pid: int, rounds: int = 10, n: int = 40, batch: int = 16, tim
     res = SoakResult()
     for r in range(rounds):
         t = time.perf_counter()
-        jobs = [client.submit(*_gen(seed=(r * n + i) * batch, batch=batch), api_name="/generate")
-                for i in range(n)]
-        failed = 0
-        for j in jobs:
-            try:
-                check_result("/generate", j.result(timeout=timeout))
-            except Exception:  # noqa: BLE001 - counted; the soak is about memory
-                failed += 1
+        with RssSampler(pid, period=0.2) as rss:
+            jobs = [client.submit(*_gen(seed=(r * n + i) * batch, batch=batch), api_name="/generate")
+                    for i in range(n)]
+            failed = 0
+            for j in jobs:
+                try:
+                    check_result("/generate", j.result(timeout=timeout))
+                except Exception:  # noqa: BLE001 - counted; the soak is about memory
+                    failed += 1
         wall = time.perf_counter() - t
         time.sleep(settle)
-        res.rounds.append((RssSampler(pid).current(), wall, failed))
-        print(f"soak round {r + 1}/{rounds}: RSS {_mb(res.rounds[-1][0])}, {wall:.1f} s, {failed} failed", flush=True)
+        res.rounds.append((RssSampler(pid).current(), wall, failed, rss.peak))
+        print(f"soak round {r + 1}/{rounds}: RSS {_mb(res.rounds[-1][0])} (peak {_mb(rss.peak)}), {wall:.1f} s, "
+              f"{failed} failed", flush=True)
     return res
 
 
-def soak_markdown(s: SoakResult, n: int, batch: int) -> str:
-    rows = "\n".join(f"| {i + 1} | {rss / 2 ** 20:.0f} | {wall:.1f} | {failed} |"
-                     for i, (rss, wall, failed) in enumerate(s.rounds))
+def soak_markdown(s: SoakResult, n: int, batch: int, settle_note: str = "2 s after it") -> str:
+    rows = "\n".join(f"| {i + 1} | {rss / 2 ** 20:.0f} | {peak / 2 ** 20:.0f} | {wall:.1f} | {failed} |"
+                     for i, (rss, wall, failed, peak) in enumerate(s.rounds))
     k = min(5, len(s.rounds))
     return (f"### Soak: {len(s.rounds)} rounds of {n} concurrent /generate requests x batch {batch}\n\n"
-            f"| round | server RSS after it (MiB) | wall (s) | failed |\n|---|---|---|---|\n{rows}\n\n"
+            f"| round | server RSS {settle_note} (MiB) | peak during it (MiB) | wall (s) | failed |\n"
+            f"|---|---|---|---|---|\n{rows}\n\n"
             f"Over the last {k} rounds the RSS spreads by {100 * s.last_spread(k):.1f}% "
             f"({'flat: within 10%' if s.last_spread(k) <= 0.10 else 'NOT flat: over 10%'}).\n")
 
@@ -622,7 +625,7 @@ def _soak(tmp: Path, a: argparse.Namespace) -> tuple[str, bool]:
         s = soak(srv.url, srv.proc.pid, a.soak_rounds, a.soak_requests, a.soak_batch, max(a.timeout, 300.0))
     finally:
         srv.stop()
-    ok = s.last_spread() <= 0.10 and not any(f for _, _, f in s.rounds)
+    ok = s.last_spread() <= 0.10 and not any(r[2] for r in s.rounds)
     return soak_markdown(s, a.soak_requests, a.soak_batch), ok
 
 
@@ -670,9 +673,24 @@ are empty, cover everything or have another size get a message saying what to pa
 **Parameters and limits.** Steps, ts (at most {200} evaluations per image, on any grid), Heun steps
 (<= 200), batch size (<= `CM_MAX_BATCH`, default 16, so one request cannot take all GPU memory),
 seed, dropout (<= 0.9), patch size (must divide the model size), noise level, frames and sigma are
-validated by the UI components and again by `cm_core.service`. The queue holds at most
+validated by the UI components and again by `cm_core.service`. Text fields are refused by length
+before they are parsed (a 20 MB `ts` in 0.25 s), every message quotes at most 200 characters of
+input, and every error reply and log line is cut to 1000 characters. The queue holds at most
 `CM_QUEUE_SIZE` (64) waiting requests; beyond that a request gets "Queue is full" at once. Model
-runs share one concurrency group (`CM_CONCURRENCY`, default 1).
+runs take one of `CM_CONCURRENCY` compute slots (default 1); `CM_WAITERS` (8) more requests wait
+past the queue for a download or a slot, with a progress message saying which.
+
+**Clients that leave, Hubs that hang.** A request whose client presses Stop, cancels or drops its
+connection stops at its next progress call (one network evaluation; two for a Heun step) and frees
+its slot: the next request starts at once (`tests/test_cancel.py`). A model download runs in a
+background job of its own, joined by every visitor of that model, with a connection timeout
+(`CM_HUB_TIMEOUT_S`, 20 s) and a deadline (`CM_FETCH_DEADLINE_S`, 30 min): a Hub that accepts and
+never answers, or that cuts the transfer, fails the fetch with its cause while the embedded models
+are served in normal time, and nothing complete-looking is left (`tests/test_hub_faults.py`).
+
+**Memory.** When the compute slots have been idle for a second the allocator's free memory goes back
+to the system (glibc `malloc_trim`), and Gradio's cached output files older than an hour are deleted
+hourly. The soak below shows the server's RSS round after round.
 
 **Faults.** A CUDA out-of-memory error during a request evicts the other cached models, empties
 the CUDA cache and retries once; if it fails again the user gets "out of GPU memory ...: use a

@@ -16,6 +16,12 @@ app's worker threads allocate from the same heap as the main thread; a thread ar
 most 64 MiB and larger blocks are mmapped again). Cost: up to 1 GiB of freed memory may stay with
 the process for reuse instead of going back to the system. ``CM_CPU_MALLOC=0`` leaves glibc's
 defaults; other C libraries (musl, macOS) are left alone.
+
+A long-running server gives that memory back when it is idle: :func:`trim_heap` (glibc's
+``malloc_trim``) returns the free pages of every arena to the system. Measured in the app on 2 Zen 3
+cores, 40 concurrent requests of 16 images (merged into batches of up to 128): RSS 2100 -> 723 MiB
+in 170 ms, where without it the RSS climbed round after round (1.2 -> 2.8 GB in six rounds with
+glibc's defaults, 1.06 -> 1.37 GB in ten with the settings above).
 """
 from __future__ import annotations
 
@@ -25,7 +31,7 @@ import logging
 import os
 import sys
 
-__all__ = ["MALLOC_SETTINGS", "tune_allocator"]
+__all__ = ["MALLOC_SETTINGS", "trim_heap", "tune_allocator"]
 
 log = logging.getLogger("cm_core.accel.fast")
 
@@ -53,3 +59,23 @@ def tune_allocator() -> bool:
     done = {name: mallopt(param, value) == 1 for name, (param, value) in MALLOC_SETTINGS.items()}
     log.info("CPU allocator settings (CM_CPU_MALLOC=0 turns them off): %s", done)
     return all(done.values())
+
+
+@functools.lru_cache(maxsize=1)
+def _malloc_trim():
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+    fn.argtypes, fn.restype = [ctypes.c_size_t], ctypes.c_int
+    return fn
+
+
+def trim_heap() -> bool:
+    """Give the allocator's free memory back to the system (glibc ``malloc_trim(0)``: every
+    arena's free pages, not only the top of the heap); False where there is no such call. It
+    holds the allocator's locks for about 0.1-0.2 s on a heap of 2 GB: call it when idle."""
+    fn = _malloc_trim()
+    return bool(fn(0)) if fn is not None else False
