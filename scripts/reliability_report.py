@@ -517,6 +517,18 @@ def soak_markdown(s: SoakResult, n: int, batch: int, settle_note: str = "2 s aft
 
 
 # ----------------------------------------------------------------------------- report
+def _cpu_name() -> str:
+    """The CPU's model name, with its family and model numbers (speed figures depend on them)."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            k, _, v = line.partition(":")
+            info.setdefault(k.strip(), v.strip())
+    except OSError:
+        return platform.processor() or "unknown CPU"
+    return f"{info.get('model name', '?')}, family {info.get('cpu family', '?')} model {info.get('model', '?')}"
+
+
 def _mb(b: int) -> str:
     return f"{b / 2 ** 20:.0f} MiB"
 
@@ -529,7 +541,7 @@ def markdown(outcomes: list[Outcome], b: BurstResult | None, q: Counter | None, 
     good = sum(o.as_expected for o in outcomes)
     crashes = [o for o in outcomes if not o.as_expected]
     lines = [
-        f"Measured with `{cmd}` on {platform.machine()} Linux, {os.cpu_count()} CPU cores (shared), "
+        f"Measured with `{cmd}` on {platform.machine()} Linux, {os.cpu_count()} CPU cores (shared, {_cpu_name()}), "
         f"Python {platform.python_version()}, torch {torch.__version__}, gradio {gradio.__version__}; "
         f"the app on 127.0.0.1 with random-weight embedded models (32 px), "
         f"`CM_TORCH_THREADS={os.environ.get('CM_TORCH_THREADS', '1')}`, app start {start_s:.1f} s.",
