@@ -56,7 +56,8 @@ def _steps_ts(spec: ModelSpec, default: int | None = None) -> tuple[gr.Slider, g
     with gr.Row():
         steps = gr.Slider(1, S.MAX_STEPS, value=default or spec.edit_steps, step=1,
                           label="Steps (network evaluations)")
-        ts = gr.Textbox(label="ts (experts)", placeholder=",".join(map(str, spec.ts)), value="")
+        ts = gr.Textbox(label="ts (experts)", placeholder=",".join(map(str, spec.ts)), value="",
+                        info="grid indices, e.g. 0,22,39 (Generate also takes 'sigmas: 80, 40, 20, 10, 5')")
     return steps, ts
 
 

@@ -71,6 +71,16 @@ def model_updates(name: str, cls: list, steps: list, g_ts, g_heun, gen_btn, gen_
 
 
 @_err
+def model_info(model: str) -> dict:
+    """What the registry and this machine know of one model: kind, method, dataset, resolution,
+    size, whether it is on disk or fetched on use, its default sampling (an API endpoint). The
+    file it loads from is ``local_file`` (a ``path`` key would make gradio_client download it)."""
+    info = S.model_info(model)
+    info["local_file"] = info.pop("path")
+    return info
+
+
+@_err
 def model_table():
     return S.model_rows()
 
@@ -163,6 +173,11 @@ def generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heu
     r = S.generate(_request(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps),
                    _progress(progress))
     return _gallery(r), r.summary()
+
+
+def remember(seed, batch_size, class_label):
+    """The seed, batch size and class of a Generate click, kept for Compare."""
+    return seed, batch_size, class_label
 
 
 @_err

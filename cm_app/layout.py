@@ -29,7 +29,8 @@ LPIPS metric), **CT** models are trained from scratch; the **EDM teacher** needs
 CONTROLS = """
 **Controls.** *Model*: any checkpoint of the registry (the embedded 32 px digits models run on any CPU).
 *Steps*: network evaluations (1 = one-step); *ts*: explicit grid indices for experts, e.g. `0,22,39`
-(or `0,106,200/201` for another grid), overriding *Steps*; *Heun steps*: the EDM teacher's sampler.
+(or `0,106,200/201` for another grid), overriding *Steps*; on Generate it also takes noise levels,
+`sigmas: 80, 40, 20, 10, 5` (one evaluation at each, from noise at the first); *Heun steps*: the EDM teacher's sampler.
 *Seed*: image *i* of a batch uses seed + *i*, so an image does not depend on the batch size.
 *Dropout*: Monte-Carlo dropout at inference (0 = deterministic). *Class*: the label of class-conditional
 models (searchable; *random* draws one per image from its seed). Editing tabs use *Steps* as in
@@ -71,7 +72,7 @@ def _model_events(demo: gr.Blocks, model: gr.Dropdown, model_md: gr.Markdown, fe
         return H.model_updates(model, all_cls, all_steps, g["ts"], g["heun"], gen.button, g["gen_steps_btn"],
                                g["cmp_btn"], model_md, fetch_btn)
     fetching = dict(concurrency_id="fetch", concurrency_limit=None)  # each bounded by its deadline
-    model.change(on_model_change, model, picked, api_name="model_info", queue=False).then(
+    model.change(on_model_change, model, picked, api_name=False, queue=False).then(
         H.fetch_on_choice, model, [model_md, table], api_name=False, **fetching)  # a Space: download now
     for ev in (gen.steps.change, g["ts"].change):
         ev(H.on_steps_change, [model, gen.steps, g["ts"]], [gen.button, g["gen_steps_btn"]], api_name=False,
@@ -79,6 +80,7 @@ def _model_events(demo: gr.Blocks, model: gr.Dropdown, model_md: gr.Markdown, fe
     fetch_btn.click(H.fetch_model, model, [model_md, table], api_name="fetch_model", **fetching)
     demo.load(on_model_change, model, picked, api_name=False, queue=False)
     refresh.click(H.model_table, None, table, api_name="model_table", queue=False)
+    gr.api(H.model_info, api_name="model_info", queue=False)  # one named JSON output
 
 
 def _run_events(gen: T.Tab, edits: dict[str, T.Tab]) -> None:
@@ -87,6 +89,8 @@ def _run_events(gen: T.Tab, edits: dict[str, T.Tab]) -> None:
     _gpu(gen.button.click, H.generate, gen.inputs, gen.outputs, "generate", batch=True,
          max_batch_size=S.max_batched_requests())
     _gpu(gen.extra["gen_steps_btn"].click, H.generate_steps, gen.inputs, gen.outputs, "generate_steps")
+    for btn in (gen.button, gen.extra["gen_steps_btn"]):  # remember what this click samples
+        btn.click(H.remember, gen.extra["used"], gen.extra["last"], queue=False, api_name=False)
     _gpu(gen.extra["cmp_btn"].click, H.compare_teacher, gen.extra["compare_inputs"],
          gen.extra["compare_outputs"], "compare_teacher")
     for api_name, tab in edits.items():

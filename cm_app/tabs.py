@@ -53,8 +53,12 @@ def generate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
                 gallery = _gallery("Samples", 360, elem_id="gallery")
                 info = gr.Markdown(elem_id="generate-info")
                 t_gallery = _gallery("EDM teacher, same seeds", 240, elem_classes="pixelated")
-                t_info = gr.Markdown()
+                t_info = gr.Markdown(elem_id="teacher-info")
         inputs = [model, steps, ts, seed, batch, drop, cls, heun]
+        # what the last Generate click used: Compare runs exactly the gallery's seeds and class,
+        # whatever the boxes show since (Randomise); hidden, they keep the API's parameters
+        last = [gr.Number(0, precision=0, visible=False), gr.Number(4, precision=0, visible=False),
+                gr.Textbox(S.RANDOM_CLASS, visible=False)]
         choices = S.class_choices(spec)
         _examples([[name, 1, "", 0, 8, 0.0, S.RANDOM_CLASS, spec.heun_steps],
                    [name, 2, "", 0, 8, 0.0, S.RANDOM_CLASS, spec.heun_steps],
@@ -62,7 +66,8 @@ def generate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
                   inputs, [gallery, info], H.generate_steps)
     return Tab(inputs, [gallery, info], gen_btn, cls, steps, extra=dict(
         ts=ts, heun=heun, gen_steps_btn=gen_steps_btn, cmp_btn=cmp_btn,
-        compare_inputs=[model, seed, batch, cls, heun], compare_outputs=[t_gallery, t_info]))
+        compare_inputs=[model, *last, heun], compare_outputs=[t_gallery, t_info],
+        used=[seed, batch, cls], last=last))
 
 
 def colorize_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:

@@ -63,7 +63,8 @@ def _check_fast(name: str, sizes: list[int], compile_: bool, device: str | None)
               help="load weights from this .pt/.safetensors/diffusers folder instead of the registry file")
 @click.option("--steps", type=int, default=1, show_default=True,
               help="network evaluations (1 = one-step; EDM teachers: Heun steps)")
-@click.option("--ts", default=None, help="explicit step indices, e.g. 0,22,39 or 0,106,200/201 (overrides --steps)")
+@click.option("--ts", default=None, help="explicit step indices, e.g. 0,22,39 or 0,106,200/201, or noise "
+              "levels, e.g. 'sigmas: 80, 40, 20, 10, 5' (overrides --steps)")
 @click.option("--grid-steps", type=int, default=None, help="points of the Karras grid for --ts")
 @click.option("--seed", type=int, default=0, show_default=True, help="image i uses seed+i")
 @click.option("--class-label", type=int, default=None, help="class for every image (random if unset)")

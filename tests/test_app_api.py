@@ -198,6 +198,8 @@ def _value_for(p: dict, files: dict[str, str]):
     if typ.startswith("dict(background"):
         return {"background": handle_file(files["photo"]), "layers": [handle_file(files["mask"])],
                 "composite": None, "id": None}
+    if p["parameter_name"] == "model":
+        return MODEL
     cast = {"int": int, "float": float, "str": str, "bool": bool}[typ]
     return cast(default) if default is not None else cast()
 
@@ -235,3 +237,12 @@ def test_a_data_url_as_a_file_path_gives_a_short_reply_and_short_log_lines(serve
     reply = httpx.get(f"{server.url}gradio_api/call/colorize/{r.json()['event_id']}", timeout=30).text
     assert "event: error" in reply and "File name too long" in reply and len(reply) < 2000
     assert max(map(len, server.log.read_text().splitlines())) <= 1100
+
+
+def test_model_info_is_one_named_json_output(client):
+    ep = client.view_api(print_info=False, return_format="dict")["named_endpoints"]["/model_info"]
+    assert len(ep["returns"]) == 1, ep["returns"]  # one dict, not 15 unnamed component values
+    info = client.predict("cd_imagenet64_l2", api_name="/model_info")
+    assert info["name"] == "cd_imagenet64_l2" and info["resolution"] == 64 and info["available"] is False
+    assert info["local_file"].endswith("cd_imagenet64_l2.pt")
+    assert client.predict(MODEL, api_name="/model_info")["available"] is True

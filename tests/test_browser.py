@@ -5,6 +5,7 @@ with ``CM_SCREENSHOTS=docs/screenshots`` one screenshot per tab is also written 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 from pathlib import Path
 
@@ -69,3 +70,16 @@ def test_every_tab_renders(page):
         _shot(page, name)
     page.get_by_role("tab", name="Generate").click()
     assert all((ARTIFACTS / f"{n}.png").is_file() for _, n in TABS)
+
+
+def test_compare_runs_the_gallery_seeds_even_after_randomise(page):
+    page.get_by_role("tab", name="Generate").click()
+    page.locator("#generate-btn").click()
+    info = page.locator("#generate-info")
+    info.filter(has_text="images/s").wait_for()
+    seeds = re.search(r"\((seeds? [0-9-]+)\)", info.inner_text()).group(1)  # "seeds 0-3"
+    page.get_by_role("button", name="Randomise").first.click()
+    page.get_by_role("button", name="Compare with the EDM teacher (same seeds)").click()
+    teacher = page.locator("#teacher-info")
+    teacher.filter(has_text="images/s").wait_for()
+    assert f"({seeds})" in teacher.inner_text(), (seeds, teacher.inner_text())

@@ -16,20 +16,24 @@ import torch
 from ..accel.fast import FastDenoiser
 from ..models.denoiser import Denoiser
 from ..models.registry import ModelSpec
+from .loop import sigma_loop
 from .samplers import heun, initial_noise, make_generators, multistep, onestep
-from .schedule import parse_ts, pick_ts, validate_ts
+from .schedule import is_sigmas, parse_sigmas, parse_ts, pick_ts, validate_ts
 
 _LABEL_STREAM = 0x2545F4914F6CDD1D  # random class labels: a stream apart from the noise seeds
 
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """What to sample: ``steps`` evaluations (Heun steps for EDM) or explicit ``ts`` on ``grid_steps``."""
+    """What to sample: ``steps`` evaluations (Heun steps for EDM), explicit ``ts`` on ``grid_steps``,
+    or explicit noise levels ``sigmas`` (:func:`cm_core.sampling.schedule.parse_sigmas`: the
+    levels evaluated, then sigma_min)."""
 
     steps: int = 1
     ts: tuple[int, ...] | None = None
     grid_steps: int | None = None
     dropout: float = 0.0
+    sigmas: tuple[float, ...] | None = None
 
     def resolved_ts(self, spec: ModelSpec) -> tuple[list[int], int] | None:
         """(ts, grid) for multistep CM sampling, or None for one-step / Heun."""
@@ -71,10 +75,13 @@ def sample_batch(den: Denoiser | FastDenoiser, spec: ModelSpec, seeds: Sequence[
     drop = [g for s in seeds for g in make_generators(s, 1, dev, "dropout")] if settings.dropout else None
     den.dropout = settings.dropout
     r = spec.resolution
-    x_T = initial_noise((len(seeds), 3, r, r), gens, spec.sigma_max, device=dev)
+    sigmas = settings.sigmas if spec.kind != "edm" else None
+    x_T = initial_noise((len(seeds), 3, r, r), gens, sigmas[0] if sigmas else spec.sigma_max, device=dev)
     labels = labels.to(dev) if labels is not None and not isinstance(den, FastDenoiser) else labels
     if spec.kind == "edm":
         return heun(den, x_T, max(settings.steps, 2), labels, drop, callback)
+    if sigmas is not None:  # Algorithm 1 over the given levels, from noise at the first one
+        return sigma_loop(den, x_T, sigmas, gens, None, labels, dropout_rng=drop, callback=callback).clamp(-1, 1)
     plan = settings.resolved_ts(spec)
     if plan is None:
         return onestep(den, x_T, labels, dropout_rng=drop, callback=callback)
@@ -118,8 +125,11 @@ def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str |
     total = num_samples or num
     if total < 1 or batch_size < 1:
         raise ValueError("--n/--num-samples and --batch-size must be >= 1")
-    ts_v, grid = parse_ts(ts, grid_steps or spec.steps)  # "0,22,39" or "0,106,200/201"
-    settings = SampleSettings(steps=steps, ts=ts_v, grid_steps=grid, dropout=dropout)
+    if is_sigmas(ts):  # "sigmas: 80, 40, 20, 10, 5"
+        settings = SampleSettings(sigmas=parse_sigmas(str(ts), spec.sigma_min, spec.sigma_max), dropout=dropout)
+    else:
+        ts_v, grid = parse_ts(ts, grid_steps or spec.steps)  # "0,22,39" or "0,106,200/201"
+        settings = SampleSettings(steps=steps, ts=ts_v, grid_steps=grid, dropout=dropout)
     rank, world = rank_world()
     dev = local_device(pick_device(device))
     fast = dev.type == "cuda" if fast is None else fast

@@ -59,6 +59,41 @@ def validate_ts(ts: Sequence[int], steps: int) -> None:
         raise ValueError(f"ts must be strictly increasing; got {quote(ts)}")
 
 
+SIGMAS_PREFIX = "sigmas:"
+
+
+def is_sigmas(text: object) -> bool:
+    """Whether ``text`` gives noise levels directly (``"sigmas: 80, 40, 20"``) rather than indices."""
+    return isinstance(text, str) and text.strip().lower().startswith(SIGMAS_PREFIX)
+
+
+def parse_sigmas(text: str, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX) -> tuple[float, ...]:
+    """Noise levels from ``"sigmas: 80, 40, 20, 10, 5"`` (the form k-diffusion style samplers take).
+
+    The listed levels are where the network evaluates, strictly decreasing within
+    ``(sigma_min, sigma_max]``; ``sigma_min`` is appended as the final level (no evaluation, no
+    noise added), as a ``ts`` list ends on the grid's last index. A trailing ``sigma_min`` in
+    the text is accepted and not doubled. Returns all levels: one more than the evaluations.
+    """
+    check_length("sigmas", text, MAX_TS_CHARS)
+    body = text.strip()[len(SIGMAS_PREFIX):]
+    try:
+        levels = [float(v) for v in body.replace(" ", "").split(",") if v]
+    except ValueError:
+        raise ValueError("sigmas must be comma-separated numbers after 'sigmas:', e.g. "
+                         f"'sigmas: 80, 40, 20, 10, 5'; got {quote(text)}") from None
+    if levels and abs(levels[-1] - sigma_min) <= 1e-9 * sigma_min:
+        levels = levels[:-1]
+    if not levels:
+        raise ValueError(f"sigmas needs at least one noise level above sigma_min ({sigma_min:g}), "
+                         "e.g. 'sigmas: 80, 40'")
+    if not all(sigma_min < v <= sigma_max for v in levels):  # also refuses nan
+        raise ValueError(f"sigmas must lie in ({sigma_min:g}, {sigma_max:g}] for this model; got {quote(text)}")
+    if any(b >= a for a, b in zip(levels, levels[1:])):
+        raise ValueError(f"sigmas must be strictly decreasing; got {quote(text)}")
+    return (*levels, sigma_min)
+
+
 def parse_ts(text: str | Sequence[int] | None, steps: int) -> tuple[tuple[int, ...] | None, int]:
     """Explicit step indices from text: ``"0,22,39"`` on a ``steps``-point grid, or ``"0,106,200/201"``.
 
@@ -68,6 +103,9 @@ def parse_ts(text: str | Sequence[int] | None, steps: int) -> tuple[tuple[int, .
     if text is None or (isinstance(text, str) and not text.strip()):
         return None, steps
     check_length("ts", text, MAX_TS_CHARS)
+    if is_sigmas(text):
+        raise ValueError("noise levels ('sigmas: ...') are taken by generation only; here give grid "
+                         "indices, e.g. 0,22,39")
     if not isinstance(text, str):
         ts = tuple(int(t) for t in text)
     else:

@@ -39,8 +39,16 @@ class GenerateResult:
     def images_per_second(self) -> float:
         return len(self.images) / self.seconds if self.seconds > 0 else float("inf")
 
+    def seed_range(self) -> str:
+        """``"seeds 3-6"`` (``"seed 3"`` for one image; empty when unknown)."""
+        seeds = self.extra.get("seeds") or []
+        if not seeds:
+            return ""
+        return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
+
     def summary(self) -> str:
-        s = (f"{len(self.images)} image(s) in {self.seconds:.3f} s = {self.images_per_second:.1f} images/s "
+        seeds = f" ({self.seed_range()})" if self.seed_range() else ""
+        s = (f"{len(self.images)} image(s){seeds} in {self.seconds:.3f} s = {self.images_per_second:.1f} images/s "
              f"({self.description}; {self.evaluations} network evaluation(s) per image)")
         if self.load_seconds > 0.01:
             s += f"; model loaded in {self.load_seconds:.2f} s"

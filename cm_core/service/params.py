@@ -88,33 +88,48 @@ class Plan:
     description: str
 
 
+def _dropout(value: Any) -> float:
+    try:
+        dropout = float(value or 0.0)
+    except (TypeError, ValueError):
+        raise ValueError(f"dropout must be a number in [0, 0.9], got {quote(value)}") from None
+    if not 0.0 <= dropout <= 0.9:
+        raise ValueError(f"dropout must be in [0, 0.9], got {dropout}")
+    return dropout
+
+
+def _sampling(spec: ModelSpec, req: GenerateRequest, dropout: float) -> tuple[SampleSettings, int, str]:
+    """(settings, network evaluations per image, description) of a request's sampler: Heun for EDM
+    teachers; else explicit noise levels (``sigmas: ...``), explicit ``ts``, or ``steps``."""
+    if spec.kind == "edm":
+        hs = _int("Heun steps", req.heun_steps if req.heun_steps not in (None, "") else spec.heun_steps,
+                  2, MAX_HEUN_STEPS)
+        return SampleSettings(steps=hs, dropout=dropout), 2 * hs - 1, \
+            f"Heun sampler, {hs} steps = {2 * hs - 1} network evaluations"
+    if schedule.is_sigmas(req.ts):
+        sig = schedule.parse_sigmas(str(req.ts), spec.sigma_min, spec.sigma_max)
+        if len(sig) - 1 > MAX_TS_STEPS:
+            raise ValueError(f"sigmas has {len(sig) - 1} levels; at most {MAX_TS_STEPS} network evaluations "
+                             "per image are allowed")
+        return SampleSettings(sigmas=sig, dropout=dropout), len(sig) - 1, \
+            f"multistep over sigmas {', '.join(f'{v:g}' for v in sig[:-1])}"
+    ts, grid = parse_ts(req.ts, spec.steps)
+    if ts is not None:
+        return SampleSettings(ts=ts, grid_steps=grid, dropout=dropout), len(ts) - 1, \
+            f"multistep, ts {','.join(map(str, ts))} on a {grid}-point grid"
+    steps = _int("steps", req.steps if req.steps not in (None, "") else 1, 1, spec.steps - 1)
+    settings = SampleSettings(steps=steps, dropout=dropout)
+    resolved = settings.resolved_ts(spec)
+    return settings, steps, ("one-step generation" if resolved is None else
+                             f"{steps}-step, ts {','.join(map(str, resolved[0]))} on a {resolved[1]}-point grid")
+
+
 def plan(req: GenerateRequest) -> Plan:
     """Validate a request into what to run; ``ValueError`` with a clear message otherwise."""
     spec = get_spec(str(req.model))
     n = _int("batch size", req.batch_size, 1, max_batch())
     seed = _int("seed", req.seed, 0, MAX_SEED - n)
-    try:
-        dropout = float(req.dropout or 0.0)
-    except (TypeError, ValueError):
-        raise ValueError(f"dropout must be a number in [0, 0.9], got {quote(req.dropout)}") from None
-    if not 0.0 <= dropout <= 0.9:
-        raise ValueError(f"dropout must be in [0, 0.9], got {dropout}")
+    dropout = _dropout(req.dropout)
     label = parse_class(spec, req.class_label)
-    if spec.kind == "edm":
-        hs = _int("Heun steps", req.heun_steps if req.heun_steps not in (None, "") else spec.heun_steps,
-                  2, MAX_HEUN_STEPS)
-        settings = SampleSettings(steps=hs, dropout=dropout)
-        evals, desc = 2 * hs - 1, f"Heun sampler, {hs} steps = {2 * hs - 1} network evaluations"
-    else:
-        ts, grid = parse_ts(req.ts, spec.steps)
-        if ts is not None:
-            settings = SampleSettings(ts=ts, grid_steps=grid, dropout=dropout)
-            evals, desc = len(ts) - 1, f"multistep, ts {','.join(map(str, ts))} on a {grid}-point grid"
-        else:
-            steps = _int("steps", req.steps if req.steps not in (None, "") else 1, 1, spec.steps - 1)
-            settings = SampleSettings(steps=steps, dropout=dropout)
-            resolved = settings.resolved_ts(spec)
-            evals = steps
-            desc = ("one-step generation" if resolved is None else
-                    f"{steps}-step, ts {','.join(map(str, resolved[0]))} on a {resolved[1]}-point grid")
+    settings, evals, desc = _sampling(spec, req, dropout)
     return Plan(spec, settings, tuple(range(seed, seed + n)), label, evals, desc)
