@@ -214,6 +214,11 @@ def super_resolve(model, image, is_low_res, patch_size, steps, ts, seed, class_l
                                          progress=_progress(progress)))
 
 
+def interpolation_inputs(mode: str):
+    """Only the inputs of the chosen mode: the two seeds, or the two images."""
+    return gr.update(visible=mode != "images"), gr.update(visible=mode == "images")
+
+
 @_err
 def interpolate(model, mode, seed_a, seed_b, image_a, image_b, frames, steps, ts, class_label,
                 progress=gr.Progress()):

@@ -123,12 +123,13 @@ def interpolate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
         with gr.Row():
             with gr.Column():
                 mode = gr.Radio(["seeds", "images"], value="seeds", label="Interpolate between")
-                with gr.Row():
+                with gr.Row(elem_id="interp-seeds") as seed_row:
                     a = gr.Number(value=0, precision=0, minimum=0, label="Seed A")
                     b = gr.Number(value=1, precision=0, minimum=0, label="Seed B")
-                with gr.Row():
+                with gr.Row(visible=False, elem_id="interp-images") as image_row:
                     ia = UploadImage(label="Image A (its noise)", type="pil", image_mode=None, format="png")
                     ib = UploadImage(label="Image B (its noise)", type="pil", image_mode=None, format="png")
+                mode.change(H.interpolation_inputs, mode, [seed_row, image_row], queue=False, api_name=False)
             with gr.Column():
                 frames = gr.Slider(2, 32, value=8, step=1, label="Frames")
                 steps, ts = _steps_ts(spec, 1)

@@ -83,3 +83,17 @@ def test_compare_runs_the_gallery_seeds_even_after_randomise(page):
     teacher = page.locator("#teacher-info")
     teacher.filter(has_text="images/s").wait_for()
     assert f"({seeds})" in teacher.inner_text(), (seeds, teacher.inner_text())
+
+
+def test_interpolate_shows_only_the_inputs_of_its_mode(page):
+    page.get_by_role("tab", name="Interpolate").click()
+    seeds, images = page.locator("#interp-seeds"), page.locator("#interp-images")
+    seeds.wait_for(state="visible")
+    assert not images.is_visible()
+    page.get_by_label("images", exact=True).check()
+    images.wait_for(state="visible")
+    assert not seeds.is_visible()
+    page.get_by_label("seeds", exact=True).check()
+    seeds.wait_for(state="visible")
+    assert not images.is_visible()
+    page.get_by_role("tab", name="Generate").click()

@@ -153,3 +153,16 @@ def test_example_files(tmp_path):
     with Image.open(files["mask"]) as m:
         a = np.asarray(m)
         assert m.mode == "RGBA" and 0 < (a[..., 3] > 0).mean() < 1
+
+
+@pytest.mark.parametrize("size,low_res,says", [
+    ((256, 256), True, "the 256x256 upload was resized to 8x8, the low-resolution grid of x4 on 32 px "
+                       "(a low-resolution upload for x4 is 8 px)"),
+    ((16, 16), True, "(patch factor 2 would use it as it is)"),
+    ((8, 8), True, "the 8x8 upload is the low-resolution input as it is"),
+    ((40, 50), False, "the 40x50 upload was centre-cropped and resized to 8x8"),
+])
+def test_super_resolution_says_how_it_fitted_the_upload(size, low_res, says):
+    from PIL import Image
+    r = S.super_resolve("cd_digits32", Image.new("RGB", size), low_res=low_res, patch_size=4, steps=1)
+    assert says in r.summary()

@@ -138,7 +138,24 @@ def super_resolve(model: str, image: Any, *, low_res: bool = False, patch_size: 
         (spec.resolution // p,) * 2, Image.Resampling.BOX)
     low = shown.resize((spec.resolution,) * 2, Image.Resampling.NEAREST) if shown.size[0] != spec.resolution else shown
     return EditResult(low, ref, out, secs, f"x{p} super-resolution ({spec.resolution // p} px -> "
-                      f"{spec.resolution} px) with {_describe(kw)}", path=path)
+                      f"{spec.resolution} px) with {_describe(kw)}; {_sr_fitting(spec, img, p, low_res)}", path=path)
+
+
+def _sr_fitting(spec: ModelSpec, image: Any, p: int, low_res: bool) -> str:
+    """How the upload became the low-resolution input (it is fitted to (size / p)^2 either way)."""
+    from ..editing.pictures import load_image
+    w, h = load_image(image).size
+    n = spec.resolution // p
+    if (w, h) == (n, n):
+        return f"the {w}x{h} upload is the low-resolution input as it is"
+    how = "resized" if w == h else "centre-cropped and resized"
+    text = f"the {w}x{h} upload was {how} to {n}x{n}, the low-resolution grid of x{p} on {spec.resolution} px"
+    side = min(w, h)
+    if low_res and side < spec.resolution and spec.resolution % side == 0:
+        text += f" (patch factor {spec.resolution // side} would use it as it is)"
+    elif low_res:
+        text += f" (a low-resolution upload for x{p} is {n} px)"
+    return text
 
 
 def denoise(model: str, image: Any, *, noise_level: Any = 40, add_noise: bool = True,
