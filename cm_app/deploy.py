@@ -62,7 +62,7 @@ def _prepare(models: list[str], progress: Callable[[float, str], None] | None, b
                 S.start_download(name)
             else:
                 S.ensure_model(name, progress)
-            if S.zero_gpu_active() and S.model_info(name)["available"]:
+            if S.zero_gpu_active():  # a batch's model not on disk yet: its error is ignored below
                 S.cache().get(name)
         except S.USER_ERRORS:
             if not batched:

@@ -471,6 +471,7 @@ def queue_full_check(tmp: Path, f: dict[str, str], n: int = 12, queue: int = 2,
 # ----------------------------------------------------------------------------- the soak
 @dataclass
 class SoakResult:
+    settle: float = 2.0  # seconds between the end of a round and the RSS reading
     rounds: list = field(default_factory=list)  # (RSS after the round, wall s, failures, peak RSS during it)
 
     def last_spread(self, k: int = 5) -> float:
@@ -485,7 +486,7 @@ def soak(url: str, pid: int, rounds: int = 10, n: int = 40, batch: int = 16, tim
     server's resident memory (RSS, with its children) is read ``settle`` seconds after each round."""
     from gradio_client import Client
     client = Client(url, verbose=False, max_workers=n + 8)
-    res = SoakResult()
+    res = SoakResult(settle)
     for r in range(rounds):
         t = time.perf_counter()
         with RssSampler(pid, period=0.2) as rss:
@@ -505,12 +506,12 @@ def soak(url: str, pid: int, rounds: int = 10, n: int = 40, batch: int = 16, tim
     return res
 
 
-def soak_markdown(s: SoakResult, n: int, batch: int, settle_note: str = "2 s after it") -> str:
+def soak_markdown(s: SoakResult, n: int, batch: int) -> str:
     rows = "\n".join(f"| {i + 1} | {rss / 2 ** 20:.0f} | {peak / 2 ** 20:.0f} | {wall:.1f} | {failed} |"
                      for i, (rss, wall, failed, peak) in enumerate(s.rounds))
     k = min(5, len(s.rounds))
     return (f"### Soak: {len(s.rounds)} rounds of {n} concurrent /generate requests x batch {batch}\n\n"
-            f"| round | server RSS {settle_note} (MiB) | peak during it (MiB) | wall (s) | failed |\n"
+            f"| round | server RSS {s.settle:g} s after it (MiB) | peak during it (MiB) | wall (s) | failed |\n"
             f"|---|---|---|---|---|\n{rows}\n\n"
             f"Over the last {k} rounds the RSS spreads by {100 * s.last_spread(k):.1f}% "
             f"({'flat: within 10%' if s.last_spread(k) <= 0.10 else 'NOT flat: over 10%'}).\n")

@@ -124,8 +124,9 @@ def super_resolve(model: str, image: Any, *, low_res: bool = False, patch_size: 
     """Super-resolution by ``patch_size``: a high-resolution upload is downsampled to
     (size / p)^2 first; a low-resolution one is used as the low-resolution input directly."""
     from ..editing.picture_editors import super_resolve_image
+    from ..editing.pictures import load_image, to_rgb
     spec = get_spec(str(model))
-    img = _editor_image(image, "an image to super-resolve")
+    img = load_image(_editor_image(image, "an image to super-resolve"))  # read once, used three times
     low_res = _flag("is_low_res", low_res)
     p = _int("patch factor", patch_size, 1, spec.resolution)
     if spec.resolution % p:
@@ -133,18 +134,16 @@ def super_resolve(model: str, image: Any, *, low_res: bool = False, patch_size: 
     kw, sd, lab = _schedule(spec, steps, ts), _int("seed", seed, 0, MAX_SEED), parse_class(spec, class_label)
     (out, ref), secs, path = _run_edit(model, lambda s, d, cb: super_resolve_image(
         d, s, img, patch_size=p, seed=sd, class_label=lab, callback=cb, **kw), progress, "super-resolution step")
-    from ..editing.pictures import load_image, to_rgb
-    shown = to_rgb(load_image(img)) if low_res else _fitted(spec, img).resize(
+    shown = to_rgb(img) if low_res else _fitted(spec, img).resize(
         (spec.resolution // p,) * 2, Image.Resampling.BOX)
     low = shown.resize((spec.resolution,) * 2, Image.Resampling.NEAREST) if shown.size[0] != spec.resolution else shown
     return EditResult(low, ref, out, secs, f"x{p} super-resolution ({spec.resolution // p} px -> "
-                      f"{spec.resolution} px) with {_describe(kw)}; {_sr_fitting(spec, img, p, low_res)}", path=path)
+                      f"{spec.resolution} px) with {_describe(kw)}; {_sr_fitting(spec, img.size, p, low_res)}", path=path)
 
 
-def _sr_fitting(spec: ModelSpec, image: Any, p: int, low_res: bool) -> str:
-    """How the upload became the low-resolution input (it is fitted to (size / p)^2 either way)."""
-    from ..editing.pictures import load_image
-    w, h = load_image(image).size
+def _sr_fitting(spec: ModelSpec, size: tuple[int, int], p: int, low_res: bool) -> str:
+    """How an upload of ``size`` became the low-resolution input (fitted to (size / p)^2 either way)."""
+    w, h = size
     n = spec.resolution // p
     if (w, h) == (n, n):
         return f"the {w}x{h} upload is the low-resolution input as it is"

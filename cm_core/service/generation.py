@@ -47,7 +47,7 @@ class GenerateResult:
         return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {seeds[0]}-{seeds[-1]}"
 
     def summary(self) -> str:
-        seeds = f" ({self.seed_range()})" if self.seed_range() else ""
+        seeds = f" ({r})" if (r := self.seed_range()) else ""
         s = (f"{len(self.images)} image(s){seeds} in {self.seconds:.3f} s = {self.images_per_second:.1f} images/s "
              f"({self.description}; {self.evaluations} network evaluation(s) per image)")
         if self.load_seconds > 0.01:
