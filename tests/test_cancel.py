@@ -167,13 +167,29 @@ def test_a_cancelled_heun_job_stops_and_the_next_request_starts_at_once(server):
     assert latency < 3.0 and idle < 0.3
 
 
-def test_a_client_that_disconnects_stops_its_job(server, tmp_path):
+CHILD = """
+import sys, time
+from gradio_client import Client
+from gradio_client.utils import Status
+c = Client(sys.argv[1], verbose=False)
+j = c.submit(*{long!r}, api_name="/generate_steps")
+t = time.time()
+while j.status().code not in (Status.PROGRESS, Status.FINISHED) and time.time() - t < 60:
+    time.sleep(0.1)
+print("computing" if j.status().code == Status.PROGRESS else j.status().code, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_client_that_disconnects_stops_its_job(server):
+    """The child is killed only once its job reports progress over its event stream: before the
+    stream opens, the server has no connection whose loss it could notice."""
     import subprocess
     import sys
-    code = (f"from gradio_client import Client; import time; c = Client({server.url!r}, verbose=False); "
-            f"j = c.submit(*{LONG!r}, api_name='/generate_steps'); time.sleep(120)")
-    child = subprocess.Popen([sys.executable, "-c", code])
+    child = subprocess.Popen([sys.executable, "-c", CHILD.format(long=LONG), server.url],
+                             stdout=subprocess.PIPE, text=True)
     try:
+        assert child.stdout.readline().strip() == "computing"
         _started(None, server)
     finally:
         child.kill()
