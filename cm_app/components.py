@@ -31,7 +31,7 @@ def _gpu(event: Any, fn: Any, inputs: list, outputs: list, api_name: str, **kw: 
 def _seed_row(label: str = "Seed") -> gr.Number:
     with gr.Row(equal_height=True):
         seed = gr.Number(value=0, precision=0, minimum=0, label=label, scale=4)
-        dice = gr.Button("Randomise", scale=1, min_width=80)
+        dice = gr.Button("Randomise", scale=1, min_width=120)
     dice.click(random_seed, None, seed, api_name=False, queue=False)
     return seed
 
@@ -61,16 +61,19 @@ def _steps_ts(spec: ModelSpec, default: int | None = None) -> tuple[gr.Slider, g
     return steps, ts
 
 
-def _io_images() -> tuple[gr.Image, gr.Image, gr.Image, gr.Markdown]:
-    with gr.Row():
-        used = gr.Image(label="Input (as fitted to the model)", type="pil", format="png",
-                        interactive=False, elem_classes="pixelated")
+def _io_images() -> tuple[gr.ImageSlider, gr.Image, gr.Markdown]:
+    """An editing tab's results: the input as fitted against the output (a before/after slider)
+    and the reference actually used beside it, shown at least 256 CSS px wide (full width on a
+    phone), upscaled nearest-neighbour by the page only: downloads and the API keep the model's
+    resolution."""
+    with gr.Row(equal_height=True):
+        slider = gr.ImageSlider(label="Input as fitted (left) | output (right)", type="pil", format="png",
+                                interactive=False, elem_classes="result", min_width=280, scale=1,
+                                buttons=["download", "fullscreen"])
         ref = gr.Image(label="Reference actually used", type="pil", format="png", interactive=False,
-                       elem_classes="pixelated")
-        out = gr.Image(label="Output", type="pil", format="png", interactive=False,
-                       elem_classes="pixelated")
+                       elem_classes="result", min_width=280, scale=1, buttons=["download", "fullscreen"])
     info = gr.Markdown()
-    return used, ref, out, info
+    return slider, ref, info
 
 
 def _examples(rows: list, inputs: list, outputs: list, fn: Any) -> gr.Examples:

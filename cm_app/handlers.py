@@ -175,6 +175,11 @@ def generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heu
     return _gallery(r), r.summary()
 
 
+def generate_example(model, steps, ts, seed, batch_size, dropout, class_label, progress=gr.Progress()):
+    """An example row of Generate: the consistency-model controls only (no Heun column)."""
+    return generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, None, progress)
+
+
 def remember(seed, batch_size, class_label):
     """The seed, batch size and class of a Generate click, kept for Compare."""
     return seed, batch_size, class_label
@@ -191,7 +196,8 @@ def compare_teacher(model, seed, batch_size, class_label, heun_steps, progress=g
 
 # ----------------------------------------------------------------------------- editing
 def _edit_outputs(r: S.EditResult):
-    return r.input, r.reference, r.output, r.summary()
+    """(input as fitted, output) for the before/after slider, the reference, the summary."""
+    return (r.input, r.output), r.reference, r.summary()
 
 
 @_err
@@ -226,6 +232,11 @@ def interpolate(model, mode, seed_a, seed_b, image_a, image_b, frames, steps, ts
                       image_b=image_b, frames=frames, steps=steps, ts=ts, class_label=class_label,
                       progress=_progress(progress))
     return list(zip(r.frames, r.captions)), r.gif_path, r.summary()
+
+
+def interpolate_seeds(model, mode, seed_a, seed_b, frames, steps, ts, class_label, progress=gr.Progress()):
+    """An example row of Interpolate by seeds (an example cannot hold empty image inputs)."""
+    return interpolate(model, mode, seed_a, seed_b, None, None, frames, steps, ts, class_label, progress)
 
 
 @_err

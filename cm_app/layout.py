@@ -34,10 +34,24 @@ CONTROLS = """
 *Seed*: image *i* of a batch uses seed + *i*, so an image does not depend on the batch size.
 *Dropout*: Monte-Carlo dropout at inference (0 = deterministic). *Class*: the label of class-conditional
 models (searchable; *random* draws one per image from its seed). Editing tabs use *Steps* as in
-multistep sampling; each shows the input, the reference actually used, and the output.
+multistep sampling; each shows the input as fitted against the output (drag the slider), and the
+reference actually used.
 """
 CSS = """
-#gallery img, .pixelated img { image-rendering: pixelated; }
+#gallery img, .pixelated img, .result img, .upload img { image-rendering: pixelated; }
+/* results at a readable size: the page scales the model-sized images up (nearest-neighbour) */
+.result img { width: 100% !important; height: auto !important; max-height: none !important;
+              object-fit: contain; }
+.result .image-frame, .result button { width: 100%; }
+@media (min-width: 800px) { .result { max-width: 520px; } }
+/* galleries: at most two columns on a phone (thumbnails of at least 160 px) */
+@media (max-width: 640px) { .samples .grid-container { --grid-cols: 2 !important; } }
+/* the page's side margins shrink on a phone (32 px on a desktop, 8 px at 390 px); a top-level rule:
+   Gradio scopes rules inside @media to the content, which this padding is outside of */
+.main.fillable { padding-left: clamp(8px, 4vw - 8px, 32px) !important;
+                 padding-right: clamp(8px, 4vw - 8px, 32px) !important; }
+/* an upload keeps a usable box whatever its size (a 16 px image does not collapse it) */
+.upload img { width: 100%; height: 100%; object-fit: contain; }
 """
 
 

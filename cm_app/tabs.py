@@ -29,8 +29,9 @@ class Tab:
 
 
 def _gallery(label: str, height: int, **kw: Any) -> gr.Gallery:
+    """Four columns on a desktop (thumbnails of at least 128 px), two on a phone (see the CSS)."""
     return gr.Gallery(label=label, format="png", columns=4, height=height, object_fit="contain",
-                      buttons=["download", "download_all", "fullscreen"], **kw)
+                      buttons=["download", "download_all", "fullscreen"], **{"elem_classes": "samples", **kw})
 
 
 def generate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
@@ -52,7 +53,7 @@ def generate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
             with gr.Column(scale=2):
                 gallery = _gallery("Samples", 360, elem_id="gallery")
                 info = gr.Markdown(elem_id="generate-info")
-                t_gallery = _gallery("EDM teacher, same seeds", 240, elem_classes="pixelated")
+                t_gallery = _gallery("EDM teacher, same seeds", 360, elem_classes="samples pixelated")
                 t_info = gr.Markdown(elem_id="teacher-info")
         inputs = [model, steps, ts, seed, batch, drop, cls, heun]
         # what the last Generate click used: Compare runs exactly the gallery's seeds and class,
@@ -60,10 +61,9 @@ def generate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
         last = [gr.Number(0, precision=0, visible=False), gr.Number(4, precision=0, visible=False),
                 gr.Textbox(S.RANDOM_CLASS, visible=False)]
         choices = S.class_choices(spec)
-        _examples([[name, 1, "", 0, 8, 0.0, S.RANDOM_CLASS, spec.heun_steps],
-                   [name, 2, "", 0, 8, 0.0, S.RANDOM_CLASS, spec.heun_steps],
-                   [name, 1, "", 100, 8, 0.0, choices[4] if choices else S.RANDOM_CLASS, spec.heun_steps]],
-                  inputs, [gallery, info], H.generate_steps)
+        _examples([[name, 1, "", 0, 8, 0.0, S.RANDOM_CLASS], [name, 2, "", 0, 8, 0.0, S.RANDOM_CLASS],
+                   [name, 1, "", 100, 8, 0.0, choices[4] if choices else S.RANDOM_CLASS]],
+                  inputs[:-1], [gallery, info], H.generate_example)  # the visible controls only
     return Tab(inputs, [gallery, info], gen_btn, cls, steps, extra=dict(
         ts=ts, heun=heun, gen_steps_btn=gen_steps_btn, cmp_btn=cmp_btn,
         compare_inputs=[model, *last, heun], compare_outputs=[t_gallery, t_info],
@@ -136,12 +136,13 @@ def interpolate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
                 cls = _class_dd(spec)
                 btn = gr.Button("Interpolate", variant="primary")
         with gr.Row():
-            gal = gr.Gallery(label="Frames", format="png", columns=8, height=200,
-                             elem_classes="pixelated", buttons=["download", "download_all"])
-            gif = gr.Image(label="Animated GIF", type="filepath", interactive=False, elem_classes="pixelated")
+            gal = _gallery("Frames", 360, elem_classes="samples pixelated", elem_id="frames")
+            gif = gr.Image(label="Animated GIF", type="filepath", interactive=False, elem_classes="result",
+                           min_width=280)
         out = [gal, gif, gr.Markdown()]
         inputs = [model, mode, a, b, ia, ib, frames, steps, ts, cls]
-        _examples([[name, "seeds", 0, 1, None, None, 8, 1, "", S.RANDOM_CLASS]], inputs, out, H.interpolate)
+        _examples([[name, "seeds", 0, 1, 8, 1, "", S.RANDOM_CLASS]], [model, mode, a, b, frames, steps, ts, cls],
+                  out, H.interpolate_seeds)
     return Tab(inputs, out, btn, cls, steps)
 
 

@@ -59,7 +59,7 @@ def _guard_upload(read, path):
 def UploadImage(**kw) -> gr.Image:  # noqa: N802 - reads like the component it makes
     """A ``gr.Image`` whose uploads pass :func:`_guard_upload` first. (Wrapped on the instance: a
     subclass would make Gradio write an ``app.pyi`` stub next to this file at every start.)"""
-    comp = gr.Image(**kw)
+    comp = gr.Image(**{"height": 320, "elem_classes": "upload", **kw})
     read = comp.preprocess
     comp.preprocess = lambda payload: _guard_upload(lambda: read(payload), getattr(payload, "path", None))
     return comp

@@ -294,7 +294,7 @@ def check_result(api: str, result) -> str:
         frames, gif, info = result
         assert frames and all(_size(fr["image"]) == (PX, PX) for fr in frames), f"{api}: bad frames"
         return info
-    used, ref, out, info = result
+    (used, out), ref, info = result  # the before/after slider, the reference, the summary
     assert _size(used) == _size(ref) == _size(out) == (PX, PX), f"{api}: outputs not {PX}x{PX}"
     return info
 

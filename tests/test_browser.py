@@ -30,16 +30,48 @@ server = server_fixture("browser-app")
 
 
 @pytest.fixture(scope="module")
-def page(server):
+def browser():
     exe = CHROMIUM if Path(CHROMIUM).is_file() else shutil.which("chromium")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=exe, args=ARGS, headless=True)
-        pg = browser.new_page(viewport={"width": 1280, "height": 1000})
-        pg.set_default_timeout(30_000)
-        pg.goto(server.url, wait_until="domcontentloaded")
-        pg.get_by_role("button", name="Generate", exact=True).first.wait_for(state="visible")
-        yield pg
-        browser.close()
+        b = p.chromium.launch(executable_path=exe, args=ARGS, headless=True)
+        yield b
+        b.close()
+
+
+def _open(browser, server, width: int, height: int):
+    pg = browser.new_page(viewport={"width": width, "height": height})
+    pg.set_default_timeout(30_000)
+    pg.server_errors = []  # every HTTP 5xx the page saw
+    pg.on("response", lambda r: r.status >= 500 and pg.server_errors.append(f"{r.status} {r.url}"))
+    pg.goto(server.url, wait_until="domcontentloaded")
+    pg.get_by_role("button", name="Generate", exact=True).first.wait_for(state="visible")
+    return pg
+
+
+@pytest.fixture(scope="module")
+def page(browser, server):
+    """A desktop window, 1280 px wide."""
+    pg = _open(browser, server, 1280, 1000)
+    yield pg
+    pg.close()
+
+
+@pytest.fixture(scope="module")
+def phone(browser, server):
+    """A phone's viewport, 390 px wide (the tabs past the second are behind "More tabs")."""
+    pg = _open(browser, server, 390, 844)
+    yield pg
+    pg.close()
+
+
+def _tab(page, label: str) -> None:
+    tab = page.get_by_role("tab", name=label, exact=True)
+    if tab.count() and tab.first.is_visible():
+        tab.first.click()
+    else:
+        page.get_by_role("button", name="More tabs").click()
+        page.locator(".overflow-dropdown button", has_text=re.compile(f"^{re.escape(label)}$")).first.click()
+    page.wait_for_timeout(300)
 
 
 def _shot(page, name: str) -> Path:
@@ -59,17 +91,60 @@ def test_click_generate_shows_images_in_the_gallery(page):
     imgs.first.wait_for(state="visible")
     assert imgs.count() >= 1
     assert page.locator("#generate-info").inner_text().find("images/s") >= 0
-    shot = _shot(page, "generate")
-    assert shot.stat().st_size > 10_000
+    assert _shot(page, "generate").stat().st_size > 10_000
 
 
-def test_every_tab_renders(page):
+RUN = {"Colorize": "Colorize", "Inpaint": "Inpaint", "Super-resolution": "Super-resolve",
+       "Interpolate": "Interpolate", "Denoise": "Denoise", "Stroke-guided": "Generate from strokes"}
+#: the narrowest rendered width of a result image / a gallery thumbnail, in CSS px
+MIN_RESULT = {1280: 256, 390: 300}
+MIN_THUMB = {1280: 128, 390: 160}
+
+
+def _widths(locator) -> list[float]:
+    return [e.bounding_box()["width"] for e in locator.all() if e.is_visible()]
+
+
+def _run_first_example(page, label: str):
+    """On tab ``label``: fill the inputs from its first example, run it, wait for the results;
+    the visible tab panel."""
+    _tab(page, label)
+    panel = page.locator("[role=tabpanel]:visible").first
+    panel.locator("tr.tr-body").first.click()
+    page.wait_for_timeout(300)
+    panel.get_by_role("button", name=RUN[label], exact=True).click()
+    if label == "Interpolate":
+        panel.locator("#frames img").first.wait_for()
+        panel.locator(".result img").first.wait_for()
+    else:
+        sync_api.expect(panel.locator(".result img")).to_have_count(3)  # before, after, reference
+    return panel
+
+
+@pytest.mark.parametrize("viewport", ["page", "phone"])
+def test_every_tab_shows_its_results_at_a_readable_size(request, viewport):
+    """Each result image is >= 256 CSS px wide on a desktop and nearly the full width (>= 300 px)
+    of a 390 px phone; gallery thumbnails >= 128 / 160 px (at most two columns on the phone).
+    A screenshot per tab and width goes to artifacts/ (and $CM_SCREENSHOTS)."""
+    pg = request.getfixturevalue(viewport)
+    width = pg.viewport_size["width"]
+    suffix = "" if viewport == "page" else "_phone"
+    _tab(pg, "Generate")
+    pg.locator("#generate-btn").click()
+    pg.locator("#gallery img").first.wait_for()
+    sizes = {"generate": _widths(pg.locator("#gallery img"))}
+    _shot(pg, "generate" + suffix)
     for label, name in TABS[1:]:
-        page.get_by_role("tab", name=label).click()
-        page.wait_for_timeout(300)
-        _shot(page, name)
-    page.get_by_role("tab", name="Generate").click()
-    assert all((ARTIFACTS / f"{n}.png").is_file() for _, n in TABS)
+        panel = _run_first_example(pg, label)
+        sizes[name] = _widths(panel.locator(".result img"))
+        if label == "Interpolate":
+            sizes["frames"] = _widths(panel.locator("#frames img"))
+        _shot(pg, name + suffix)
+    _tab(pg, "Generate")
+    small = {k: min(v) for k, v in sizes.items()
+             if min(v) < (MIN_THUMB if k in ("generate", "frames") else MIN_RESULT)[width]}
+    assert not small, (width, small)
+    assert len(sizes["colorize"]) == 3 and not pg.server_errors, pg.server_errors
 
 
 def test_compare_runs_the_gallery_seeds_even_after_randomise(page):

@@ -143,7 +143,7 @@ def test_oom_in_an_edit_and_in_the_app_handlers_is_a_message(service, monkeypatc
         app.generate([MODEL], [1], [""], [0], [2], [0.0], ["random"], [18])
     monkeypatch.setattr(E, "colorize_image", real_colorize)  # the next requests succeed
     monkeypatch.setattr(G, "sample_batch", real_sample)
-    assert app.colorize(MODEL, photo, 2, "", 0, "random")[2].size == (32, 32)
+    assert app.colorize(MODEL, photo, 2, "", 0, "random")[0][1].size == (32, 32)  # (before, after)
     gallery, info = app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18)
     assert len(gallery) == 2 and "images/s" in info
 
