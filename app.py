@@ -15,6 +15,7 @@ import time
 
 from cm_app.bounds import install_bounded_errors, install_bounded_logs
 from cm_app.layout import CSS, build_app
+from cm_app.ranges import TYPED_JS
 from cm_app.uploads import install_atomic_image_cache
 from cm_core import service as S
 
@@ -48,7 +49,7 @@ def main() -> None:
         except S.USER_ERRORS as e:  # the app still starts; the UI shows the problem
             print(f"warm-up skipped: {e}", flush=True)
     print(f"cm-studio built in {time.perf_counter() - t0:.1f} s; serving on http://{host}:{port}", flush=True)
-    demo.launch(server_name=host, server_port=port, share=share, show_error=True, css=CSS,
+    demo.launch(server_name=host, server_port=port, share=share, show_error=True, css=CSS, js=TYPED_JS,
                 footer_links=["api", "gradio"])
 
 

@@ -10,6 +10,7 @@ from cm_core.models.registry import ModelSpec
 
 from .deploy import model_event
 from .handlers import random_seed
+from .ranges import raw_numbers_js
 
 GPU = "gpu"  # the concurrency group of the model-running events (the batched generate has its own)
 
@@ -21,10 +22,11 @@ def _gpu(event: Any, fn: Any, inputs: list, outputs: list, api_name: str, **kw: 
     The compute slots bound the work (``$CM_CONCURRENCY``); the queue lets ``$CM_WAITERS`` more
     requests in, which wait for a download or a slot with a progress message. The batched generate
     keeps a group of its own of ``$CM_CONCURRENCY`` events, so that the requests queued meanwhile
-    are merged into one batch."""
+    are merged into one batch. The request carries the numbers the boxes show, so an
+    out-of-range one is refused with its range (:mod:`cm_app.ranges`)."""
     batched = kw.get("batch", False)
     group, limit = ("generate", S.concurrency()) if batched else (GPU, S.concurrency() + S.waiters())
-    return event(model_event(fn, api_name, batched=batched), inputs, outputs,
+    return event(model_event(fn, api_name, batched=batched), inputs, outputs, js=raw_numbers_js(inputs),
                  api_name=api_name, concurrency_id=group, concurrency_limit=limit, **kw)
 
 

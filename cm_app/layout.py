@@ -13,6 +13,7 @@ from cm_core.models.registry import REGISTRY, get_spec
 from . import handlers as H
 from . import tabs as T
 from .components import _gpu
+from .ranges import install_range_messages, raw_numbers_js
 
 INTRO = """
 # cm-studio: consistency models
@@ -90,7 +91,7 @@ def _model_events(demo: gr.Blocks, model: gr.Dropdown, model_md: gr.Markdown, fe
         H.fetch_on_choice, model, [model_md, table], api_name=False, **fetching)  # a Space: download now
     for ev in (gen.steps.change, g["ts"].change):
         ev(H.on_steps_change, [model, gen.steps, g["ts"]], [gen.button, g["gen_steps_btn"]], api_name=False,
-           queue=False)
+           queue=False, preprocess=False)  # any value typed: the run itself refuses one out of range
     fetch_btn.click(H.fetch_model, model, [model_md, table], api_name="fetch_model", **fetching)
     demo.load(on_model_change, model, picked, api_name=False, queue=False)
     refresh.click(H.model_table, None, table, api_name="model_table", queue=False)
@@ -104,7 +105,8 @@ def _run_events(gen: T.Tab, edits: dict[str, T.Tab]) -> None:
          max_batch_size=S.max_batched_requests())
     _gpu(gen.extra["gen_steps_btn"].click, H.generate_steps, gen.inputs, gen.outputs, "generate_steps")
     for btn in (gen.button, gen.extra["gen_steps_btn"]):  # remember what this click samples
-        btn.click(H.remember, gen.extra["used"], gen.extra["last"], queue=False, api_name=False)
+        btn.click(H.remember, gen.extra["used"], gen.extra["last"], queue=False, api_name=False,
+                  js=raw_numbers_js(gen.extra["used"]), preprocess=False)
     _gpu(gen.extra["cmp_btn"].click, H.compare_teacher, gen.extra["compare_inputs"],
          gen.extra["compare_outputs"], "compare_teacher")
     for api_name, tab in edits.items():
@@ -112,6 +114,7 @@ def _run_events(gen: T.Tab, edits: dict[str, T.Tab]) -> None:
 
 
 def build_app() -> gr.Blocks:
+    install_range_messages()
     name = S.default_model()
     spec = get_spec(name)
     ex = S.example_files()

@@ -172,3 +172,46 @@ def test_interpolate_shows_only_the_inputs_of_its_mode(page):
     seeds.wait_for(state="visible")
     assert not images.is_visible()
     page.get_by_role("tab", name="Generate").click()
+
+
+def _toast(page) -> str:
+    """The text of the newest error toast (waits for one), then closes every toast."""
+    toast = page.locator(".toast-body").last
+    toast.wait_for()
+    text = toast.inner_text()
+    for close in page.locator(".toast-close").all():
+        close.click()
+    return text
+
+
+@pytest.mark.parametrize("label, typed, message", [
+    ("Batch size", "1000", "Batch size must be in [1, 16], got 1000"),
+    ("Steps (network evaluations)", "100", "Steps must be in [1, 39], got 100"),
+    ("Dropout (inference)", "5", "Dropout must be in [0, 0.9], got 5"),
+])
+def test_a_value_out_of_range_is_refused_with_its_range(page, label, typed, message):
+    """The slider would snap the box back and run the clamped value; the run is refused instead,
+    with a message naming the range, and the page sees no server error."""
+    _tab(page, "Generate")
+    box = page.locator(f"input[type=number][aria-label='number input for {label}']").first
+    before = box.input_value()
+    box.fill(typed)
+    box.press("Enter")
+    page.locator("button.primary:visible").first.click()
+    assert message in _toast(page)
+    box.fill(before)
+    box.press("Enter")
+    assert not page.server_errors, page.server_errors
+
+
+def test_the_whole_ts_error_reaches_the_toast(page):
+    _tab(page, "Generate")
+    ts = page.get_by_label("ts (experts)").first
+    ts.fill("a,b")
+    page.locator("button.primary:visible").first.click()
+    text = _toast(page)
+    ts.fill("")
+    from cm_core.service import parse_ts
+    with pytest.raises(ValueError) as e:
+        parse_ts("a,b", 40)
+    assert str(e.value) in text, (str(e.value), text)  # whole: nothing lost as an HTML tag
