@@ -443,17 +443,18 @@ def burst(url: str, pid: int, f: dict[str, str], n: int = 50, timeout: float = 6
 
 
 def queue_full_check(tmp: Path, f: dict[str, str], n: int = 12, queue: int = 2,
-                     timeout: float = 60.0) -> Counter:
+                     timeout: float = 60.0, steps: int = 39, batch: int = 8) -> Counter:
     """A server with ``CM_QUEUE_SIZE=queue`` and no waiters past the queue (``CM_WAITERS=0``): of
-    ``n`` simultaneous requests, the ones that do not fit get Gradio's clear queue-full message at
-    once; the rest are served."""
+    ``n`` simultaneous requests (each ``steps`` evaluations of ``batch`` images), the ones that do
+    not fit get Gradio's clear queue-full message at once; the rest are served."""
     from app_server import AppServer
     srv = AppServer(tmp, {"CM_QUEUE_SIZE": str(queue), "CM_WAITERS": "0", "CM_WARMUP": "0",
                          "CM_CACHE_EXAMPLES": "0"})
     try:
         from gradio_client import Client
         client = Client(srv.url, verbose=False, max_workers=n + 8)
-        jobs = [client.submit(*_gen(steps=39, seed=i, batch=8), api_name="/generate_steps") for i in range(n)]
+        jobs = [client.submit(*_gen(steps=steps, seed=i, batch=batch), api_name="/generate_steps")
+                for i in range(n)]
         out: Counter = Counter()
         for j in jobs:
             try:

@@ -90,14 +90,13 @@ class AppServer:
                 self.proc.kill()
 
 
-def server_fixture(folder: str):
-    """A module-scoped pytest fixture ``server``: an :class:`AppServer` in a fresh temporary
-    ``folder``, stopped after the module. Use as ``server = server_fixture("app")``."""
+def server_fixture():
+    """A module-scoped pytest fixture ``server``: the session's shared :class:`AppServer` on the
+    default settings (``shared_app`` in ``conftest.py``: one start, about 9 s, for every module
+    that uses it). Use as ``server = server_fixture()``."""
     import pytest
 
     @pytest.fixture(scope="module")
-    def server(tmp_path_factory):
-        srv = AppServer(tmp_path_factory.mktemp(folder))
-        yield srv
-        srv.stop()
+    def server(shared_app):
+        return shared_app
     return server

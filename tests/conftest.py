@@ -20,3 +20,13 @@ def golden() -> Path:
     if not (d / "cases.json").is_file():
         pytest.skip(f"reference vectors not found at {d} (set CM_GOLDEN_DIR)")
     return d
+
+
+@pytest.fixture(scope="session")
+def shared_app(tmp_path_factory):
+    """``python app.py`` on random-weight embedded models, shared by the modules that drive the
+    app on its default settings (through ``app_server.server_fixture``)."""
+    from app_server import AppServer
+    srv = AppServer(tmp_path_factory.mktemp("app"))
+    yield srv
+    srv.stop()

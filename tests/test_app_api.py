@@ -19,7 +19,7 @@ R = 32  # the embedded models' resolution
 MODEL = "cd_digits32"
 
 
-server = server_fixture("app")
+server = server_fixture()
 
 
 @pytest.fixture(scope="module")

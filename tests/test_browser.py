@@ -26,7 +26,7 @@ if not Path(CHROMIUM).is_file() and not shutil.which("chromium"):
 sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (python) is not installed")
 
 
-server = server_fixture("browser-app")
+server = server_fixture()
 
 
 @pytest.fixture(scope="module")
@@ -101,8 +101,19 @@ MIN_RESULT = {1280: 256, 390: 300}
 MIN_THUMB = {1280: 128, 390: 160}
 
 
-def _widths(locator) -> list[float]:
-    return [e.bounding_box()["width"] for e in locator.all() if e.is_visible()]
+def _widths(locator, page) -> list[float]:
+    """The rendered widths of the visible matches, once the layout has settled (two readings
+    200 ms apart agree: a gallery being replaced by a new run measures 0 for a moment)."""
+    def read() -> list[float]:
+        return [round(e.bounding_box()["width"]) for e in locator.all() if e.is_visible()]
+    last = read()
+    for _ in range(25):
+        page.wait_for_timeout(200)
+        now = read()
+        if now == last and now and min(now) > 0:
+            break
+        last = now
+    return last
 
 
 def _run_first_example(page, label: str):
@@ -132,18 +143,18 @@ def test_every_tab_shows_its_results_at_a_readable_size(request, viewport):
     _tab(pg, "Generate")
     pg.locator("#generate-btn").click()
     pg.locator("#gallery img").first.wait_for()
-    sizes = {"generate": _widths(pg.locator("#gallery img"))}
+    sizes = {"generate": _widths(pg.locator("#gallery img"), pg)}
     _shot(pg, "generate" + suffix)
     for label, name in TABS[1:]:
         panel = _run_first_example(pg, label)
-        sizes[name] = _widths(panel.locator(".result img"))
+        sizes[name] = _widths(panel.locator(".result img"), pg)
         if label == "Interpolate":
-            sizes["frames"] = _widths(panel.locator("#frames img"))
+            sizes["frames"] = _widths(panel.locator("#frames img"), pg)
         _shot(pg, name + suffix)
     _tab(pg, "Generate")
     small = {k: min(v) for k, v in sizes.items()
              if min(v) < (MIN_THUMB if k in ("generate", "frames") else MIN_RESULT)[width]}
-    assert not small, (width, small)
+    assert not small, (width, small, sizes)
     assert len(sizes["colorize"]) == 3 and not pg.server_errors, pg.server_errors
 
 

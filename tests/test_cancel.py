@@ -127,7 +127,7 @@ gradio_client = pytest.importorskip("gradio_client")
 psutil = pytest.importorskip("psutil")
 from app_server import server_fixture  # noqa: E402
 
-server = server_fixture("cancel")
+server = server_fixture()
 LONG = (EDM, 1, "", 0, 16, 0.0, "random", 200)  # Heun, 200 steps = 399 evaluations of 16 images
 
 

@@ -57,7 +57,7 @@ def test_app_still_answers_after_the_burst(server):
 
 def test_a_full_queue_is_a_clear_message(tmp_path):
     """With CM_QUEUE_SIZE=2, simultaneous requests beyond the queue are refused at once, clearly."""
-    q = RR.queue_full_check(tmp_path, {}, n=12, queue=2, timeout=60.0)
+    q = RR.queue_full_check(tmp_path, {}, n=12, queue=2, timeout=60.0, steps=20, batch=4)
     assert q["queue full"] >= 1 and q["ok"] >= 1, q
     assert set(q) <= {"ok", "queue full"}, q
 
