@@ -1,6 +1,7 @@
 """Small reusable widgets of the tabs (each builds Gradio components in the current layout)."""
 from __future__ import annotations
 
+import inspect
 from typing import Any
 
 import gradio as gr
@@ -79,5 +80,16 @@ def _io_images() -> tuple[gr.ImageSlider, gr.Image, gr.Markdown]:
 
 
 def _examples(rows: list, inputs: list, outputs: list, fn: Any) -> gr.Examples:
-    return gr.Examples(rows, inputs, outputs, fn=model_event(fn, fn.__name__),
+    """Examples of a tab whose first input is the model in use. The rows name the model they were
+    made with (the default one); a click fills the other inputs only, so it never changes the
+    model in use behind the picker's back. A cached example runs on the rows' model."""
+    model = rows[0][0]
+    run = model_event(fn, fn.__name__)
+    sig = inspect.signature(fn)
+
+    def on_model(*args: Any, **kwargs: Any) -> Any:
+        return run(model, *args, **kwargs)
+    on_model.__name__ = fn.__name__
+    on_model.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
+    return gr.Examples([r[1:] for r in rows], inputs[1:], outputs, fn=on_model,
                        cache_examples=S.cache_examples(), cache_mode="lazy", examples_per_page=6)

@@ -49,6 +49,25 @@ def _gallery(result: S.GenerateResult) -> list:
 
 
 # ----------------------------------------------------------------------------- model picker
+def pick_model(name: str, active: str, tabs: dict, model_md, fetch_btn, active_box) -> dict:
+    """What picking ``name`` changes. A model that can run here (on disk, or fetched on use)
+    becomes the one the tabs use, with its classes and step ranges (``tabs``: the components
+    :func:`model_updates` takes); another one only gets a message under the picker, and the tabs
+    keep ``active``: nothing else changes, no component shows an error."""
+    keep = f"The tabs keep using **{active}**."
+    try:
+        runs = S.runnable(name)
+    except S.USER_ERRORS as e:
+        return {model_md: f"**{bound(str(e))}**\n\n{keep}"}
+    if not runs:
+        info = S.model_info(name)
+        return {model_md: S.model_markdown(name) + f"\n\n**{name} cannot run here until it is downloaded.** {keep}",
+                fetch_btn: gr.update(visible=info["fetchable"])}
+    out = model_updates(name, model_md=model_md, fetch_btn=fetch_btn, **tabs)
+    out[active_box] = name
+    return out
+
+
 def model_updates(name: str, cls: list, steps: list, g_ts, g_heun, gen_btn, gen_steps_btn,
                   cmp_btn, model_md, fetch_btn) -> dict:
     """What changes when another model is picked: info, fetch button, classes, step ranges."""
@@ -85,19 +104,35 @@ def model_table():
     return S.model_rows()
 
 
-@_err
-def fetch_model(model: str, progress=gr.Progress()):
-    path = S.fetch_model(model, _progress(progress))
-    return S.model_markdown(model) + f"\n\nFetched to `{path}`.", S.model_rows()
+def fetch_model(model: str) -> str:
+    """Download a released model (an API endpoint); where it now is, or an error message."""
+    return _err(S.fetch_model)(model)
 
 
-@_err
+def _fetched(model: str, done: str) -> tuple:
+    """The picker's outputs after ``model`` arrived: info, table, labels, the model in use."""
+    return (S.model_markdown(model) + done, S.model_rows(), gr.update(choices=S.model_choices()), model)
+
+
+def fetch_in_page(model: str, progress=gr.Progress()):
+    """The Fetch button: download with a progress bar. A failure is a message under the picker
+    (the table and the model in use stay as they were: no component turns into an error)."""
+    try:
+        path = S.fetch_model(model, _progress(progress))
+    except S.USER_ERRORS as e:
+        return f"**Fetching {model} failed**: {bound(str(e))}", gr.skip(), gr.skip(), gr.skip()
+    return _fetched(model, f"\n\nFetched to `{path}`.")
+
+
 def fetch_on_choice(model: str, progress=gr.Progress()):
     """Where fetching on choice is allowed (a Space, ``CM_AUTO_FETCH=1``), download the chosen
     model now, with a progress bar; elsewhere, or when it is on disk, change nothing."""
-    if not S.ensure_model(model, _progress(progress)):
-        return gr.skip(), gr.skip()
-    return S.model_markdown(model), S.model_rows()
+    try:
+        if not S.ensure_model(model, _progress(progress)):
+            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    except S.USER_ERRORS as e:
+        return f"**Fetching {model} failed**: {bound(str(e))}", gr.skip(), gr.skip(), gr.skip()
+    return _fetched(model, "")
 
 
 def random_seed() -> int:

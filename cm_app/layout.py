@@ -56,44 +56,50 @@ CSS = """
 """
 
 
-def _header(name: str) -> tuple[gr.Dropdown, gr.Markdown, gr.Button, gr.Dataframe, gr.Button]:
-    """Intro, the model dropdown with its description, the fetch button and the registry table."""
+def _header(name: str) -> tuple[gr.Dropdown, gr.Textbox, gr.Markdown, gr.Button, gr.Dataframe, gr.Button]:
+    """Intro, the model picker (runnable models first, each labelled with its state) with its
+    description and messages, the model in use (hidden: the tabs' model input), the fetch button
+    and the registry table."""
     gr.Markdown(INTRO)
     with gr.Row():
-        model = gr.Dropdown(list(REGISTRY), value=name, label="Model", filterable=True,
+        model = gr.Dropdown(S.model_choices(), value=name, label="Model", filterable=True,
                             allow_custom_value=True, scale=1, elem_id="model")
-        model_md = gr.Markdown(S.model_markdown(name))
+        model_md = gr.Markdown(S.model_markdown(name), elem_id="model-info")
+    active = gr.Textbox(name, visible=False, label="Model")  # the last runnable pick: what the tabs run
     fetch_btn = gr.Button("Fetch this model (download)", visible=False)
     with gr.Accordion("All models (registry)", open=False):
         table = gr.Dataframe(S.model_rows(), headers=S.TABLE_HEADERS, interactive=False, wrap=True)
         refresh = gr.Button("Refresh", size="sm")
     with gr.Accordion("What the controls do", open=False):
         gr.Markdown(CONTROLS)
-    return model, model_md, fetch_btn, table, refresh
+    return model, active, model_md, fetch_btn, table, refresh
 
 
-def _model_events(demo: gr.Blocks, model: gr.Dropdown, model_md: gr.Markdown, fetch_btn: gr.Button,
-                  table: gr.Dataframe, refresh: gr.Button, gen: T.Tab, tabs: list[T.Tab]) -> None:
-    """Picking a model updates the info, the class dropdowns and step sliders of ``tabs`` (the
-    generate tab first), the generate buttons; fetch and refresh the table."""
+def _model_events(demo: gr.Blocks, model: gr.Dropdown, active: gr.Textbox, model_md: gr.Markdown,
+                  fetch_btn: gr.Button, table: gr.Dataframe, refresh: gr.Button, gen: T.Tab,
+                  tabs: list[T.Tab]) -> None:
+    """Picking a model that can run updates the model in use, the info, the class dropdowns and
+    step sliders of ``tabs`` (the generate tab first), the generate buttons; one that cannot only
+    says so (:func:`cm_app.handlers.pick_model`). Fetch and refresh the table."""
     g = gen.extra
-    all_cls = [t.cls for t in tabs]
-    all_steps = [t.steps for t in tabs if t.steps is not None]
-    picked = [model_md, fetch_btn, *all_cls, *all_steps, g["ts"], g["heun"], gen.button, g["gen_steps_btn"],
-              g["cmp_btn"]]
+    parts = dict(cls=[t.cls for t in tabs], steps=[t.steps for t in tabs if t.steps is not None],
+                 g_ts=g["ts"], g_heun=g["heun"], gen_btn=gen.button, gen_steps_btn=g["gen_steps_btn"],
+                 cmp_btn=g["cmp_btn"])
+    picked = [model_md, fetch_btn, active, *parts["cls"], *parts["steps"], g["ts"], g["heun"], gen.button,
+              g["gen_steps_btn"], g["cmp_btn"]]
 
-    @H._err
-    def on_model_change(model: str):
-        return H.model_updates(model, all_cls, all_steps, g["ts"], g["heun"], gen.button, g["gen_steps_btn"],
-                               g["cmp_btn"], model_md, fetch_btn)
+    def on_model_change(model: str, in_use: str):
+        return H.pick_model(model, in_use, parts, model_md, fetch_btn, active)
     fetching = dict(concurrency_id="fetch", concurrency_limit=None)  # each bounded by its deadline
-    model.change(on_model_change, model, picked, api_name=False, queue=False).then(
-        H.fetch_on_choice, model, [model_md, table], api_name=False, **fetching)  # a Space: download now
+    fetched = [model_md, table, model, active]
+    model.change(on_model_change, [model, active], picked, api_name=False, queue=False).then(
+        H.fetch_on_choice, model, fetched, api_name=False, **fetching)  # a Space: download now
     for ev in (gen.steps.change, g["ts"].change):
-        ev(H.on_steps_change, [model, gen.steps, g["ts"]], [gen.button, g["gen_steps_btn"]], api_name=False,
+        ev(H.on_steps_change, [active, gen.steps, g["ts"]], [gen.button, g["gen_steps_btn"]], api_name=False,
            queue=False, preprocess=False)  # any value typed: the run itself refuses one out of range
-    fetch_btn.click(H.fetch_model, model, [model_md, table], api_name="fetch_model", **fetching)
-    demo.load(on_model_change, model, picked, api_name=False, queue=False)
+    fetch_btn.click(H.fetch_in_page, model, fetched, api_name=False, **fetching)
+    gr.api(H.fetch_model, api_name="fetch_model", **fetching)
+    demo.load(on_model_change, [model, active], picked, api_name=False, queue=False)
     refresh.click(H.model_table, None, table, api_name="model_table", queue=False)
     gr.api(H.model_info, api_name="model_info", queue=False)  # one named JSON output
 
@@ -121,16 +127,16 @@ def build_app() -> gr.Blocks:
     # output images and uploads go to Gradio's cache folder: files older than an hour are deleted
     # every hour, so a long-running Space's disk does not fill up with galleries
     with gr.Blocks(title="cm-studio: consistency models", delete_cache=(3600, 3600)) as demo:
-        model, model_md, fetch_btn, table, refresh = _header(name)
-        with gr.Tabs():
-            gen = T.generate_tab(model, name, spec)
-            edits = {"colorize": T.colorize_tab(model, name, spec, ex),
-                     "inpaint": T.inpaint_tab(model, name, spec, ex),
-                     "super_resolve": T.super_resolution_tab(model, name, spec, ex),
-                     "interpolate": T.interpolate_tab(model, name, spec),
-                     "denoise": T.denoise_tab(model, name, spec, ex),
-                     "stroke_guided": T.stroke_tab(model, name, spec, ex)}
-        _model_events(demo, model, model_md, fetch_btn, table, refresh, gen, [gen, *edits.values()])
+        model, active, model_md, fetch_btn, table, refresh = _header(name)
+        with gr.Tabs():  # the tabs run the model in use (the picker's last runnable choice)
+            gen = T.generate_tab(active, name, spec)
+            edits = {"colorize": T.colorize_tab(active, name, spec, ex),
+                     "inpaint": T.inpaint_tab(active, name, spec, ex),
+                     "super_resolve": T.super_resolution_tab(active, name, spec, ex),
+                     "interpolate": T.interpolate_tab(active, name, spec),
+                     "denoise": T.denoise_tab(active, name, spec, ex),
+                     "stroke_guided": T.stroke_tab(active, name, spec, ex)}
+        _model_events(demo, model, active, model_md, fetch_btn, table, refresh, gen, [gen, *edits.values()])
         _run_events(gen, edits)
     demo.queue(max_size=S.queue_size(), default_concurrency_limit=S.concurrency())
     return demo

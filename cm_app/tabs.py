@@ -1,4 +1,4 @@
-"""One builder per tab. Each is called inside ``gr.Tabs()`` with the shared model dropdown, builds
+"""One builder per tab. Each is called inside ``gr.Tabs()`` with the model in use, builds
 its components (in the order the page shows them) and its examples, and returns what the events
 need (:class:`Tab`); :mod:`cm_app.layout` attaches the handlers."""
 from __future__ import annotations
@@ -34,7 +34,7 @@ def _gallery(label: str, height: int, **kw: Any) -> gr.Gallery:
                       buttons=["download", "download_all", "fullscreen"], **{"elem_classes": "samples", **kw})
 
 
-def generate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
+def generate_tab(model: gr.Textbox, name: str, spec: ModelSpec) -> Tab:
     with gr.Tab("Generate", id="generate"):
         with gr.Row():
             with gr.Column(scale=1):
@@ -70,7 +70,7 @@ def generate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
         used=[seed, batch, cls], last=last))
 
 
-def colorize_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+def colorize_tab(model: gr.Textbox, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
     with gr.Tab("Colorize", id="colorize"):
         with gr.Row():
             img = UploadImage(label="Image (colour or grey)", type="pil", image_mode=None, format="png")
@@ -83,7 +83,7 @@ def colorize_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, s
     return Tab(inputs, out, btn, cls, steps)
 
 
-def inpaint_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+def inpaint_tab(model: gr.Textbox, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
     with gr.Tab("Inpaint", id="inpaint"):
         with gr.Row():
             ed = UploadEditor(label="Upload, then paint the region to fill", type="pil",
@@ -100,7 +100,7 @@ def inpaint_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, st
     return Tab(inputs, out, btn, cls, steps)
 
 
-def super_resolution_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+def super_resolution_tab(model: gr.Textbox, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
     with gr.Tab("Super-resolution", id="super_resolve"):
         with gr.Row():
             img = UploadImage(label="Image", type="pil", image_mode=None, format="png")
@@ -118,7 +118,7 @@ def super_resolution_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dic
     return Tab(inputs, out, btn, cls, steps)
 
 
-def interpolate_tab(model: gr.Dropdown, name: str, spec: ModelSpec) -> Tab:
+def interpolate_tab(model: gr.Textbox, name: str, spec: ModelSpec) -> Tab:
     with gr.Tab("Interpolate", id="interpolate"):
         with gr.Row():
             with gr.Column():
@@ -150,7 +150,7 @@ def _few_steps(default: int) -> gr.Slider:
     return gr.Slider(1, 8, value=default, step=1, label="Steps")
 
 
-def denoise_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+def denoise_tab(model: gr.Textbox, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
     with gr.Tab("Denoise", id="denoise"):
         with gr.Row():
             img = UploadImage(label="Image (noisy, or clean with 'add noise')", type="pil", image_mode=None,
@@ -166,7 +166,7 @@ def denoise_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, st
     return Tab(inputs, out, btn, cls)
 
 
-def stroke_tab(model: gr.Dropdown, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
+def stroke_tab(model: gr.Textbox, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
     with gr.Tab("Stroke-guided", id="stroke_guided"):
         with gr.Row():
             ed = UploadEditor(label="Paint rough strokes (or upload a painting)", type="pil",

@@ -226,3 +226,42 @@ def test_the_whole_ts_error_reaches_the_toast(page):
     with pytest.raises(ValueError) as e:
         parse_ts("a,b", 40)
     assert str(e.value) in text, (str(e.value), text)  # whole: nothing lost as an HTML tag
+
+
+def _pick(page, name: str) -> None:
+    """Choose ``name`` in the model picker (type to filter, click its option)."""
+    box = page.locator("#model input")
+    box.click()
+    box.fill(name)
+    page.locator("[data-testid=dropdown-option]", has_text=name).first.wait_for()
+    box.press("Enter")
+    page.wait_for_timeout(500)
+
+
+def _error_badges(page) -> int:
+    return page.get_by_text("Error", exact=True).count()
+
+
+def test_a_model_not_on_disk_leaves_no_error_and_the_tabs_keep_working(page):
+    _tab(page, "Generate")
+    labels = page.locator("#model input")
+    labels.click()
+    page.locator("[data-testid=dropdown-option]").first.wait_for()
+    options = [o.get_attribute("aria-label") for o in page.locator("[data-testid=dropdown-option]").all()]
+    page.keyboard.press("Escape")
+    assert options[0].startswith("cd_digits32") and options[0].endswith("on disk"), options
+    assert any("cd_imagenet64_l2" in o and "needs a download" in o for o in options), options
+    _pick(page, "cd_imagenet64_l2")
+    info = page.locator("#model-info")
+    info.filter(has_text="cannot run here until it is downloaded").wait_for()
+    assert "The tabs keep using cd_digits32" in info.inner_text()
+    gen_info = page.locator("#generate-info")
+    page.locator("#generate-btn").click()
+    gen_info.filter(has_text="images/s").wait_for()
+    assert _error_badges(page) == 0
+    _pick(page, "ct_digits32")
+    info.filter(has_text="ct_digits32").wait_for()
+    page.locator("#generate-btn").click()
+    gen_info.filter(has_text="images/s").wait_for()
+    assert _error_badges(page) == 0 and not page.server_errors, page.server_errors
+    _pick(page, "cd_digits32")

@@ -347,3 +347,30 @@ def test_a_batch_reports_the_cause_of_a_failed_download_and_does_not_wait(space,
     with pytest.raises(CheckpointError, match="the Hub cannot be reached"):
         S.check_download("cd_imagenet64_lpips")
     S.check_download("cd_digits32")  # embedded: nothing to say
+
+
+def test_the_picker_orders_by_state_and_a_failed_fetch_is_a_message(space, remote, monkeypatch):
+    """Runnable models first with their state in the label; picking one that needs a download only
+    says so (the tabs keep the model in use); a failed Fetch is a message under the picker, and
+    the registry table, the labels and the model in use are left as they were."""
+    import gradio as gr
+
+    from cm_app import handlers as H
+    from cm_core.models.checkpoints import CheckpointError
+    monkeypatch.delenv("SPACE_ID")
+    names = [n for _, n in S.model_choices()]
+    states = [S.model_state(get_spec(n))[0] for n in names]
+    assert states == sorted(states) and names[0] == "cd_digits32"
+    assert S.model_choices()[-1][0].endswith("needs a download: 2.11 GB")
+    md, fetch_btn, active = object(), object(), object()
+    out = H.pick_model("cd_imagenet64_lpips", "ct_digits32", {}, md, fetch_btn, active)
+    assert set(out) == {md, fetch_btn} and "The tabs keep using **ct_digits32**" in out[md]
+    out = H.pick_model("no_such_model", "ct_digits32", {}, md, fetch_btn, active)
+    assert set(out) == {md} and "unknown model" in out[md].lower()
+
+    def offline(name, progress=None):
+        raise CheckpointError("the Hub cannot be reached (offline)")
+    monkeypatch.setattr(S, "fetch_model", offline)
+    msg, *rest = H.fetch_in_page("cd_imagenet64_lpips")
+    assert "Fetching cd_imagenet64_lpips failed" in msg and "offline" in msg
+    assert all(isinstance(r, type(gr.skip())) for r in rest)

@@ -58,6 +58,33 @@ def model_info(name: str) -> dict[str, Any]:
     }
 
 
+def model_state(spec: ModelSpec) -> tuple[int, str]:
+    """(rank, words) of whether ``spec`` can run here: 0 "on disk", 1 "fetched on use" (a Space,
+    ``CM_AUTO_FETCH=1``), 2 "needs a download: <size>" (press Fetch or run the fetch script)."""
+    if is_available(spec):
+        return 0, "on disk"
+    if spec.url and auto_fetch_enabled():
+        return 1, "fetched on use"
+    return 2, f"needs a download: {human_size(model_bytes(spec, on_disk_only=False))}"
+
+
+def runnable(name: str) -> bool:
+    """Whether a request with ``name`` can run here now (on disk, or fetched on use)."""
+    return model_state(get_spec(name))[0] < 2
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """The model picker's (label, name) pairs: those that can run now first (on disk, then fetched
+    on use, then those needing a download; registry order within each), each label with the
+    model's method, resolution, size and state, e.g. ``cd_digits32 · CD-PH · 32 px · 5.5 MB · on disk``."""
+    rows = []
+    for i, spec in enumerate(REGISTRY.values()):
+        rank, state = model_state(spec)
+        size = "" if rank == 2 else f"{human_size(model_bytes(spec, on_disk_only=False))} · "  # 2: in the state
+        rows.append((rank, i, f"{spec.name} · {spec.method} · {spec.resolution} px · {size}{state}", spec.name))
+    return [(label, name) for _, _, label, name in sorted(rows)]
+
+
 def model_markdown(name: str) -> str:
     i = model_info(name)
     lines = [f"**{i['name']}**: {i['method']} on {i['dataset']}, {i['resolution']}x{i['resolution']}, "
