@@ -16,9 +16,9 @@ from .ranges import raw_numbers_js
 GPU = "gpu"  # the concurrency group of the model-running events (the batched generate has its own)
 
 
-def _gpu(event: Any, fn: Any, inputs: list, outputs: list, api_name: str, **kw: Any) -> Any:
-    """Attach a model-running handler with a public API name, fetch on first use, a compute slot
-    and ZeroGPU (:func:`cm_app.deploy.model_event`).
+def _gpu(event: Any, fn: Any, inputs: list, outputs: list, api_name: str | None, **kw: Any) -> Any:
+    """Attach a model-running handler with a public API name (``None``: a page-only event), fetch
+    on first use, a compute slot and ZeroGPU (:func:`cm_app.deploy.model_event`).
 
     The compute slots bound the work (``$CM_CONCURRENCY``); the queue lets ``$CM_WAITERS`` more
     requests in, which wait for a download or a slot with a progress message. The batched generate
@@ -27,8 +27,9 @@ def _gpu(event: Any, fn: Any, inputs: list, outputs: list, api_name: str, **kw: 
     out-of-range one is refused with its range (:mod:`cm_app.ranges`)."""
     batched = kw.get("batch", False)
     group, limit = ("generate", S.concurrency()) if batched else (GPU, S.concurrency() + S.waiters())
-    return event(model_event(fn, api_name, batched=batched), inputs, outputs, js=raw_numbers_js(inputs),
-                 api_name=api_name, concurrency_id=group, concurrency_limit=limit, **kw)
+    kw.setdefault("js", raw_numbers_js(inputs))
+    return event(model_event(fn, api_name or fn.__name__, batched=batched), inputs, outputs,
+                 api_name=api_name or False, concurrency_id=group, concurrency_limit=limit, **kw)
 
 
 def _seed_row(label: str = "Seed") -> gr.Number:

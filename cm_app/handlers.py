@@ -210,6 +210,17 @@ def generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heu
     return _gallery(r), r.summary()
 
 
+def generate_live(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps, live,
+                  progress=gr.Progress()):
+    """Live mode: a seed, class or dropout change regenerates (the event runs only the last of
+    quick changes); with Live off nothing changes. Returns the gallery, the info and what
+    :func:`remember` keeps for Compare."""
+    if not live:
+        return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+    gallery, info = generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps, progress)
+    return gallery, info, *remember(seed, batch_size, class_label)
+
+
 def generate_example(model, steps, ts, seed, batch_size, dropout, class_label, progress=gr.Progress()):
     """An example row of Generate: the consistency-model controls only (no Heun column)."""
     return generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, None, progress)

@@ -13,7 +13,7 @@ from cm_core.models.registry import REGISTRY, get_spec
 from . import handlers as H
 from . import tabs as T
 from .components import _gpu
-from .ranges import install_range_messages, raw_numbers_js
+from .ranges import install_range_messages, live_js, raw_numbers_js
 
 INTRO = """
 # cm-studio: consistency models
@@ -113,6 +113,10 @@ def _run_events(gen: T.Tab, edits: dict[str, T.Tab]) -> None:
     for btn in (gen.button, gen.extra["gen_steps_btn"]):  # remember what this click samples
         btn.click(H.remember, gen.extra["used"], gen.extra["last"], queue=False, api_name=False,
                   js=raw_numbers_js(gen.extra["used"]), preprocess=False)
+    live = [*gen.inputs, gen.extra["live"]]
+    for comp in gen.extra["live_triggers"]:  # Live: only the last of quick changes runs
+        _gpu(comp.change, H.generate_live, live, [*gen.outputs, *gen.extra["last"]], None, js=live_js(live),
+             trigger_mode="always_last", show_progress="minimal")
     _gpu(gen.extra["cmp_btn"].click, H.compare_teacher, gen.extra["compare_inputs"],
          gen.extra["compare_outputs"], "compare_teacher")
     for api_name, tab in edits.items():

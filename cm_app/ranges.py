@@ -96,3 +96,15 @@ def raw_numbers_js(inputs: list) -> str | None:
             "return args.slice(0, ids.length).map((v, i) => { "
             "if (!ids[i] || !(ids[i] in typed)) return v; const t = String(typed[ids[i]]).trim(); "
             "setTimeout(() => delete typed[ids[i]], 0); return t === '' ? null : Number(t); }); }")
+
+
+def live_js(inputs: list, wait_ms: int = 200) -> str:
+    """The ``js`` of a Live event whose last input is the Live checkbox: :func:`raw_numbers_js`,
+    then a wait of ``wait_ms``; a trigger that a newer one has replaced meanwhile sends Live off,
+    which the server answers without running the model. Five quick seed changes make one run
+    (Gradio's ``trigger_mode="always_last"`` alone still starts one per change when runs are fast)."""
+    raw = raw_numbers_js(inputs) or "(...args) => args.slice(0, " + str(len(inputs)) + ")"
+    return ("async (...args) => { const values = (" + raw + ")(...args); "
+            "const mine = window.cmLive = (window.cmLive || 0) + 1; "
+            "await new Promise((r) => setTimeout(r, " + str(int(wait_ms)) + ")); "
+            "if (mine !== window.cmLive) values[values.length - 1] = false; return values; }")

@@ -50,6 +50,8 @@ def generate_tab(model: gr.Textbox, name: str, spec: ModelSpec) -> Tab:
                 gen_steps_btn = gr.Button("Generate", variant="primary", visible=multi,
                                           elem_id="generate-steps-btn")
                 cmp_btn = gr.Button("Compare with the EDM teacher (same seeds)", visible=spec.kind != "edm")
+                live = gr.Checkbox(False, label="Live", elem_id="live",
+                                   info="regenerate as the seed, class or dropout changes (the last change runs)")
             with gr.Column(scale=2):
                 gallery = _gallery("Samples", 360, elem_id="gallery")
                 info = gr.Markdown(elem_id="generate-info")
@@ -67,7 +69,7 @@ def generate_tab(model: gr.Textbox, name: str, spec: ModelSpec) -> Tab:
     return Tab(inputs, [gallery, info], gen_btn, cls, steps, extra=dict(
         ts=ts, heun=heun, gen_steps_btn=gen_steps_btn, cmp_btn=cmp_btn,
         compare_inputs=[model, *last, heun], compare_outputs=[t_gallery, t_info],
-        used=[seed, batch, cls], last=last))
+        used=[seed, batch, cls], last=last, live=live, live_triggers=[seed, cls, drop]))
 
 
 def colorize_tab(model: gr.Textbox, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:

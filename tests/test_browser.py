@@ -265,3 +265,26 @@ def test_a_model_not_on_disk_leaves_no_error_and_the_tabs_keep_working(page):
     gen_info.filter(has_text="images/s").wait_for()
     assert _error_badges(page) == 0 and not page.server_errors, page.server_errors
     _pick(page, "cd_digits32")
+
+
+def test_live_mode_runs_only_the_last_of_quick_seed_changes(page):
+    """With Live on, five quick seed changes start at most two runs (requests with Live on: a
+    change replaced within 200 ms is sent with Live off and runs nothing), and the gallery ends
+    on the last seed's images."""
+    _tab(page, "Generate")
+    page.locator("#generate-btn").click()
+    page.locator("#generate-info").filter(has_text="images/s").wait_for()
+    joins: list[str] = []
+    page.on("request", lambda r: "queue/join" in r.url and ",true]" in (r.post_data or "") and joins.append(r.post_data))
+    page.locator("#live input").check()
+    seed = page.get_by_label("Seed", exact=True).first
+    start = int(seed.input_value())
+    seed.focus()
+    for _ in range(5):
+        seed.press("ArrowUp")
+    assert seed.input_value() == str(start + 5)
+    page.locator("#generate-info").filter(has_text=f"(seeds {start + 5}-").wait_for()
+    page.wait_for_timeout(1000)  # any run still to come would have started by now
+    page.locator("#live input").uncheck()
+    seed.fill(str(start))
+    assert 1 <= len(joins) <= 2, joins
