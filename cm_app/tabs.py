@@ -88,7 +88,7 @@ def colorize_tab(model: gr.Textbox, name: str, spec: ModelSpec, ex: dict[str, st
 def inpaint_tab(model: gr.Textbox, name: str, spec: ModelSpec, ex: dict[str, str]) -> Tab:
     with gr.Tab("Inpaint", id="inpaint"):
         with gr.Row():
-            ed = UploadEditor(label="Upload, then paint the region to fill", type="pil",
+            ed = UploadEditor(label="Upload, then paint the region to fill", type="pil", elem_id="inpaint-editor",
                               image_mode="RGBA", format="png", sources=["upload", "clipboard"],
                               brush=gr.Brush(colors=["#ff00ff"], color_mode="fixed"),
                               transforms=(), layers=False, height=360)
@@ -97,7 +97,7 @@ def inpaint_tab(model: gr.Textbox, name: str, spec: ModelSpec, ex: dict[str, str
                 seed, cls, btn = _seed_class_button(spec, "Inpaint")
         out = list(_io_images())
         inputs = [model, ed, steps, ts, seed, cls]
-        _examples([[name, {"background": ex["digit"], "layers": [ex["mask"]], "composite": None},
+        _examples([[name, {"background": ex["digit"], "layers": [ex["mask"]], "composite": ex["masked"]},
                     3, "", 0, S.RANDOM_CLASS]], inputs, out, H.inpaint)
     return Tab(inputs, out, btn, cls, steps)
 

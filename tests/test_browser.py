@@ -288,3 +288,36 @@ def test_live_mode_runs_only_the_last_of_quick_seed_changes(page):
     page.locator("#live input").uncheck()
     seed.fill(str(start))
     assert 1 <= len(joins) <= 2, joins
+
+
+def test_the_inpaint_example_shows_its_mask(page):
+    """The example's painted region (magenta, the right half) is visible in the editor."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+    _tab(page, "Inpaint")
+    panel = page.locator("[role=tabpanel]:visible").first
+    panel.locator("tr.tr-body").first.click()
+    page.wait_for_timeout(1500)
+    shot = Image.open(io.BytesIO(page.locator("#inpaint-editor").screenshot())).convert("RGB")
+    px = np.asarray(shot).astype(int)
+    magenta = (px[..., 0] > 200) & (px[..., 1] < 60) & (px[..., 2] > 200)
+    _tab(page, "Generate")
+    assert magenta.mean() > 0.02, magenta.mean()
+
+
+def test_the_api_page_named_in_the_readme_opens(browser, server):
+    """The README's API page: the footer's "Use via API" opens the docs with the endpoints;
+    gradio_api/info serves the same as JSON."""
+    import json
+    import urllib.request
+    readme = (ROOT / "README.md").read_text()
+    assert "**Use via API**" in readme and "gradio_api/info" in readme
+    with urllib.request.urlopen(server.url + "gradio_api/info", timeout=10) as r:
+        assert "/generate" in json.load(r)["named_endpoints"]
+    pg = _open(browser, server, 1280, 900)
+    pg.get_by_text("Use via API").click()
+    pg.get_by_text("/generate_steps").first.wait_for()
+    assert "view=api" in pg.url
+    pg.close()

@@ -13,15 +13,16 @@ def example_files(folder: str | os.PathLike | None = None) -> dict[str, str]:
     """Example inputs for the editing tabs, rendered once from the built-in held-out digits.
 
     ``digit`` (32 px colour digit), ``big`` (the same at 128 px), ``grey``, ``lowres`` (8 px),
-    ``noisy``, ``strokes`` (a flat-colour blocky painting) and ``mask`` (an RGBA layer with the
-    right half painted, as the image editor sends it). Written to ``folder`` (default: a
+    ``noisy``, ``strokes`` (a flat-colour blocky painting), ``mask`` (an RGBA layer with the
+    right half painted, as the image editor sends it) and ``masked`` (the digit with that layer
+    painted on: the editor's composite, which it shows). Written to ``folder`` (default: a
     ``cm-studio-examples`` folder in the temp dir)."""
     import tempfile
     from pathlib import Path
 
     from ..train.data import load_digits32
     out = Path(folder or Path(tempfile.gettempdir()) / "cm-studio-examples")
-    names = ("digit", "big", "grey", "lowres", "noisy", "strokes", "mask")
+    names = ("digit", "big", "grey", "lowres", "noisy", "strokes", "mask", "masked")
     files = {n: str(out / f"{n}.png") for n in names}
     if all(Path(f).is_file() for f in files.values()):
         return files
@@ -40,5 +41,7 @@ def example_files(folder: str | os.PathLike | None = None) -> dict[str, str]:
         (32, 32), Image.Resampling.NEAREST).save(files["strokes"])
     mask = np.zeros((32, 32, 4), np.uint8)
     mask[:, 16:] = (255, 0, 255, 255)
-    Image.fromarray(mask, "RGBA").save(files["mask"])
+    layer = Image.fromarray(mask, "RGBA")
+    layer.save(files["mask"])
+    Image.alpha_composite(digit.convert("RGBA"), layer).save(files["masked"])
     return files
