@@ -88,8 +88,12 @@ def _examples(rows: list, inputs: list, outputs: list, fn: Any) -> gr.Examples:
     run = model_event(fn, fn.__name__)
     sig = inspect.signature(fn)
 
-    def on_model(*args: Any, **kwargs: Any) -> Any:
-        return run(model, *args, **kwargs)
+    if inspect.isgeneratorfunction(fn):
+        def on_model(*args: Any, **kwargs: Any) -> Any:
+            return (yield from run(model, *args, **kwargs))
+    else:
+        def on_model(*args: Any, **kwargs: Any) -> Any:
+            return run(model, *args, **kwargs)
     on_model.__name__ = fn.__name__
     on_model.__signature__ = sig.replace(parameters=list(sig.parameters.values())[1:])  # type: ignore[attr-defined]
     return gr.Examples([r[1:] for r in rows], inputs[1:], outputs, fn=on_model,

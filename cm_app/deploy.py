@@ -71,12 +71,12 @@ def _prepare(models: list[str], progress: Callable[[float, str], None] | None, b
 
 
 def model_event(fn: Callable, api_name: str, batched: bool = False) -> Callable:
-    """``fn`` with the fetch-on-first-use and ZeroGPU steps above (user errors shown as messages)."""
+    """``fn`` with the fetch-on-first-use and ZeroGPU steps above (user errors shown as messages);
+    a generator ``fn`` (streamed outputs) stays one, holding its compute slot while it runs."""
     on_gpu = _on_gpu(fn, api_name)
     runs = RUNS.get(api_name, lambda m: m)
 
-    @functools.wraps(fn)
-    def run(*args: Any, **kwargs: Any) -> Any:
+    def prepare(args: tuple, kwargs: dict) -> Callable[[float, str], None] | None:
         chosen = args[0] if args else kwargs.get("model")
         models = list(chosen) if batched else [chosen]
         try:
@@ -85,6 +85,19 @@ def model_event(fn: Callable, api_name: str, batched: bool = False) -> Callable:
             targets = []  # an unknown model: the handler says which names are valid
         progress = _progress_arg(args, kwargs)
         _prepare(targets, progress, batched)
+        return progress
+
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def stream(*args: Any, **kwargs: Any) -> Any:
+            progress = prepare(args, kwargs)
+            with S.compute_slots().hold(progress):
+                return (yield from on_gpu(*args, **kwargs))
+        return _err(stream)
+
+    @functools.wraps(fn)
+    def run(*args: Any, **kwargs: Any) -> Any:
+        progress = prepare(args, kwargs)
         with S.compute_slots().hold(progress):  # after the download: it holds no slot
             return on_gpu(*args, **kwargs)
     return _err(run)

@@ -5,8 +5,13 @@ Each model-running handler is also a public API endpoint (its api_name is set in
 """
 from __future__ import annotations
 
+import contextvars
 import functools
+import inspect
+import queue
 import random
+import threading
+from collections.abc import Iterator
 
 import gradio as gr
 
@@ -17,19 +22,57 @@ from cm_core.models.registry import get_spec
 from .clients import client_alive
 
 
+def _message(e: BaseException) -> gr.Error:
+    """The ``gr.Error`` a library error is shown as (raise it ``from None``)."""
+    if isinstance(e, S.Cancelled):  # nobody is left to read it: no message, no traceback in the log
+        return gr.Error("cancelled", visible=False, print_exception=False)
+    return gr.Error(bound(str(e)), print_exception=False)
+
+
 def _err(fn):
-    """Show the library's user errors (bad input, missing checkpoint) as a message, not a crash."""
+    """Show the library's user errors (bad input, missing checkpoint) as a message, not a crash
+    (for a generator handler too: its errors come while it is iterated)."""
+    if inspect.isgeneratorfunction(fn):
+        @functools.wraps(fn)
+        def streamed(*args, **kwargs):
+            try:
+                return (yield from fn(*args, **kwargs))
+            except gr.Error:
+                raise
+            except (S.Cancelled, *S.USER_ERRORS) as e:
+                raise _message(e) from None
+        return streamed
+
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
         except gr.Error:
             raise  # already a message (gr.Error is a ValueError: str() of it would add quotes)
-        except S.Cancelled:  # nobody is left to read it: no message, no traceback in the log
-            raise gr.Error("cancelled", visible=False, print_exception=False) from None
-        except S.USER_ERRORS as e:
-            raise gr.Error(bound(str(e)), print_exception=False) from None
+        except (S.Cancelled, *S.USER_ERRORS) as e:
+            raise _message(e) from None
     return wrapped
+
+
+def _streamed(run) -> Iterator[tuple[int, int, list]]:
+    """Run ``run(preview)`` in a worker thread (with this event's context, so its progress bar
+    and client checks work there); yield each ``(step, steps, images)`` the sampler previews as it
+    comes, and return what ``run`` returns (its error is raised here)."""
+    steps: queue.Queue = queue.Queue()
+
+    def work() -> None:
+        try:
+            steps.put(("done", run(lambda i, n, images: steps.put(("step", (i, n, images))))))
+        except BaseException as e:  # noqa: BLE001 - handed to the generator, which raises it
+            steps.put(("error", e))
+    threading.Thread(target=contextvars.copy_context().run, args=(work,), daemon=True).start()
+    while True:
+        kind, value = steps.get()
+        if kind == "error":
+            raise value
+        if kind == "done":
+            return value
+        yield value
 
 
 def _progress(progress: gr.Progress) -> S.Progress:
@@ -204,10 +247,22 @@ def _generate_per_model(reqs: list, errors: list[str | None]) -> list:
 @_err
 def generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps,
                    progress=gr.Progress()):
-    """One request with a progress bar (multistep and Heun sampling)."""
-    r = S.generate(_request(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps),
-                   _progress(progress))
-    return _gallery(r), r.summary()
+    """One request with a progress bar (multistep and Heun sampling). The gallery shows each
+    step's denoised estimates as they come (a generator: the API returns its last output)."""
+    req = _request(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps)
+    S.plan(req)  # a bad request fails before the worker starts
+    r = yield from _previews(_streamed(lambda preview: S.generate(req, _progress(progress), preview)))
+    yield _gallery(r), r.summary()
+
+
+def _previews(stream: Iterator[tuple[int, int, list]]):
+    """Each preview of ``stream`` as (gallery, info); returns the stream's result."""
+    while True:
+        try:
+            i, n, images = next(stream)
+        except StopIteration as done:
+            return done.value
+        yield [(im, f"step {i + 1}/{n}") for im in images], f"step {i + 1}/{n}..."
 
 
 def generate_live(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps, live,
@@ -217,13 +272,14 @@ def generate_live(model, steps, ts, seed, batch_size, dropout, class_label, heun
     :func:`remember` keeps for Compare."""
     if not live:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    gallery, info = generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps, progress)
+    *_, (gallery, info) = generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps,
+                                         progress)
     return gallery, info, *remember(seed, batch_size, class_label)
 
 
 def generate_example(model, steps, ts, seed, batch_size, dropout, class_label, progress=gr.Progress()):
     """An example row of Generate: the consistency-model controls only (no Heun column)."""
-    return generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, None, progress)
+    yield from generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, None, progress)
 
 
 def remember(seed, batch_size, class_label):

@@ -246,3 +246,18 @@ def test_model_info_is_one_named_json_output(client):
     assert info["name"] == "cd_imagenet64_l2" and info["resolution"] == 64 and info["available"] is False
     assert info["local_file"].endswith("cd_imagenet64_l2.pt")
     assert client.predict(MODEL, api_name="/model_info")["available"] is True
+
+
+def test_multistep_and_heun_stream_each_step_into_the_gallery(client):
+    """generate_steps yields each step's denoised estimates (captioned "step i/n"), then the
+    samples; the API's result is the last output, equal to the one-shot samples."""
+    for args, n in (((MODEL, 3, "", 4, 2, 0.0, "random", 18), 3), (("edm_digits32", 1, "", 4, 2, 0.0, "random", 5), 5)):
+        job = client.submit(*args, api_name="/generate_steps")
+        gallery, info = job.result(timeout=60)
+        outputs = job.outputs()
+        assert len(outputs) == n + 1, [o[1] for o in outputs]
+        for i, (g, text) in enumerate(outputs[:-1]):
+            assert len(g) == 2 and g[0]["caption"] == f"step {i + 1}/{n}" and text.startswith(f"step {i + 1}/{n}")
+        assert "images/s" in info and _pixels(gallery[1]["image"]).shape == (R, R, 3)
+        if args[0] == MODEL:  # a consistency model's last step ends on its denoised estimate: the sample
+            assert np.array_equal(_pixels(outputs[-2][0][1]["image"]), _pixels(gallery[1]["image"]))

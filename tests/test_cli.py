@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
+from run_cli import run_cli
 from safetensors.torch import save_file
 
 from cm_core.models.checkpoints import arch_meta
@@ -21,13 +22,7 @@ def _tiny(tmp_path: Path) -> Path:
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
-    """``python -m cm_core ARGS`` run in this process by click's test runner (the same command
-    object; a subprocess would spend about 4 s importing torch for each call)."""
-    from click.testing import CliRunner
-
-    from cm_core.cli import main
-    r = CliRunner().invoke(main, list(args), catch_exceptions=False)
-    return subprocess.CompletedProcess(["cm_core", *args], r.exit_code, r.stdout, r.stderr)
+    return run_cli(*args)
 
 
 def test_sample_grid_and_npz(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -118,9 +117,10 @@ def test_push_to_hub_creates_the_repo_and_uploads_the_folder(tmp_path):
 
 
 def test_cli_export_and_its_errors(tmp_path):
+    from run_cli import run_cli
+
     def run(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "cm_core", "export", *args], cwd=ROOT,
-                              capture_output=True, text=True, timeout=180)
+        return run_cli("export", *args)
     r = run("ct_digits32", str(tmp_path / "ct"))
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "ct" / "unet" / "diffusion_pytorch_model.safetensors").is_file()

@@ -138,13 +138,13 @@ def test_oom_in_an_edit_and_in_the_app_handlers_is_a_message(service, monkeypatc
         app.colorize(MODEL, photo, 2, "", 0, "random")
     monkeypatch.setattr(G, "sample_batch", boom)
     with pytest.raises(gr.Error, match="out of GPU memory"):
-        app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18)
+        list(app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18))
     with pytest.raises(gr.Error, match="out of GPU memory"):
         app.generate([MODEL], [1], [""], [0], [2], [0.0], ["random"], [18])
     monkeypatch.setattr(E, "colorize_image", real_colorize)  # the next requests succeed
     monkeypatch.setattr(G, "sample_batch", real_sample)
     assert app.colorize(MODEL, photo, 2, "", 0, "random")[0][1].size == (32, 32)  # (before, after)
-    gallery, info = app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18)
+    *_, (gallery, info) = app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18)
     assert len(gallery) == 2 and "images/s" in info
 
 

@@ -67,3 +67,21 @@ def test_a_request_takes_sigmas_in_the_ts_field_and_starts_from_noise_at_the_fir
         S.plan(S.GenerateRequest(MODEL, ts="sigmas: " + ",".join(str(80 - i * 0.3) for i in range(250))))
     with pytest.raises(ValueError, match="generation only"):  # editors take grid indices
         S.colorize(MODEL, Image.new("RGB", (32, 32)), ts="sigmas: 80, 40")
+
+
+def test_previews_come_once_per_step_and_the_last_is_the_result():
+    """Multistep and Heun report each step's denoised estimates as images; the last step's
+    estimate is the sample (multistep ends on a denoise; Heun's last step is an Euler step to 0)."""
+    import numpy as np
+
+    from cm_core import service as S
+    for req, steps in ((S.GenerateRequest("cd_digits32", steps=3, batch_size=2, seed=5), 3),
+                       (S.GenerateRequest("edm_digits32", heun_steps=4, batch_size=2, seed=5), 4)):
+        seen: list = []
+        r = S.generate(req, preview=lambda i, n, imgs: seen.append((i, n, imgs)))
+        assert [(i, n) for i, n, _ in seen] == [(i, steps) for i in range(steps)]
+        assert all(len(imgs) == 2 and imgs[0].size == (32, 32) for _, _, imgs in seen)
+        if req.model == "cd_digits32":
+            assert np.array_equal(np.asarray(seen[-1][2][1]), np.asarray(r.images[1]))
+        plain = S.generate(req)  # previews do not change the samples
+        assert all(np.array_equal(np.asarray(a), np.asarray(b)) for a, b in zip(plain.images, r.images))

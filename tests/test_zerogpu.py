@@ -57,8 +57,8 @@ def test_every_model_handler_runs_under_spaces_gpu_with_an_estimated_duration(ze
     demo = build_app()
     assert MODEL_EVENTS <= zero.wrapped  # the events (and the examples' handlers)
     fns = _fns(demo)
-    gallery, info = fns["generate_steps"]("cd_digits32", 2, "", 0, 3, 0.0, "random", 18)
-    assert len(gallery) == 3
+    *previews, (gallery, info) = fns["generate_steps"]("cd_digits32", 2, "", 0, 3, 0.0, "random", 18)
+    assert len(gallery) == 3 and len(previews) == 2  # one preview per step, then the samples
     (call,) = zero.calls
     assert call["fn"] == "generate_steps" and "cd_digits32" in call["loaded"]  # loaded before the GPU
     assert call["duration"] == estimate_seconds({"model": "cd_digits32", "steps": 2, "ts": "", "batch_size": 3})

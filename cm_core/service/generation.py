@@ -89,17 +89,40 @@ def _sampler() -> Callable[..., torch.Tensor]:
     return _generate.sample_batch
 
 
-def generate(req: GenerateRequest, progress: Progress | None = None) -> GenerateResult:
-    """Sample one request (one-step, multistep or Heun for EDM teachers)."""
-    return generate_many([req], progress)[0]
+#: what a preview callback gets after each step: (step index, steps, the denoised estimates x0
+#: of the step as images, in the order of the request's seeds)
+Preview = Callable[[int, int, list[Image.Image]], None]
 
 
-def generate_many(reqs: Sequence[GenerateRequest], progress: Progress | None = None
-                  ) -> list[GenerateResult]:
+def generate(req: GenerateRequest, progress: Progress | None = None,
+             preview: Preview | None = None) -> GenerateResult:
+    """Sample one request (one-step, multistep or Heun for EDM teachers). ``preview`` gets each
+    step's denoised estimates as images (the sampler then runs step by step, not as one graph)."""
+    return generate_many([req], progress, preview)[0]
+
+
+def _step_callback(progress: Progress | None, label: str, preview: Preview | None) -> Callable[[dict], None] | None:
+    """The sampler callback: progress (a bar only: graphed loops may run), and with ``preview``
+    each step's x0 in [-1, 1] as images."""
+    bar = _progress_callback(progress, label)
+    if preview is None:
+        return bar
+
+    def cb(d: dict) -> None:
+        if bar is not None:
+            bar(d)
+        if d.get("denoised") is not None:
+            preview(d["i"], d["n"], to_pil(d["denoised"].clamp(-1, 1)))
+    return cb
+
+
+def generate_many(reqs: Sequence[GenerateRequest], progress: Progress | None = None,
+                  preview: Preview | None = None) -> list[GenerateResult]:
     """Sample several requests, running those with the same model and settings as one batch.
 
     Used for Gradio's ``batch=True``: concurrent requests become one forward pass per group.
-    Every request is validated first, so a bad one fails before any work is done.
+    Every request is validated first, so a bad one fails before any work is done. ``preview``:
+    see :func:`generate` (the images of every group in turn).
     """
     plans = [plan(r) for r in reqs]
     groups: OrderedDict[tuple, list[int]] = OrderedDict()
@@ -111,7 +134,7 @@ def generate_many(reqs: Sequence[GenerateRequest], progress: Progress | None = N
         seeds = [s for i in idx for s in plans[i].seeds]
         labels = [labels_for(spec, plans[i].seeds, plans[i].class_label) for i in idx]
         lab = torch.cat(labels) if spec.class_cond else None  # type: ignore[arg-type]
-        cb = _progress_callback(progress, "Heun step" if spec.kind == "edm" else "step")
+        cb = _step_callback(progress, "Heun step" if spec.kind == "edm" else "step", preview)
 
         def run(spec: ModelSpec, den: Denoiser) -> torch.Tensor:
             t = time.perf_counter()
