@@ -174,9 +174,9 @@ from gradio_client.utils import Status
 c = Client(sys.argv[1], verbose=False)
 j = c.submit(*{long!r}, api_name="/generate_steps")
 t = time.time()
-while j.status().code not in (Status.PROGRESS, Status.FINISHED) and time.time() - t < 60:
+while j.status().code not in (Status.PROGRESS, Status.ITERATING, Status.FINISHED) and time.time() - t < 60:
     time.sleep(0.1)
-print("computing" if j.status().code == Status.PROGRESS else j.status().code, flush=True)
+print("computing" if j.status().code in (Status.PROGRESS, Status.ITERATING) else j.status().code, flush=True)
 time.sleep(120)
 """
 
