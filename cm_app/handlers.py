@@ -5,6 +5,7 @@ Each model-running handler is also a public API endpoint (its api_name is set in
 """
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import inspect
@@ -22,11 +23,19 @@ from cm_core.models.registry import get_spec
 from .clients import client_alive
 
 
-def _message(e: BaseException) -> gr.Error:
-    """The ``gr.Error`` a library error is shown as (raise it ``from None``)."""
-    if isinstance(e, S.Cancelled):  # nobody is left to read it: no message, no traceback in the log
-        return gr.Error("cancelled", visible=False, print_exception=False)
-    return gr.Error(bound(str(e)), print_exception=False)
+@contextlib.contextmanager
+def _as_messages() -> Iterator[None]:
+    """Raise the library's user errors as ``gr.Error`` messages; ``S.Cancelled`` (nobody is left
+    to read it) as an invisible one, with no traceback in the log. A ``gr.Error`` passes as it is
+    (it is a ValueError: ``str()`` of it would add quotes)."""
+    try:
+        yield
+    except gr.Error:
+        raise
+    except S.Cancelled:
+        raise gr.Error("cancelled", visible=False, print_exception=False) from None
+    except S.USER_ERRORS as e:
+        raise gr.Error(bound(str(e)), print_exception=False) from None
 
 
 def _err(fn):
@@ -35,22 +44,14 @@ def _err(fn):
     if inspect.isgeneratorfunction(fn):
         @functools.wraps(fn)
         def streamed(*args, **kwargs):
-            try:
+            with _as_messages():
                 return (yield from fn(*args, **kwargs))
-            except gr.Error:
-                raise
-            except (S.Cancelled, *S.USER_ERRORS) as e:
-                raise _message(e) from None
         return streamed
 
     @functools.wraps(fn)
     def wrapped(*args, **kwargs):
-        try:
+        with _as_messages():
             return fn(*args, **kwargs)
-        except gr.Error:
-            raise  # already a message (gr.Error is a ValueError: str() of it would add quotes)
-        except (S.Cancelled, *S.USER_ERRORS) as e:
-            raise _message(e) from None
     return wrapped
 
 
@@ -102,10 +103,9 @@ def pick_model(name: str, active: str, tabs: dict, model_md, fetch_btn, active_b
         runs = S.runnable(name)
     except S.USER_ERRORS as e:
         return {model_md: f"**{bound(str(e))}**\n\n{keep}"}
-    if not runs:
-        info = S.model_info(name)
+    if not runs:  # the Fetch button where it can be downloaded (a registry URL)
         return {model_md: S.model_markdown(name) + f"\n\n**{name} cannot run here until it is downloaded.** {keep}",
-                fetch_btn: gr.update(visible=info["fetchable"])}
+                fetch_btn: gr.update(visible=bool(get_spec(name).url))}
     out = model_updates(name, model_md=model_md, fetch_btn=fetch_btn, **tabs)
     out[active_box] = name
     return out
@@ -152,6 +152,12 @@ def fetch_model(model: str) -> str:
     return _err(S.fetch_model)(model)
 
 
+def _fetch_failed(model: str, e: Exception) -> tuple:
+    """The picker's outputs after a failed download: a message; the table, the labels and the
+    model in use stay as they were."""
+    return f"**Fetching {model} failed**: {bound(str(e))}", gr.skip(), gr.skip(), gr.skip()
+
+
 def _fetched(model: str, done: str) -> tuple:
     """The picker's outputs after ``model`` arrived: info, table, labels, the model in use."""
     return (S.model_markdown(model) + done, S.model_rows(), gr.update(choices=S.model_choices()), model)
@@ -163,7 +169,7 @@ def fetch_in_page(model: str, progress=gr.Progress()):
     try:
         path = S.fetch_model(model, _progress(progress))
     except S.USER_ERRORS as e:
-        return f"**Fetching {model} failed**: {bound(str(e))}", gr.skip(), gr.skip(), gr.skip()
+        return _fetch_failed(model, e)
     return _fetched(model, f"\n\nFetched to `{path}`.")
 
 
@@ -174,7 +180,7 @@ def fetch_on_choice(model: str, progress=gr.Progress()):
         if not S.ensure_model(model, _progress(progress)):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
     except S.USER_ERRORS as e:
-        return f"**Fetching {model} failed**: {bound(str(e))}", gr.skip(), gr.skip(), gr.skip()
+        return _fetch_failed(model, e)
     return _fetched(model, "")
 
 
@@ -272,9 +278,10 @@ def generate_live(model, steps, ts, seed, batch_size, dropout, class_label, heun
     :func:`remember` keeps for Compare."""
     if not live:
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    *_, (gallery, info) = generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps,
-                                         progress)
-    return gallery, info, *remember(seed, batch_size, class_label)
+    # no step previews: nobody would see them, and they keep the sampler off its graphed fast path
+    r = S.generate(_request(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps),
+                   _progress(progress))
+    return _gallery(r), r.summary(), *remember(seed, batch_size, class_label)
 
 
 def generate_example(model, steps, ts, seed, batch_size, dropout, class_label, progress=gr.Progress()):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import gradio as gr
 
 from cm_core import service as S
-from cm_core.models.registry import REGISTRY, get_spec
+from cm_core.models.registry import get_spec
 
 from . import handlers as H
 from . import tabs as T
