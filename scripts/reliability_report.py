@@ -442,29 +442,40 @@ def burst(url: str, pid: int, f: dict[str, str], n: int = 50, timeout: float = 6
     return res
 
 
-def queue_full_check(tmp: Path, f: dict[str, str], n: int = 12, queue: int = 2,
-                     timeout: float = 60.0, steps: int = 39, batch: int = 8) -> Counter:
-    """A server with ``CM_QUEUE_SIZE=queue`` and no waiters past the queue (``CM_WAITERS=0``): of
-    ``n`` simultaneous requests (each ``steps`` evaluations of ``batch`` images), the ones that do
-    not fit get Gradio's clear queue-full message at once; the rest are served."""
+def queue_env(queue: int = 2) -> dict[str, str]:
+    """A server's settings for the queue check: ``CM_QUEUE_SIZE=queue`` and no waiters past the
+    queue (``CM_WAITERS=0``). One-at-a-time requests (the hostile matrix) are served as usual."""
+    return {"CM_QUEUE_SIZE": str(queue), "CM_WAITERS": "0"}
+
+
+def queue_full_burst(url: str, n: int = 12, timeout: float = 60.0, steps: int = 39,
+                     batch: int = 8) -> Counter:
+    """Of ``n`` simultaneous requests (each ``steps`` evaluations of ``batch`` images) to a server
+    started with :func:`queue_env`, the ones that do not fit get Gradio's clear queue-full message
+    at once; the rest are served. The outcomes, counted."""
+    from gradio_client import Client
+    client = Client(url, verbose=False, max_workers=n + 8)
+    jobs = [client.submit(*_gen(steps=steps, seed=i, batch=batch), api_name="/generate_steps")
+            for i in range(n)]
+    out: Counter = Counter()
+    for j in jobs:
+        try:
+            check_result("/generate_steps", j.result(timeout=timeout))
+            out["ok"] += 1
+        except TimeoutError:
+            out["timeout"] += 1
+        except Exception as e:  # noqa: BLE001
+            out["queue full" if QUEUE_FULL in str(e).lower() else "failure: " + str(e)[:120]] += 1
+    return out
+
+
+def queue_full_check(tmp: Path, n: int = 12, queue: int = 2, timeout: float = 60.0,
+                     steps: int = 39, batch: int = 8) -> Counter:
+    """:func:`queue_full_burst` on a server of its own started with :func:`queue_env`."""
     from app_server import AppServer
-    srv = AppServer(tmp, {"CM_QUEUE_SIZE": str(queue), "CM_WAITERS": "0", "CM_WARMUP": "0",
-                         "CM_CACHE_EXAMPLES": "0"})
+    srv = AppServer(tmp, {**queue_env(queue), "CM_WARMUP": "0", "CM_CACHE_EXAMPLES": "0"})
     try:
-        from gradio_client import Client
-        client = Client(srv.url, verbose=False, max_workers=n + 8)
-        jobs = [client.submit(*_gen(steps=steps, seed=i, batch=batch), api_name="/generate_steps")
-                for i in range(n)]
-        out: Counter = Counter()
-        for j in jobs:
-            try:
-                check_result("/generate_steps", j.result(timeout=timeout))
-                out["ok"] += 1
-            except TimeoutError:
-                out["timeout"] += 1
-            except Exception as e:  # noqa: BLE001
-                out["queue full" if QUEUE_FULL in str(e).lower() else "failure: " + str(e)[:120]] += 1
-        return out
+        return queue_full_burst(srv.url, n, timeout, steps, batch)
     finally:
         srv.stop()
 
@@ -624,7 +635,7 @@ def _hostile_and_burst(tmp: Path, a: argparse.Namespace) -> tuple[str, bool]:
         start_s = srv.start_seconds
     finally:
         srv.stop()
-    q = None if a.no_queue_check else queue_full_check(tmp / "queue", files)
+    q = None if a.no_queue_check else queue_full_check(tmp / "queue")
     cmd = "CM_TORCH_THREADS=1 .venv/bin/python scripts/reliability_report.py" + (
         f" --requests {a.requests}" if a.requests != 50 else "")
     ok = all(o.as_expected or o.case.xfail for o in outcomes) and not pwned and not b.failures

@@ -48,7 +48,8 @@ def hostile_app(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("reliability")
     files = RR.make_uploads(tmp / "uploads")
     RR.seed_checkpoints(tmp / "app" / "checkpoints")
-    srv = AppServer(tmp / "app", {"CM_CACHE_EXAMPLES": "0"})
+    # the queue check's settings: the matrix sends one request at a time, which they do not touch
+    srv = AppServer(tmp / "app", {"CM_CACHE_EXAMPLES": "0", **RR.queue_env(2)})
     yield srv, files, tmp / "app"
     srv.stop()
 
@@ -70,6 +71,14 @@ def test_hostile_input_matrix_through_the_api(hostile_app):
     assert srv.proc.poll() is None
     # no server path leaks into upload messages
     assert not any("/tmp/gradio" in o.message for o in outcomes if o.case.kind == "upload")
+
+
+def test_a_full_queue_is_a_clear_message(hostile_app):
+    """With CM_QUEUE_SIZE=2 and no waiters, simultaneous requests beyond the queue are refused at
+    once, clearly; the others are served."""
+    q = RR.queue_full_burst(hostile_app[0].url, n=12, timeout=60.0, steps=10, batch=4)
+    assert q["queue full"] >= 1 and q["ok"] >= 1, q
+    assert set(q) <= {"ok", "queue full"}, q
 
 
 def test_empty_pt_is_a_clear_error_naming_the_file(tmp_path, monkeypatch):
