@@ -128,32 +128,6 @@ def _run_first_example(page, label: str):
     return panel
 
 
-@pytest.mark.parametrize("viewport", ["page", "phone"])
-def test_every_tab_shows_its_results_at_a_readable_size(request, viewport):
-    """Each result image is >= 256 CSS px wide on a desktop and nearly the full width (>= 300 px)
-    of a 390 px phone; gallery thumbnails >= 128 / 160 px (at most two columns on the phone).
-    A screenshot per tab and width goes to artifacts/ (and $CM_SCREENSHOTS)."""
-    pg = request.getfixturevalue(viewport)
-    width = pg.viewport_size["width"]
-    suffix = "" if viewport == "page" else "_phone"
-    _tab(pg, "Generate")
-    pg.locator("#generate-btn").click()
-    pg.locator("#gallery img").first.wait_for()
-    sizes = {"generate": _widths(pg.locator("#gallery img"), pg)}
-    _shot(pg, "generate" + suffix)
-    for label, name in TABS[1:]:
-        panel = _run_first_example(pg, label)
-        sizes[name] = _widths(panel.locator(".result img"), pg)
-        if label == "Interpolate":
-            sizes["frames"] = _widths(panel.locator("#frames img"), pg)
-        _shot(pg, name + suffix)
-    _tab(pg, "Generate")
-    small = {k: min(v) for k, v in sizes.items()
-             if min(v) < (MIN_THUMB if k in ("generate", "frames") else MIN_RESULT)[width]}
-    assert not small, (width, small, sizes)
-    assert len(sizes["colorize"]) == 3 and not pg.server_errors, pg.server_errors
-
-
 def test_compare_runs_the_gallery_seeds_even_after_randomise(page):
     page.get_by_role("tab", name="Generate").click()
     page.locator("#generate-btn").click()
@@ -191,37 +165,93 @@ def _toast(page) -> str:
     return text
 
 
-@pytest.mark.parametrize("label, typed, message", [
-    ("Batch size", "1000", "Batch size must be in [1, 16], got 1000"),
-    ("Steps (network evaluations)", "100", "Steps must be in [1, 39], got 100"),
-    ("Dropout (inference)", "5", "Dropout must be in [0, 0.9], got 5"),
-])
-def test_a_value_out_of_range_is_refused_with_its_range(page, label, typed, message):
-    """The slider would snap the box back and run the clamped value; the run is refused instead,
-    with a message naming the range, and the page sees no server error."""
-    _tab(page, "Generate")
-    box = page.locator(f"input[type=number][aria-label='number input for {label}']").first
+#: per tab: (control's label, what is typed into its number box, the message that refuses it)
+OUT_OF_RANGE = {
+    "Generate": [("Batch size", "1000", "Batch size must be in [1, 16], got 1000"),
+                 ("Steps (network evaluations)", "100", "Steps must be in [1, 39], got 100"),
+                 ("Dropout (inference)", "5", "Dropout must be in [0, 0.9], got 5")],
+    **{tab: [("Steps (network evaluations)", "100", "Steps must be in [1, 39], got 100")]
+       for tab in ("Colorize", "Inpaint", "Super-resolution")},
+    "Interpolate": [("Frames", "1000", "Frames must be in [2, 32], got 1000"),
+                    ("Steps (network evaluations)", "100", "Steps must be in [1, 39], got 100")],
+    "Denoise": [("Noise level (std in grey levels of 255)", "300", "Noise level must be in [0, 255], got 300"),
+                ("Steps", "9", "Steps must be in [1, 8], got 9")],
+    "Stroke-guided": [("Noise level sigma (higher follows the strokes less)", "50",
+                       "Noise level sigma must be in [0.5, 20], got 50"), ("Steps", "9", "Steps must be in [1, 8], got 9")],
+}
+
+
+def _refusal(page, panel, box, typed: str) -> str:
+    """Type ``typed`` into ``box``, press the tab's button: the toast's text; the box is restored."""
     before = box.input_value()
     box.fill(typed)
-    box.press("Enter")
-    page.locator("button.primary:visible").first.click()
-    assert message in _toast(page)
-    box.fill(before)
-    box.press("Enter")
-    assert not page.server_errors, page.server_errors
-
-
-def test_the_whole_ts_error_reaches_the_toast(page):
-    _tab(page, "Generate")
-    ts = page.get_by_label("ts (experts)").first
-    ts.fill("a,b")
-    page.locator("button.primary:visible").first.click()
+    if box.get_attribute("type") == "number":
+        box.press("Enter")
+    panel.locator("button.primary:visible").first.click()
     text = _toast(page)
-    ts.fill("")
+    box.fill(before)
+    if box.get_attribute("type") == "number":
+        box.press("Enter")
+    return text
+
+
+#: the tabs with an expert ts box
+TS_TABS = ("Generate", "Colorize", "Inpaint", "Super-resolution", "Interpolate")
+
+
+@pytest.fixture(scope="module", params=["page", "phone"])
+def tour(request) -> dict:
+    """Every tab visited once at one width (desktop 1280 px, phone 390 px): its example run (a
+    Generate click on Generate), the rendered widths of its results, a screenshot (artifacts/ and
+    $CM_SCREENSHOTS), then each out-of-range value and a bad ts typed and refused. What was seen:
+    ``sizes`` {tab: widths}, ``refusals`` {(tab, control): (expected message, toast)}."""
     from cm_core.service import parse_ts
     with pytest.raises(ValueError) as e:
         parse_ts("a,b", 40)
-    assert str(e.value) in text, (str(e.value), text)  # whole: nothing lost as an HTML tag
+    pg = request.getfixturevalue(request.param)
+    suffix = "" if request.param == "page" else "_phone"
+    sizes, refusals = {}, {}
+    for label, name in TABS:
+        if label == "Generate":
+            _tab(pg, label)
+            pg.locator("#generate-btn").click()
+            pg.locator("#gallery img").first.wait_for()
+            panel = pg.locator("[role=tabpanel]:visible").first
+            sizes[name] = _widths(pg.locator("#gallery img"), pg)
+        else:
+            panel = _run_first_example(pg, label)
+            sizes[name] = _widths(panel.locator(".result img"), pg)
+            if label == "Interpolate":
+                sizes["frames"] = _widths(panel.locator("#frames img"), pg)
+        _shot(pg, name + suffix)
+        for control, typed, message in OUT_OF_RANGE[label]:
+            box = panel.locator(f"input[type=number][aria-label='number input for {control}']").first
+            refusals[(label, control)] = (message, _refusal(pg, panel, box, typed))
+        if label in TS_TABS:
+            refusals[(label, "ts")] = (str(e.value), _refusal(pg, panel, panel.get_by_label("ts (experts)").first, "a,b"))
+    _tab(pg, "Generate")
+    return {"width": pg.viewport_size["width"], "sizes": sizes, "refusals": refusals,
+            "server_errors": list(pg.server_errors)}
+
+
+def test_every_tab_shows_its_results_at_a_readable_size(tour):
+    """Each result image is >= 256 CSS px wide on a desktop and nearly the full width (>= 300 px)
+    of a 390 px phone; gallery thumbnails >= 128 / 160 px (at most two columns on the phone)."""
+    sizes, width = tour["sizes"], tour["width"]
+    small = {k: min(v) for k, v in sizes.items()
+             if min(v) < (MIN_THUMB if k in ("generate", "frames") else MIN_RESULT)[width]}
+    assert not small, (width, small, sizes)
+    assert len(sizes["colorize"]) == 3 and not tour["server_errors"], tour["server_errors"]
+
+
+def test_every_tab_refuses_bad_values_with_the_whole_message(tour):
+    """On every tab, a number typed past a control's range (the slider would snap the box back and
+    run the clamped value) is refused with a message naming the range, and a bad ts gives the
+    whole parse error (nothing lost as an HTML tag, no stray quotes). No server error."""
+    seen = tour["refusals"]
+    wrong = {k: toast for k, (message, toast) in seen.items() if message not in toast}
+    assert not wrong and len(seen) == sum(map(len, OUT_OF_RANGE.values())) + len(TS_TABS), wrong
+    assert not tour["server_errors"], tour["server_errors"]
 
 
 def _pick(page, name: str) -> None:
@@ -235,10 +265,13 @@ def _pick(page, name: str) -> None:
 
 
 def _error_badges(page) -> int:
-    return page.get_by_text("Error", exact=True).count()
+    """The visible "Error" status badges (a tab not shown keeps those of its own last failed run)."""
+    return sum(e.is_visible() for e in page.get_by_text("Error", exact=True).all())
 
 
-def test_a_model_not_on_disk_leaves_no_error_and_the_tabs_keep_working(page):
+@pytest.mark.parametrize("viewport", ["page", "phone"])
+def test_a_model_not_on_disk_leaves_no_error_and_the_tabs_keep_working(request, viewport):
+    page = request.getfixturevalue(viewport)
     _tab(page, "Generate")
     labels = page.locator("#model input")
     labels.click()
@@ -263,15 +296,20 @@ def test_a_model_not_on_disk_leaves_no_error_and_the_tabs_keep_working(page):
     _pick(page, "cd_digits32")
 
 
-def test_live_mode_runs_only_the_last_of_quick_seed_changes(page):
+@pytest.mark.parametrize("viewport", ["page", "phone"])
+def test_live_mode_runs_only_the_last_of_quick_seed_changes(request, viewport):
     """With Live on, five quick seed changes start at most two runs (requests with Live on: a
     change replaced within 200 ms is sent with Live off and runs nothing), and the gallery ends
     on the last seed's images."""
+    page = request.getfixturevalue(viewport)
     _tab(page, "Generate")
     page.locator("#generate-btn").click()
     page.locator("#generate-info").filter(has_text="images/s").wait_for()
     joins: list[str] = []
-    page.on("request", lambda r: "queue/join" in r.url and ",true]" in (r.post_data or "") and joins.append(r.post_data))
+    def live_join(r) -> None:
+        if "queue/join" in r.url and ",true]" in (r.post_data or ""):
+            joins.append(r.post_data)
+    page.on("request", live_join)
     page.locator("#live input").check()
     seed = page.get_by_label("Seed", exact=True).first
     start = int(seed.input_value())
@@ -287,6 +325,7 @@ def test_live_mode_runs_only_the_last_of_quick_seed_changes(page):
     page.wait_for_timeout(1000)  # any run still to come would have started by now
     page.locator("#live input").uncheck()
     seed.fill(str(start))
+    page.remove_listener("request", live_join)
     assert 1 <= len(joins) <= 2, joins
 
 

@@ -22,14 +22,21 @@ print(json.dumps({"tuned": cpu_malloc.tune_allocator(), "err": err}))
 """
 
 
-def _probe(env_value: str | None) -> dict:
+_PROBE_OFF = """
+import json
+from cm_core.accel import cpu_malloc
+print(json.dumps({"tuned": cpu_malloc.tune_allocator()}))
+"""
+
+
+def _probe(env_value: str | None, probe: str = _PROBE) -> dict:
     import json
     import os
     env = dict(os.environ)
     env.pop("CM_CPU_MALLOC", None)
     if env_value is not None:
         env["CM_CPU_MALLOC"] = env_value
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, env=env, timeout=120)
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -38,7 +45,7 @@ def test_optimize_tunes_glibc_once_and_stays_exact():
     has_glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallopt")
     res = _probe(None)
     assert res["tuned"] is has_glibc and res["err"] < 1e-4
-    assert _probe("0")["tuned"] is False
+    assert _probe("0", _PROBE_OFF)["tuned"] is False
 
 
 def test_without_mallopt_nothing_happens(monkeypatch):

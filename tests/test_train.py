@@ -22,14 +22,34 @@ def _cfg(tmp: Path, method: str, steps: int, **kw) -> TrainConfig:
     return TrainConfig(method=method, out=str(tmp / method), steps=steps, **{**TINY, **kw})
 
 
+def _held_out_loss(model: str, cfg: TrainConfig) -> float:
+    """The EDM loss (``lambda(sigma) ||D(x + sigma n, sigma) - x||^2``) of a saved model on 256
+    digits with noise and noise levels drawn from a fixed seed: the same number on every call,
+    unlike the training losses, which see new images, noise and levels at every step."""
+    from cm_core.train.data import load_dataset
+    den = load_denoiser(model, device="cpu")
+    g = torch.Generator().manual_seed(1)
+    x, labels = load_dataset("digits", size=cfg.image_size).batch(256, g)
+    sigma = torch.exp(cfg.p_mean + cfg.p_std * torch.randn(len(x), generator=g))
+    n = torch.randn(x.shape, generator=g)
+    sd = cfg.sigma_data
+    weight = (sigma ** 2 + sd ** 2) / (sigma * sd) ** 2
+    with torch.no_grad():
+        out = den(x + sigma[:, None, None, None] * n, sigma, labels)
+    return float((weight * (out - x).pow(2).flatten(1).mean(1)).mean())
+
+
 def test_edm_loss_falls(tmp_path: Path) -> None:
-    res = run_training(_cfg(tmp_path, "edm", 300), progress=False)
-    losses = res["losses"]
-    first, last = sum(losses[:40]) / 40, sum(losses[-40:]) / 40
-    assert last < 0.7 * first, (first, last)
+    """From step 10 (past the warm-up) to step 100, the held-out loss falls by over 10%
+    (measured: 1.02 -> 0.83); the run resumes from its step-10 checkpoint."""
+    early = run_training(_cfg(tmp_path, "edm", 10, save_every=10), progress=False)
+    before = _held_out_loss(early["model"], _cfg(tmp_path, "edm", 10))
+    res = run_training(_cfg(tmp_path, "edm", 100), resume=True, progress=False)
+    after = _held_out_loss(res["model"], _cfg(tmp_path, "edm", 100))
+    assert after < 0.9 * before, (before, after)
     den = load_denoiser(res["model"], device="cpu")
     assert den.kind == "edm" and den.class_cond
-    assert (tmp_path / "edm" / "log.csv").read_text().count("\n") == 300
+    assert (tmp_path / "edm" / "log.csv").read_text().count("\n") == 100
 
 
 def test_resume_continues_from_saved_step(tmp_path: Path) -> None:
