@@ -1,0 +1,197 @@
+"""Measure, then choose: time the fast path's candidate variants on this machine and keep the
+fastest one that passes the quality check (the idea of FFTW's plans and ``cudnn.benchmark``).
+
+No CPU flag tells whether a variant pays: bf16 runs at 2.6-2.8x fp32 on Zen 4/5 cores and at 0.6x
+on a Sapphire Rapids VM that shows the same ``avx512_bf16`` flag. So for one (network, device,
+batch bucket) :func:`make_plan` builds each :class:`Candidate` (a step function with the
+Denoiser's step contract ``fn(x, sigma, labels) -> denoised``, f32 in and out), runs it once on
+the fixed input of :mod:`cm_core.accel.verify` against the exact fp32 output, times the passing
+ones in interleaved rounds against the exact one (medians, so a noisy neighbour shifts every
+candidate alike) and chooses by :func:`choose`: the exact path unless a passing candidate is
+clearly faster (by ``margin``, 3%). A candidate that raises (a compile error, a failed graph
+capture) or fails the check simply loses. The :class:`Plan` says what each one measured and why
+the winner won.
+
+Plans persist in a :class:`PlanCache` (one JSON file, written atomically) under :func:`plan_key`:
+the machine (CPU model and flags, or GPU name and capability), torch and oneDNN / cuDNN versions,
+the thread count, a hash of the network's architecture and the bucket, so a restart reuses them
+and any change of those measures again. ``$CM_PLAN`` (:func:`plan_mode`): ``measure`` (default:
+use the cache, measure what is missing), ``cached`` (use the cache, never measure), ``off`` (the
+fixed plan of :func:`cm_core.accel.cpu.cpu_plan`).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import statistics
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+from .compile_cache import StepFn
+from .verify import MAX_ABS, MIN_PSNR, compare
+
+__all__ = ["MARGIN", "PLAN_MODES", "Candidate", "Plan", "Trial", "choose", "interleaved_medians",
+           "make_plan", "plan_mode"]
+
+log = logging.getLogger("cm_core.accel.planner")
+
+PLAN_MODES = ("measure", "cached", "off")
+MARGIN = 0.03  # a candidate must be this much faster than the exact path to be chosen
+Inputs = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
+
+
+def plan_mode(value: str | None = None) -> str:
+    """``value`` or ``$CM_PLAN`` (default ``measure``), checked against :data:`PLAN_MODES`."""
+    mode = (value if value is not None else os.environ.get("CM_PLAN", "measure")).strip().lower()
+    if mode not in PLAN_MODES:
+        raise ValueError(f"CM_PLAN must be one of {', '.join(PLAN_MODES)}, got {mode[:40]!r}")
+    return mode
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One way to run the network step. ``build()`` returns the step function (it may raise, e.g.
+    a failed compilation); ``exact`` marks the fp32 reference path that the others must beat."""
+    name: str
+    build: Callable[[], StepFn]
+    exact: bool = False
+
+
+@dataclass(frozen=True)
+class Trial:
+    """What one candidate measured: median ms per image (None when it did not run or failed the
+    check), its error against exact fp32 (max abs in [-1, 1] units, PSNR of 8-bit images), whether
+    it passed (:data:`~cm_core.accel.verify.MAX_ABS`, :data:`~cm_core.accel.verify.MIN_PSNR`) and
+    the error it raised, if any."""
+    name: str
+    ms_per_img: float | None
+    max_abs: float | None
+    psnr: float | None
+    ok: bool
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The chosen candidate of one (network, device, bucket), why, and every trial."""
+    chosen: str
+    why: str
+    bucket: int
+    trials: tuple[Trial, ...] = field(default_factory=tuple)
+
+    def to_json(self) -> dict:
+        return {"chosen": self.chosen, "why": self.why, "bucket": self.bucket,
+                "trials": [asdict(t) for t in self.trials]}
+
+    @classmethod
+    def from_json(cls, d: Mapping) -> Plan:
+        trials = tuple(Trial(**t) for t in d["trials"])
+        return cls(str(d["chosen"]), str(d["why"]), int(d["bucket"]), trials)
+
+    def table(self) -> str:
+        """One line per candidate (ms/img, max abs, PSNR, verdict), then the choice and why."""
+        rows = [f"bucket {self.bucket}: candidate            ms/img    max abs     PSNR  verdict"]
+        for t in self.trials:
+            ms = f"{t.ms_per_img:8.2f}" if t.ms_per_img is not None else "       -"
+            err = f"{t.max_abs:9.1e}" if t.max_abs is not None else "        -"
+            psnr = f"{t.psnr:6.1f} dB" if t.psnr is not None and t.psnr != float("inf") else (
+                "   inf dB" if t.psnr is not None else "        -")
+            verdict = "CHOSEN" if t.name == self.chosen else ("ok" if t.ok else (t.error or "fails the check"))
+            rows.append(f"  {t.name:<28} {ms}  {err}  {psnr}  {verdict[:80]}")
+        rows.append(f"  chosen: {self.chosen} ({self.why})")
+        return "\n".join(rows)
+
+
+def choose(trials: Sequence[Trial], exact: str, margin: float = MARGIN) -> tuple[str, str]:
+    """(chosen name, why): the fastest passing trial when it beats the exact one's time by more
+    than ``margin`` (relative), else the exact one. Trials that failed or raised never win."""
+    ref = next((t for t in trials if t.name == exact), None)
+    runs = [t for t in trials if t.ok and t.ms_per_img is not None and t.name != exact]
+    if ref is None or ref.ms_per_img is None:
+        return exact, "the exact path could not be timed"
+    if not runs:
+        return exact, "no other candidate passed the check"
+    best = min(runs, key=lambda t: t.ms_per_img)
+    gain = 1 - best.ms_per_img / ref.ms_per_img
+    if gain > margin:
+        return best.name, f"{gain:.0%} faster than {exact}, within the quality bound"
+    return exact, f"the fastest passing candidate ({best.name}) gains {gain:.0%}, not over {margin:.0%}"
+
+
+def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup: int = 1,
+                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds of one call of each function: ``warmup`` untimed calls each, then ``rounds``
+    rounds that call every function once, in an order rotated by one each round (a machine that
+    slows down mid-way slows every candidate alike). Each function synchronises its own device."""
+    names = list(fns)
+    for _ in range(warmup):
+        for n in names:
+            fns[n]()
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in names[r % len(names):] + names[:r % len(names)]:
+            t0 = clock()
+            fns[n]()
+            times[n].append(clock() - t0)
+    return {n: statistics.median(ts) for n, ts in times.items()}
+
+
+Timer = Callable[[Mapping[str, Callable[[], object]]], Mapping[str, float]]
+
+
+def _sync(x: torch.Tensor) -> None:
+    if x.device.type == "cuda":
+        torch.cuda.synchronize(x.device)
+
+
+def _runner(fn: StepFn, inputs: Inputs) -> Callable[[], torch.Tensor]:
+    def run() -> torch.Tensor:
+        with torch.no_grad():
+            out = fn(*inputs)
+        _sync(out)
+        return out
+    return run
+
+
+def _tried(c: Candidate, inputs: Inputs, ref: torch.Tensor | None
+           ) -> tuple[Trial, Callable[[], torch.Tensor] | None, torch.Tensor | None]:
+    """Build and run ``c`` once: (its trial without a time, its runner or None, its output)."""
+    try:
+        run = _runner(c.build(), inputs)
+        out = run().float().clamp(-1, 1)
+    except Exception as e:  # noqa: BLE001 - a candidate that raises loses, whatever it raised
+        log.info("plan candidate %s failed: %s: %s", c.name, type(e).__name__, e)
+        return Trial(c.name, None, None, None, False, f"{type(e).__name__}: {str(e)[:200]}"), None, None
+    if ref is None:
+        return Trial(c.name, None, 0.0, float("inf"), True), run, out
+    err, psnr = compare(out, ref)
+    ok = err <= MAX_ABS and psnr >= MIN_PSNR
+    return Trial(c.name, None, err, psnr, ok), (run if ok else None), out
+
+
+def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | None = None,
+              margin: float = MARGIN) -> Plan:
+    """Try every candidate on ``inputs`` (x [B, C, H, W] f32, sigma [B] f32, labels [B] long or
+    None; B is the bucket), check it against the exact one's output, time the passing ones
+    together (``timer``, default :func:`interleaved_medians`) and :func:`choose`."""
+    exact = [c for c in candidates if c.exact]
+    if len(exact) != 1:
+        raise ValueError(f"a plan needs exactly one exact candidate, got {[c.name for c in exact]}")
+    n = int(inputs[0].shape[0])
+    first, run_exact, ref = _tried(exact[0], inputs, None)
+    if run_exact is None:
+        return Plan(exact[0].name, f"the exact path raised: {first.error}", n, (first,))
+    trials, runs = {first.name: first}, {first.name: run_exact}
+    for c in candidates:
+        if not c.exact:
+            trials[c.name], run, _ = _tried(c, inputs, ref)
+            if run is not None:
+                runs[c.name] = run
+    secs = (timer or interleaved_medians)(runs)
+    timed = tuple(Trial(t.name, secs[t.name] * 1000 / n if t.name in secs else None, t.max_abs,
+                        t.psnr, t.ok, t.error) for t in trials.values())
+    chosen, why = choose(timed, exact[0].name, margin)
+    return Plan(chosen, why, n, timed)
