@@ -19,29 +19,69 @@ def main() -> None:
 @main.command("models")
 @click.option("--check-fast", "check_fast", default=None, metavar="MODEL",
               help="check MODEL's fast-path variants against exact fp32 and say which path serves")
-@click.option("--batch-sizes", default="1,16", show_default=True, help="with --check-fast: batches to check")
+@click.option("--plan", "plan", default=None, metavar="MODEL",
+              help="time MODEL's fast-path candidates on this machine, print each and the choice, "
+                   "and store the plan for the app")
+@click.option("--batch-sizes", default="1,16", show_default=True, help="with --check-fast or --plan: batches")
 @click.option("--compile/--no-compile", "compile_", default=False, show_default=True,
               help="with --check-fast: also compile (blocking; minutes on a CPU) and check the compiled variants")
-@click.option("--device", default=None, help="with --check-fast: cuda, mps or cpu (default: best available)")
-def models_cmd(check_fast: str | None, batch_sizes: str, compile_: bool, device: str | None) -> None:
-    """List registered models and whether each is on disk (or check one's fast path)."""
+@click.option("--device", default=None, help="with --check-fast or --plan: cuda, mps or cpu (default: best available)")
+def models_cmd(check_fast: str | None, plan: str | None, batch_sizes: str, compile_: bool,
+               device: str | None) -> None:
+    """List registered models and whether each is on disk (or check or plan one's fast path)."""
     from .models.checkpoints import is_available
+    sizes = _sizes(batch_sizes)
     if check_fast:
-        _check_fast(check_fast, [int(b) for b in batch_sizes.split(",") if b.strip()], compile_, device)
+        _check_fast(check_fast, sizes, compile_, device)
+        return
+    if plan:
+        _plan(plan, sizes, compile_, device)
         return
     for spec in registry.REGISTRY.values():
         mark = "on disk" if is_available(spec) else "missing"
         click.echo(f"{spec.name:24s} {spec.method:12s} {spec.dataset:22s} {spec.resolution:4d}px  {mark}")
 
 
+def _sizes(text: str) -> list[int]:
+    try:
+        sizes = [int(b) for b in text.split(",") if b.strip()]
+    except ValueError:
+        sizes = []
+    if not sizes or min(sizes) < 1:
+        raise click.BadParameter(f"give batch sizes >= 1 separated by commas, e.g. 1,8; got {text[:40]!r}",
+                                 param_hint="--batch-sizes")
+    return sizes
+
+
+def _load(name: str, device: str | None):  # noqa: ANN202 - a Denoiser
+    from .models.checkpoints import CheckpointError, load_denoiser
+    try:
+        return load_denoiser(name, device=device)
+    except (CheckpointError, registry.UnknownModelError, ValueError) as e:
+        raise click.ClickException(str(e)) from None
+
+
+def _plan(name: str, sizes: list[int], compile_: bool, device: str | None) -> None:
+    """``models --plan``: every candidate's ms/img, max abs and PSNR per batch, and the choice."""
+    from .accel.candidates import plan_denoiser
+    from .accel.plan_cache import PlanCache, machine, plan_key
+    den = _load(name, device)
+    dev = next(den.parameters()).device
+    m = machine(dev)
+    click.echo(f"{name} on {m.get('gpu') or m.get('cpu')} ({dev.type}, {m['threads']} threads, torch {m['torch']}"
+               + (f", oneDNN {m['onednn']})" if "onednn" in m else f", cuDNN {m.get('cudnn')})"))
+    cache = PlanCache()
+    for n in sizes:
+        plan = plan_denoiser(den, n, compile=compile_)
+        cache.put(plan_key(den.net, dev, n), plan)
+        click.echo(plan.table())
+    click.echo(f"plans stored in {cache.path}")
+
+
 def _check_fast(name: str, sizes: list[int], compile_: bool, device: str | None) -> None:
     """``models --check-fast``: each variant's max abs / PSNR vs fp32 and the path each batch gets."""
     from .accel.fast import optimize
-    from .models.checkpoints import CheckpointError, load_denoiser
-    try:
-        den = load_denoiser(name, device=device)
-    except (CheckpointError, registry.UnknownModelError, ValueError) as e:
-        raise click.ClickException(str(e)) from None
+    den = _load(name, device)
     fast = optimize(den, compile=compile_, warm_buckets=tuple(sizes) if compile_ else (), background=False)
     click.echo(f"{name} on {fast.device}: fast dtype {str(fast.dtype).removeprefix('torch.')}, "
                f"channels_last {fast.channels_last}, compiled {fast._compiled is not None}")

@@ -70,6 +70,20 @@ def test_a_candidate_that_raises_loses_and_the_rest_still_plan():
     assert "capture failed" in plan.table()
 
 
+def test_a_candidate_far_slower_on_its_first_run_is_not_timed():
+    def slow():
+        def step(x, sigma, labels):
+            time.sleep(0.05)
+            return x * 0.5
+        return step
+    timer = _timer({"exact": 100})
+    plan = make_plan([Candidate("exact", _step(0.0), exact=True), Candidate("emulated bf16", slow)], X,
+                     timer=timer)
+    trial = next(t for t in plan.trials if t.name == "emulated bf16")
+    assert plan.chosen == "exact" and timer.seen == [["exact"]]
+    assert trial.ms_per_img is None and trial.error.startswith("not timed: it ran")
+
+
 def test_the_exact_path_wins_ties_and_a_plan_needs_one():
     trials = [Trial("exact", 10.0, 0, float("inf"), True), Trial("cl", 9.8, 1e-6, 90.0, True)]
     assert choose(trials, "exact")[0] == "exact"
@@ -181,3 +195,36 @@ def test_a_plan_that_raises_leaves_the_default_serving(caplog):
         assert bp.chosen(4) is None
         assert bp.wait(5)
     assert bp.chosen(4) is None and "out of memory" in bp.errors[4] and "default path serves" in caplog.text
+
+
+# ----------------------------------------------------------------------------- on a real network
+def test_the_embedded_model_s_candidates_are_checked_and_the_choice_follows_the_timer(monkeypatch):
+    from cm_core.accel import planner
+    from cm_core.accel.candidates import candidates, plan_denoiser
+    from cm_core.models.checkpoints import load_denoiser
+    den = load_denoiser("cd_digits32", device="cpu")
+    names = [c.name for c in candidates(den)]
+    assert names[0] == "fp32 exact" and {"fp32 channels_last eager", "bf16 channels_last eager"} <= set(names)
+    fake = {"fp32 exact": 0.010, "fp32 channels_last eager": 0.008, "bf16 channels_last eager": 0.002}
+    monkeypatch.setattr(planner, "interleaved_medians", lambda runs, **kw: {n: fake[n] for n in runs})
+    plan = plan_denoiser(den, 2)
+    by = {t.name: t for t in plan.trials}
+    assert by["fp32 exact"].max_abs == 0 and by["fp32 channels_last eager"].max_abs < 1e-4
+    assert by["bf16 channels_last eager"].max_abs > 1e-3  # bf16 rounding, within or beyond the bound
+    expect = "bf16 channels_last eager" if by["bf16 channels_last eager"].ok else "fp32 channels_last eager"
+    assert plan.chosen == expect and by["fp32 exact"].ms_per_img == pytest.approx(5.0)
+
+
+def test_cli_plan_prints_every_candidate_and_stores_the_plan(monkeypatch, tmp_path):
+    from run_cli import run_cli
+
+    from cm_core.accel import planner
+    monkeypatch.setenv("CM_PLAN_CACHE", str(tmp_path / "plans.json"))
+    monkeypatch.setattr(planner, "interleaved_medians", lambda runs, **kw: {n: 0.01 for n in runs})
+    res = run_cli("models", "--plan", "cd_digits32", "--batch-sizes", "1")
+    assert res.returncode == 0, res.stderr
+    assert "fp32 exact" in res.stdout and "fp32 channels_last eager" in res.stdout
+    assert "chosen: fp32 exact (the fastest passing candidate" in res.stdout  # equal times: exact wins
+    assert len(json.loads((tmp_path / "plans.json").read_text())["plans"]) == 1
+    bad = run_cli("models", "--plan", "cd_digits32", "--batch-sizes", "0")
+    assert bad.returncode != 0 and "batch sizes >= 1" in bad.stderr

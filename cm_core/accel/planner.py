@@ -65,7 +65,7 @@ class Trial:
     """What one candidate measured: median ms per image (None when it did not run or failed the
     check), its error against exact fp32 (max abs in [-1, 1] units, PSNR of 8-bit images), whether
     it passed (:data:`~cm_core.accel.verify.MAX_ABS`, :data:`~cm_core.accel.verify.MIN_PSNR`) and
-    the error it raised, if any."""
+    why it was not timed, if it was not (the exception it raised, or far slower at its first run)."""
     name: str
     ms_per_img: float | None
     max_abs: float | None
@@ -157,41 +157,67 @@ def _runner(fn: StepFn, inputs: Inputs) -> Callable[[], torch.Tensor]:
 
 
 def _tried(c: Candidate, inputs: Inputs, ref: torch.Tensor | None
-           ) -> tuple[Trial, Callable[[], torch.Tensor] | None, torch.Tensor | None]:
-    """Build and run ``c`` once: (its trial without a time, its runner or None, its output)."""
+           ) -> tuple[Trial, Callable[[], torch.Tensor] | None, float, torch.Tensor | None]:
+    """Build and run ``c`` once (its warm-up): (its trial without a time, its runner when it ran
+    and passed the check, else None, the seconds of that first run, its clamped output)."""
     try:
         run = _runner(c.build(), inputs)
+        t0 = time.perf_counter()
         out = run().float().clamp(-1, 1)
+        first = time.perf_counter() - t0
     except Exception as e:  # noqa: BLE001 - a candidate that raises loses, whatever it raised
         log.info("plan candidate %s failed: %s: %s", c.name, type(e).__name__, e)
-        return Trial(c.name, None, None, None, False, f"{type(e).__name__}: {str(e)[:200]}"), None, None
+        return Trial(c.name, None, None, None, False, f"{type(e).__name__}: {str(e)[:200]}"), None, 0.0, None
     if ref is None:
-        return Trial(c.name, None, 0.0, float("inf"), True), run, out
+        return Trial(c.name, None, 0.0, float("inf"), True), run, first, out
     err, psnr = compare(out, ref)
     ok = err <= MAX_ABS and psnr >= MIN_PSNR
-    return Trial(c.name, None, err, psnr, ok), (run if ok else None), out
+    return Trial(c.name, None, err, psnr, ok), (run if ok else None), first, out
+
+
+def _paired_ratio(run: Callable[[], object], run_exact: Callable[[], object]) -> float:
+    """Seconds of one more call of ``run`` over one more call of ``run_exact``, back to back."""
+    t0 = time.perf_counter()
+    run_exact()
+    t1 = time.perf_counter()
+    run()
+    return (time.perf_counter() - t1) / max(t1 - t0, 1e-9)
 
 
 def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | None = None,
-              margin: float = MARGIN) -> Plan:
+              margin: float = MARGIN, budget_s: float = 20.0, slow: float = 2.0) -> Plan:
     """Try every candidate on ``inputs`` (x [B, C, H, W] f32, sigma [B] f32, labels [B] long or
     None; B is the bucket), check it against the exact one's output, time the passing ones
-    together (``timer``, default :func:`interleaved_medians`) and :func:`choose`."""
+    together and :func:`choose`.
+
+    The first run of each is its warm-up. One whose first run took over ``slow`` times the exact
+    path's, and whose next run, back to back with the exact path's, does too, cannot win and is not
+    timed further (emulated bf16 on a CPU without bf16 kernels runs several times slower). ``timer`` (default: :func:`interleaved_medians` with as many rounds,
+    3 to 7, as fit ``budget_s`` seconds) returns seconds per call by name."""
     exact = [c for c in candidates if c.exact]
     if len(exact) != 1:
         raise ValueError(f"a plan needs exactly one exact candidate, got {[c.name for c in exact]}")
     n = int(inputs[0].shape[0])
-    first, run_exact, ref = _tried(exact[0], inputs, None)
-    if run_exact is None:
+    first, run_exact, ref_s, ref = _tried(exact[0], inputs, None)
+    if run_exact is None or ref is None:
         return Plan(exact[0].name, f"the exact path raised: {first.error}", n, (first,))
-    trials, runs = {first.name: first}, {first.name: run_exact}
+    trials, runs, spent = {first.name: first}, {first.name: run_exact}, ref_s
     for c in candidates:
-        if not c.exact:
-            trials[c.name], run, _ = _tried(c, inputs, ref)
-            if run is not None:
-                runs[c.name] = run
-    secs = (timer or interleaved_medians)(runs)
-    timed = tuple(Trial(t.name, secs[t.name] * 1000 / n if t.name in secs else None, t.max_abs,
-                        t.psnr, t.ok, t.error) for t in trials.values())
+        if c.exact:
+            continue
+        trials[c.name], run, secs, _ = _tried(c, inputs, ref)
+        if run is not None and secs > slow * ref_s + 0.01:  # 10 ms: timer noise on tiny networks
+            ratio = _paired_ratio(run, run_exact)  # a second look, side by side: noise or slow?
+            if ratio > slow:
+                t = trials[c.name]
+                trials[c.name] = Trial(t.name, None, t.max_abs, t.psnr, False,
+                                       f"not timed: it ran {ratio:.1f}x slower than the exact path")
+                continue
+        if run is not None:
+            runs[c.name], spent = run, spent + secs
+    rounds = max(3, min(7, int(budget_s / max(spent, 1e-9))))
+    secs_by_name = (timer or (lambda r: interleaved_medians(r, rounds=rounds, warmup=0)))(runs)
+    timed = tuple(Trial(t.name, secs_by_name[t.name] * 1000 / n if t.name in secs_by_name else None,
+                        t.max_abs, t.psnr, t.ok, t.error) for t in trials.values())
     chosen, why = choose(timed, exact[0].name, margin)
     return Plan(chosen, why, n, timed)

@@ -1,0 +1,81 @@
+"""The variants the planner times for one :class:`~cm_core.models.denoiser.Denoiser` on its device.
+
+Each :class:`~cm_core.accel.planner.Candidate` builds a step function with the fast path's
+contract (``fn(x, sigma, labels)``: x [B, C, H, W] f32, sigma [B] f32, labels [B] long or None;
+the unclamped denoised estimate, f32): the exact fp32 :class:`Denoiser` itself, or a
+:class:`~cm_core.accel.fast.FastDenoiser` cast copy run eagerly (or compiled).
+
+- CPU: fp32 contiguous (exact), fp32 channels_last, bf16 channels_last (with the chunked CPU
+  attention of :mod:`~cm_core.accel.cpu_attention`), fp16 channels_last where oneDNN has fp16
+  kernels, and their compiled versions when ``compile`` is on.
+- CUDA: fp32 (exact), fp16 and bf16 channels_last eager, and compiled when ``compile`` is on.
+
+A variant copy is built only when the planner tries it and dropped with the plan.
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+
+import torch
+
+from ..models.denoiser import Denoiser
+from .compile_cache import Compiler, StepFn
+from .cpu import cpu_compiler
+from .fast import FastDenoiser, default_compiler
+from .planner import Candidate, Plan, Timer, make_plan
+from .verify import fixed_input
+
+__all__ = ["candidates", "plan_denoiser"]
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _exact(den: Denoiser) -> Callable[[], StepFn]:
+    def build() -> StepFn:
+        return lambda x, sigma, labels: den(x.float(), sigma, labels).float()
+    return build
+
+
+def _variant(den: Denoiser, dtype: torch.dtype, channels_last: bool,
+             compiler: Compiler | None) -> Callable[[], StepFn]:
+    """A builder of a cast copy of ``den`` run as :class:`FastDenoiser` steps (no padding, no
+    self-check: the planner checks it)."""
+    def build() -> StepFn:
+        dev = next(den.parameters()).device
+        fast = FastDenoiser(copy.deepcopy(den), dev, dtype, compiler, (1,), pad=False,
+                            channels_last=channels_last, cuda_graphs=False, exact=den, verify=False)
+        return fast._compiled if fast._compiled is not None else fast._step_impl
+    return build
+
+
+def _cpu_fp16_kernels() -> bool:
+    probe = getattr(torch.ops.mkldnn, "_is_mkldnn_fp16_supported", None)
+    return bool(probe()) if probe is not None else False
+
+
+def candidates(den: Denoiser, compile: bool = False) -> list[Candidate]:
+    """The candidates for ``den`` (fp32, on its device): the exact one first."""
+    dev = next(den.parameters()).device
+    out = [Candidate("fp32 exact", _exact(den), exact=True)]
+    if dev.type == "cuda":
+        kinds = [("fp16", True), ("bf16", True)]
+        comp: Compiler | None = default_compiler("max-autotune-no-cudagraphs") if compile else None
+    else:
+        kinds = [("fp32", True), ("bf16", True)] + ([("fp16", True)] if _cpu_fp16_kernels() else [])
+        comp = cpu_compiler() if compile else None
+    for name, cl in kinds:
+        label = f"{name} channels_last" if cl else name
+        out.append(Candidate(f"{label} eager", _variant(den, _DTYPES[name], cl, None)))
+        if comp is not None:
+            out.append(Candidate(f"{label} compiled", _variant(den, _DTYPES[name], cl, comp)))
+    return out
+
+
+def plan_denoiser(den: Denoiser, bucket: int, compile: bool = False, timer: Timer | None = None,
+                  budget_s: float = 20.0) -> Plan:
+    """Measure :func:`candidates` for batches of ``bucket`` on the fixed input of
+    :mod:`~cm_core.accel.verify` (noise at sigma_max and at intermediate levels)."""
+    dev = next(den.parameters()).device
+    return make_plan(candidates(den, compile), fixed_input(den, dev, bucket), timer=timer,
+                     budget_s=budget_s)
