@@ -5,7 +5,7 @@
 
 Every row samples with the same ``UNet2DModel`` weights. "diffusers" is
 ``ConsistencyModelPipeline`` + ``CMStochasticIterativeScheduler`` (``output_type="pt"``);
-"exact" is our fp32 :class:`~cm_core.models.denoiser.Denoiser`; "fast" is :func:`cm_core.accel.fast.optimize`
+"exact" is our fp32 :class:`~cm_core.models.denoiser.Denoiser`; "fast" is :func:`cm_core.accel.entry.optimize`
 (CUDA: fp16, channels_last, torch.compile max-autotune-no-cudagraphs, whole-call CUDA graphs;
 CPU: bf16 + channels_last eager with chunked attention for the released nets where bf16 is native,
 fp32 + channels_last for the embedded one, a tuned allocator; ``--compile on`` adds Inductor with

@@ -7,7 +7,7 @@ and the registry. Layout and import rules: ``docs/ARCHITECTURE.md``.
 from __future__ import annotations
 
 from . import editing, sampling
-from .accel.fast import optimize
+from .accel.entry import optimize
 from .models.checkpoints import CheckpointError, load_denoiser, pick_device
 from .models.denoiser import Denoiser
 from .models.registry import DEFAULT_MODEL, REGISTRY, ArchSpec, ModelSpec, UnknownModelError, get_spec

@@ -80,7 +80,7 @@ def _plan(name: str, sizes: list[int], compile_: bool, device: str | None) -> No
 
 def _check_fast(name: str, sizes: list[int], compile_: bool, device: str | None) -> None:
     """``models --check-fast``: each variant's max abs / PSNR vs fp32 and the path each batch gets."""
-    from .accel.fast import optimize
+    from .accel.entry import optimize
     den = _load(name, device)
     fast = optimize(den, compile=compile_, warm_buckets=tuple(sizes) if compile_ else (), background=False)
     click.echo(f"{name} on {fast.device}: fast dtype {str(fast.dtype).removeprefix('torch.')}, "

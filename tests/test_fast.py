@@ -10,7 +10,8 @@ import torch
 from cm_core import sampling
 from cm_core.accel import cuda_graphs
 from cm_core.accel import fast as fast_mod
-from cm_core.accel.fast import FastDenoiser, bucket_for, optimize, pick_dtype
+from cm_core.accel.fast import FastDenoiser, bucket_for, pick_dtype
+from cm_core.accel.entry import optimize
 from cm_core.models.denoiser import Denoiser
 from cm_core.models.network import build_unet
 from cm_core.models.registry import get_spec
@@ -25,9 +26,10 @@ def exact_cpu_plan(monkeypatch):
     contiguous: a CPU without native bf16, and the small net not put in channels_last), so that
     they can compare to the bit; tests/test_cpu_fast.py covers the CPU plans themselves."""
     from cm_core.accel import cpu
+    from cm_core.accel import entry as optimize_mod
     monkeypatch.setattr(fast_mod, "native_bf16", lambda: False)
     monkeypatch.setattr(cpu, "native_bf16", lambda: False)
-    monkeypatch.setattr(fast_mod, "cpu_plan", lambda net: cpu.CpuPlan(torch.float32, False, False))
+    monkeypatch.setattr(optimize_mod, "cpu_plan", lambda net: cpu.CpuPlan(torch.float32, False, False))
 
 
 @pytest.fixture(scope="module")

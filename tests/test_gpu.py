@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from cm_core import editing, sampling
-from cm_core.accel.fast import FastDenoiser, optimize
+from cm_core.accel.fast import FastDenoiser
+from cm_core.accel.entry import optimize
 from cm_core.models.checkpoints import load_denoiser
 from cm_core.models.denoiser import Denoiser
 from cm_core.models.network import build_unet

@@ -86,7 +86,7 @@ def test_duration_grows_with_batch_size_and_steps_within_bounds(monkeypatch):
 
 
 def test_compilation_and_cuda_graphs_are_off_on_zerogpu(zero, monkeypatch):
-    import cm_core.accel.fast as fast
+    import cm_core.accel.entry as fast
     seen: list[dict] = []
     monkeypatch.setattr(fast, "optimize", lambda den, **kw: seen.append(kw) or den)
     monkeypatch.setenv("CM_FAST", "1")
@@ -103,7 +103,7 @@ def test_compilation_and_cuda_graphs_are_off_on_zerogpu(zero, monkeypatch):
 
 
 def test_elsewhere_nothing_changes_and_spaces_is_not_imported(monkeypatch):
-    import cm_core.accel.fast as fast
+    import cm_core.accel.entry as fast
     from cm_app import deploy
     monkeypatch.delitem(sys.modules, "spaces", raising=False)
     monkeypatch.delenv("SPACES_ZERO_GPU", raising=False)

@@ -3,6 +3,7 @@ cache and background compilation, whole-loop CUDA graphs (:mod:`.fast`, :mod:`.c
 :mod:`.cuda_graphs`), and scale-out over ``torchrun`` ranks (:mod:`.distributed`)."""
 from __future__ import annotations
 
-from .fast import FastDenoiser, optimize
+from .fast import FastDenoiser
+from .entry import optimize
 
 __all__ = ["FastDenoiser", "optimize"]

@@ -114,7 +114,7 @@ def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str |
 
     Image ``i`` (0 <= i < total) has seed ``seed + i`` and goes to rank ``i % world``; rank 0
     gathers the uint8 images in chunks and writes them in seed order, so the file does not
-    depend on the number of processes or the batch size. ``fast``: use :func:`cm_core.accel.fast.optimize`
+    depend on the number of processes or the batch size. ``fast``: use :func:`cm_core.accel.entry.optimize`
     (default: on CUDA only; it then picks its own dtype, ``dtype`` is used when not float32);
     ``compile``: torch.compile in fast mode (default: on CUDA only).
     """
@@ -136,7 +136,7 @@ def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str |
     den = load_denoiser(checkpoint or model, arch=spec.arch, kind=spec.kind, device=dev,
                         dtype=torch.float32 if fast else getattr(torch, dtype))
     if fast:
-        from ..accel.fast import optimize
+        from ..accel.entry import optimize
         den = optimize(den, dtype="auto" if dtype == "float32" else dtype,
                        compile="auto" if compile is None else compile,
                        warm_buckets=(batch_size,))

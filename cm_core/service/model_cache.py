@@ -122,7 +122,7 @@ class ModelCache:
         den = self._loader(spec.name, device=self.device, dtype=self.dtype)
         self.loads += 1
         if _use_fast(self.device):
-            from ..accel.fast import optimize  # fp16 + channels_last + compile buckets + CUDA graphs
+            from ..accel.entry import optimize  # fp16 + channels_last + compile buckets + CUDA graphs
             den = optimize(den, dtype=self.dtype if "CM_DTYPE" in os.environ else "auto",
                            **{**_env_compile(), **fast_options()})  # ZeroGPU wins: no compilation, no graphs
         return den
@@ -167,7 +167,7 @@ def _use_fast(device: torch.device) -> bool:
 
 
 def _env_compile() -> dict[str, bool]:
-    """``$CM_COMPILE``: ``auto`` (default: :func:`cm_core.accel.fast.optimize` decides, i.e. on CUDA
+    """``$CM_COMPILE``: ``auto`` (default: :func:`cm_core.accel.entry.optimize` decides, i.e. on CUDA
     only), ``1`` (also on CPU: Inductor with freezing, in the background) or ``0``; as options."""
     mode = os.environ.get("CM_COMPILE", "auto").strip().lower()
     if mode not in ("auto", "0", "1"):

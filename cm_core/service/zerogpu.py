@@ -40,7 +40,7 @@ def zero_gpu_active() -> bool:
 
 
 def fast_options() -> dict[str, Any]:
-    """Extra :func:`cm_core.accel.fast.optimize` options here: no compilation and no CUDA graphs on ZeroGPU."""
+    """Extra :func:`cm_core.accel.entry.optimize` options here: no compilation and no CUDA graphs on ZeroGPU."""
     return {"compile": False, "cuda_graphs": False} if zero_gpu_active() else {}
 
 

@@ -1,0 +1,87 @@
+"""The one public entry of the fast path: :func:`optimize` wraps a :class:`Denoiser` in a
+:class:`~cm_core.accel.fast.FastDenoiser` with the dtype, layout, compilation and CUDA graphs
+that suit its device."""
+from __future__ import annotations
+
+import copy as _copy
+import os
+from collections.abc import Sequence
+
+import torch
+
+from ..models.denoiser import Denoiser
+from .compile_cache import (
+    Compiler,
+    _mega_cache,
+    _raise_recompile_limit,
+    configure_compile_cache,
+    default_compiler,
+)
+from .cpu import CPU_BUCKETS, cpu_compiler, cpu_plan
+from .cpu_malloc import tune_allocator
+from .fast import DEFAULT_BUCKETS, FastDenoiser, pick_dtype
+
+__all__ = ["optimize"]
+
+
+def optimize(den: Denoiser, device: str | torch.device | None = None,
+             dtype: str | torch.dtype = "auto", compile: bool | str = "auto",
+             mode: str | None = None, batch_buckets: Sequence[int] | None = None,
+             channels_last: bool | str = "auto", cuda_graphs: bool | str = "auto",
+             warm_buckets: Sequence[int] | None = (1,), background: bool = True,
+             cache_dir: str | os.PathLike | None = None, copy: bool = False,
+             compiler: Compiler | None = None, verify: bool = True) -> FastDenoiser:
+    """Wrap ``den`` in a :class:`FastDenoiser` that every sampler and editor accepts.
+
+    ``den`` is moved to ``device`` in place (unless ``copy``) and, when the fast variant differs
+    from it, kept in fp32 as the exact reference; the variant is a cast copy. ``dtype``: ``"auto"``
+    (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :func:`pick_dtype`) or explicit.
+    On a CPU ``"auto"`` follows :func:`~cm_core.accel.cpu.cpu_plan`: with native bf16, large
+    networks run bf16 + channels_last eager (with the CPU attention of
+    :mod:`~cm_core.accel.cpu_attention`), small ones fp32 + channels_last eager. ``compile``:
+    ``"auto"`` = on CUDA only; ``True`` compiles on CPU too (Inductor with freezing). ``mode``: torch.compile mode, default
+    ``"max-autotune-no-cudagraphs"`` on CUDA (graphs are ours), ``"reduce-overhead"`` turns our
+    whole-loop graphs off; on CPU ``"max-autotune"`` adds autotuning to freezing. Batches are
+    padded to the next of ``batch_buckets`` (default :data:`DEFAULT_BUCKETS` on GPUs,
+    :data:`~cm_core.accel.cpu.CPU_BUCKETS` on CPU) whenever compile or graphs are on.
+    ``warm_buckets`` are queued for background compilation at once (others when first used);
+    ``background=False`` blocks until they are compiled. ``compiler`` overrides torch.compile
+    (tests). ``verify``: each variant checks itself against fp32 when it first serves
+    (:mod:`cm_core.accel.verify`). ``channels_last="auto"``: on CUDA, with CPU bf16, and for small nets on CPU.
+    On a CPU it also tunes glibc's allocator once per process (:mod:`~cm_core.accel.cpu_malloc`;
+    ``CM_CPU_MALLOC=0`` turns that off).
+    """
+    dev = torch.device(device) if device is not None else next(den.parameters()).device
+    cuda = dev.type == "cuda"
+    buckets = tuple(batch_buckets or (CPU_BUCKETS if dev.type == "cpu" else DEFAULT_BUCKETS))
+    plan = cpu_plan(den) if dev.type == "cpu" else None
+    if plan is not None:
+        tune_allocator()
+    dt = plan.dtype if dtype == "auto" and plan is not None else pick_dtype(dev, dtype)
+    auto_compile = plan.compile if plan is not None else cuda
+    use_compile = compiler is not None or (auto_compile if compile == "auto" else bool(compile))
+    mode = mode or ("max-autotune-no-cudagraphs" if cuda else "default")
+    cache_file = None
+    if use_compile and compiler is None:
+        cache = configure_compile_cache(cache_dir)
+        _raise_recompile_limit(2 * len(buckets) + 4)
+        cache_file = cache / f"mega-{den.name or 'model'}-{dev.type}-{mode}.bin".replace("/", "_")
+        _mega_cache(cache_file, save=False)
+        compiler = default_compiler(mode) if dev.type != "cpu" else cpu_compiler(mode == "max-autotune")
+    graphs = cuda and (cuda if cuda_graphs == "auto" else bool(cuda_graphs)) and mode != "reduce-overhead"
+    if cuda:
+        torch.backends.cudnn.benchmark = True
+    if copy:
+        den = _copy.deepcopy(den)
+    auto_cl = cuda or dt == torch.bfloat16 or (plan is not None and plan.channels_last)
+    cl = auto_cl if channels_last == "auto" else bool(channels_last)
+    exact = None
+    if dt != torch.float32 or use_compile or cl:  # the variant differs: keep fp32 as the reference
+        exact = den.to(device=dev, dtype=torch.float32).eval()
+        den = _copy.deepcopy(exact)
+    fast = FastDenoiser(den, dev, dt, compiler if use_compile else None, buckets,
+                        pad=use_compile or graphs, channels_last=cl, cuda_graphs=graphs,
+                        cache_file=cache_file, exact=exact, verify=verify)
+    if use_compile and warm_buckets:
+        fast.warmup(warm_buckets, block=not background)
+    return fast
