@@ -8,6 +8,9 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+# the fixed CPU plan unless a test asks for the planner (tests/test_planner.py): timings vary from
+# run to run, and the app servers the tests start inherit this
+os.environ.setdefault("CM_PLAN", "off")
 
 
 def golden_dir() -> Path:

@@ -228,3 +228,69 @@ def test_cli_plan_prints_every_candidate_and_stores_the_plan(monkeypatch, tmp_pa
     assert len(json.loads((tmp_path / "plans.json").read_text())["plans"]) == 1
     bad = run_cli("models", "--plan", "cd_digits32", "--batch-sizes", "0")
     assert bad.returncode != 0 and "batch sizes >= 1" in bad.stderr
+
+
+# ----------------------------------------------------------------------------- inside optimize
+@pytest.fixture()
+def planned_env(monkeypatch, tmp_path):
+    """CM_PLAN=measure with a scratch plan cache; the embedded model on the CPU."""
+    from cm_core.models.checkpoints import load_denoiser
+    monkeypatch.setenv("CM_PLAN", "measure")
+    monkeypatch.setenv("CM_PLAN_CACHE", str(tmp_path / "plans.json"))
+    return load_denoiser("cd_digits32", device="cpu")
+
+
+def _fake_times(monkeypatch, fastest: str) -> None:
+    from cm_core.accel import planner
+    monkeypatch.setattr(planner, "interleaved_medians",
+                        lambda runs, **kw: {n: 0.001 if n == fastest else 0.01 for n in runs})
+
+
+@pytest.mark.parametrize("fastest", ["fp32 exact", "fp32 channels_last eager"])
+def test_optimize_serves_the_fixed_plan_until_the_planner_has_chosen(planned_env, monkeypatch, fastest):
+    from cm_core import optimize
+    _fake_times(monkeypatch, fastest)
+    den = planned_env
+    fast = optimize(den, copy=True)
+    x, sig, lab = torch.randn(3, 3, 32, 32) * 2, torch.full((3,), 2.0), torch.tensor([1, 2, 3])
+    fast(x, sig, lab)  # the first request of bucket 4 queues its plan
+    assert fast.planned.planner.wait(60)
+    out = fast(x, sig, lab)
+    assert fast.stats["planned_calls"] == 1 and fast.describe_path(3).startswith(f"planned {fastest}")
+    with torch.no_grad():
+        ref = den(x, sig, lab)
+    assert (out - ref).abs().max() <= (0 if fastest == "fp32 exact" else 1e-4)
+    # the chosen step already existed (the exact path, or the fixed plan's variant): no new copy
+    assert fast.planned._steps[fastest] in (fast._exact_step, fast._step_impl)
+
+
+def test_serving_never_waits_for_planning_and_a_restart_reuses_the_plan(planned_env, monkeypatch):
+    from cm_core import optimize
+    from cm_core.accel import planned
+    release = threading.Event()
+    real = planned.plan_denoiser
+
+    def slow(*a, **kw):
+        release.wait(30)
+        return real(*a, **kw)
+    monkeypatch.setattr(planned, "plan_denoiser", slow)
+    _fake_times(monkeypatch, "fp32 exact")
+    fast = optimize(planned_env, copy=True)
+    t = time.perf_counter()
+    for _ in range(3):
+        fast(torch.randn(1, 3, 32, 32), 80.0, torch.tensor([0]))
+    assert time.perf_counter() - t < 5 and fast.stats["planned_calls"] == 0  # served meanwhile
+    release.set()
+    assert fast.planned.planner.wait(60) and fast.planned(1) is not None
+    monkeypatch.setattr(planned, "plan_denoiser", lambda *a, **kw: pytest.fail("measured again"))
+    again = optimize(planned_env, copy=True)
+    again(torch.randn(1, 3, 32, 32), 80.0, torch.tensor([0]))
+    assert again.planned.planner.wait(10) and again.describe_path(1).startswith("planned fp32 exact")
+
+
+def test_cm_plan_off_keeps_the_fixed_plan(planned_env, monkeypatch):
+    from cm_core import optimize
+    monkeypatch.setenv("CM_PLAN", "off")
+    assert optimize(planned_env, copy=True).planned is None
+    monkeypatch.setenv("CM_PLAN", "measure")
+    assert optimize(planned_env, copy=True, dtype="bf16").planned is None  # an explicit choice is kept

@@ -20,6 +20,8 @@ from .compile_cache import (
 from .cpu import CPU_BUCKETS, cpu_compiler, cpu_plan
 from .cpu_malloc import tune_allocator
 from .fast import DEFAULT_BUCKETS, FastDenoiser, pick_dtype
+from .planned import PlannedSteps
+from .planner import plan_mode
 
 __all__ = ["optimize"]
 
@@ -84,4 +86,20 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
                         cache_file=cache_file, exact=exact, verify=verify)
     if use_compile and warm_buckets:
         fast.warmup(warm_buckets, block=not background)
+    if dev.type == "cpu" and not use_compile and dtype == "auto" and channels_last == "auto":
+        _attach_planner(fast)
     return fast
+
+
+def _attach_planner(fast: FastDenoiser) -> None:
+    """Unless ``$CM_PLAN`` is ``off``: let the planner choose each bucket's variant on this CPU
+    (:mod:`cm_core.accel.planned`), the fixed plan serving until it has."""
+    mode = plan_mode()
+    if mode == "off":
+        return
+    exact = fast.exact if fast.exact is not None else fast.den
+    reuse = {"fp32 exact": fast._exact_step}
+    if fast.exact is not None:  # the fixed plan's variant, by its candidate name
+        dt = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[fast.dtype]
+        reuse[f"{dt}{' channels_last' if fast.channels_last else ''} eager"] = fast._step_impl
+    fast.planned = PlannedSteps(exact, reuse, mode=mode)

@@ -140,11 +140,13 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lock = threading.RLock()
         self._cache_file = cache_file
+        # set by optimize where the planner chooses the variant per bucket (accel/planned.py)
+        self.planned: Callable[[int], StepFn | None] | None = None
         # eager/compiled_calls count network calls run outside graphs (and in warm-up and capture);
         # a replay counts once in graph_replays, whatever its number of evaluations
         self.stats: dict = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0,
                             "graph_deferred": 0, "compile_s": {}, "compile_error": None,
-                            "graph_error": None, "exact_calls": 0}
+                            "graph_error": None, "exact_calls": 0, "planned_calls": 0}
         self._init_checks(exact, verify)
 
     max_graphs = 32  # CUDA graphs kept (least recently used dropped first)
@@ -203,6 +205,9 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
         return (c_out * out.float() + c_skip * x).contiguous()
 
     def _fn_for(self, bucket: int) -> StepFn:
+        if self.planned is not None and (fn := self.planned(self._check_bucket(bucket))) is not None:
+            self.stats["planned_calls"] += 1
+            return fn
         if self._compiled is not None and bucket in self._ready and self.den.dropout == 0:
             self.stats["compiled_calls"] += 1
             return self._compiled
@@ -226,6 +231,9 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
     def describe_path(self, n: int) -> str:
         """Which path serves a batch of ``n`` now, and its measured error vs fp32 (info lines)."""
         b = self._check_bucket(n)
+        planned = getattr(self.planned, "describe", None)
+        if planned is not None and (text := planned(b)) is not None:
+            return str(text)
         if self._compiled is not None and b in self._ready and (b, True) in self.checks:
             c = self.checks[(b, True)]
         elif self._is_exact_variant(False):

@@ -146,12 +146,15 @@ class BackgroundPlanner:
     being planned (the caller serves with its default meanwhile), and queues the bucket the first
     time it is asked. ``plan(bucket)`` measures one bucket (:func:`~cm_core.accel.planner.make_plan`
     on its candidates); ``key(bucket)`` is its cache key. ``mode`` is :func:`~cm_core.accel.planner.plan_mode`'s:
-    ``cached`` only reads the cache, ``off`` plans nothing.
+    ``cached`` only reads the cache, ``off`` plans nothing. ``on_plan(bucket, plan)`` runs in the
+    planner's thread before the plan is published (e.g. to build the chosen variant).
     """
 
     def __init__(self, plan: Callable[[int], Plan], key: Callable[[int], str],
-                 cache: PlanCache | None = None, mode: str = "measure") -> None:
+                 cache: PlanCache | None = None, mode: str = "measure",
+                 on_plan: Callable[[int, Plan], None] | None = None) -> None:
         self._plan, self._key, self.cache, self.mode = plan, key, cache, mode
+        self._on_plan = on_plan
         self.plans: dict[int, Plan] = {}
         self.errors: dict[int, str] = {}
         self._asked: set[int] = set()
@@ -195,6 +198,8 @@ class BackgroundPlanner:
                 if self.cache is not None:
                     self.cache.put(key, plan)
             if plan is not None:
+                if self._on_plan is not None:
+                    self._on_plan(bucket, plan)
                 self.plans[bucket] = plan
         except Exception as e:  # noqa: BLE001 - a failed plan leaves the default serving
             self.errors[bucket] = f"{type(e).__name__}: {e}"
