@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import diffusers_call, make_denoiser, ours_call  # noqa: E402
 from cm_core import optimize  # noqa: E402
-from cm_core.accel.fast import pick_dtype  # noqa: E402
+from cm_core.accel.fast import bucket_for, pick_dtype  # noqa: E402
 from cm_core.models.registry import get_spec  # noqa: E402
 
 PLAN = {"cd_digits32": (16,), "cd_imagenet64_lpips": (1, 8), "cd_bedroom256_lpips": (1,)}
@@ -51,6 +51,19 @@ def diffusers_worker(name: str, threads: int, conn) -> None:
         conn.send(_seconds(fns[dt], batch, 1))
 
 
+def settle_plans(fast, batches: tuple[int, ...]) -> None:
+    """Let the planner choose each batch's variant now (``CM_PLAN``, default ``measure``): the
+    rounds then time what ``optimize`` serves once planned. Prints each plan and its cost."""
+    if fast.planned is None:
+        print(f"{fast.name}: no planner (CM_PLAN=off or an explicit dtype); the fixed plan serves", flush=True)
+        return
+    t0 = time.perf_counter()
+    plans = fast.planned.plan_now([bucket_for(b, fast.buckets) for b in batches])
+    print(f"{fast.name}: planned {sorted(plans)} in {time.perf_counter() - t0:.0f} s", flush=True)
+    for plan in plans.values():
+        print(plan.table(), flush=True)
+
+
 def interleave(name: str, rounds: int) -> list[str]:
     """Rounds of (diffusers fp32, diffusers bf16, ours fast) per batch; Markdown rows."""
     ctx = mp.get_context("spawn")
@@ -59,6 +72,7 @@ def interleave(name: str, rounds: int) -> list[str]:
     proc.start()
     spec = get_spec(name)
     fast = optimize(make_denoiser(spec, torch.device("cpu")), warm_buckets=())
+    settle_plans(fast, PLAN.get(name, (1,)))
     ours = ours_call(fast, spec)
     assert parent.recv() == "ready"
     rows = []

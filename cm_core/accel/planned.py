@@ -67,6 +67,13 @@ class PlannedSteps:
         with self._lock:
             return self._steps.get(name)
 
+    def plan_now(self, buckets: list[int], timeout: float | None = None) -> dict[int, Plan]:
+        """Plan ``buckets`` and wait (benchmarks, the CLI): their plans, by bucket."""
+        for b in buckets:
+            self.planner.chosen(b)
+        self.planner.wait(timeout)
+        return {b: self.planner.plans[b] for b in buckets if b in self.planner.plans}
+
     def describe(self, bucket: int) -> str | None:
         """"planned <candidate> (..., 2.1x the exact path)" once ``bucket`` serves its plan, else None."""
         plan = self.planner.plans.get(bucket)
