@@ -1,4 +1,4 @@
-"""The CPU speed-up targets of issue 14, measured interleaved: robust to a shared machine's drift.
+"""The CPU speed-up targets, measured interleaved: robust to a shared machine's drift.
 
     python bench/cpu_interleaved.py                    # embedded (b16), ImageNet 64 (b1, b8), LSUN 256 (b1)
     python bench/cpu_interleaved.py --models cd_imagenet64_lpips --rounds 7

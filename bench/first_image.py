@@ -1,4 +1,4 @@
-"""Time to the first image after the app starts (issue 6 target on a GPU: <= 15 s).
+"""Time to the first image after the app starts (target on a GPU: <= 15 s).
 
     python bench/first_image.py                  # the embedded default model, this machine's device
     python bench/first_image.py --runs 3         # median of three cold starts

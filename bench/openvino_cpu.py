@@ -1,4 +1,4 @@
-"""OpenVINO beside our CPU fast path, on the same weights (issue 14: measure before adding a dependency).
+"""OpenVINO beside our CPU fast path, on the same weights (measured before adding a dependency).
 
     pip install openvino            # not a dependency of cm-studio
     python bench/openvino_cpu.py --models cd_digits32,cd_imagenet64_lpips --batch 8

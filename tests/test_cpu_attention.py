@@ -1,4 +1,4 @@
-"""The CPU fast path's attention processor (issue 14): the same numbers as diffusers' SDPA
+"""The CPU fast path's attention processor: the same numbers as diffusers' SDPA
 processor, chunked over heads, channels_last in and out, with the uses it does not cover handed
 to diffusers."""
 import copy

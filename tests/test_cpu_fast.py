@@ -1,4 +1,4 @@
-"""The CPU fast path (issue 14): bf16 + channels_last where the CPU computes bf16 natively, within
+"""The CPU fast path: bf16 + channels_last where the CPU computes bf16 natively, within
 the quality bound on the trained embedded model for every sampler and an editor, and the per-variant
 self-check that turns a variant beyond the bound off. Full-size released architectures: slow."""
 import json

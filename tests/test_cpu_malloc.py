@@ -1,4 +1,4 @@
-"""The CPU allocator settings of the fast path (issue 14): applied once through glibc's mallopt,
+"""The CPU allocator settings of the fast path: applied once through glibc's mallopt,
 skipped when turned off or where there is no glibc, and the fast path still exact afterwards."""
 import ctypes
 import subprocess

@@ -1,4 +1,4 @@
-"""The in-place inference forward of ResnetBlock2D (issue 14): diffusers' numbers (fp32), both
+"""The in-place inference forward of ResnetBlock2D: diffusers' numbers (fp32), both
 time-embedding modes, up/down blocks, inputs left untouched, and diffusers' forward wherever in
 place would be wrong."""
 import copy

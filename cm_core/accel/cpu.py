@@ -94,7 +94,7 @@ class CpuPlan:
 
 
 def cpu_plan(net: torch.nn.Module) -> CpuPlan:
-    """The CPU defaults for ``net`` (measured on 2 cores of a Zen 5 EPYC, issue 14):
+    """The CPU defaults for ``net`` (measured on 2 cores of a Zen 5 EPYC):
 
     - a large network (the released ones) on a CPU with native bf16: bf16 + channels_last eager,
       with :mod:`cm_core.accel.cpu_attention`: ~2.2-3x fp32, max abs ~1e-2 vs fp32 on final images;

@@ -3,7 +3,7 @@
 diffusers' ``AttnProcessor2_0`` calls ``F.scaled_dot_product_attention``, whose CPU kernel (flash
 attention) runs the UNets' attention shapes at 85-150 GFLOP/s in bf16 on a 2-core Zen 5, while a
 bf16 ``bmm`` - softmax - ``bmm`` over one or two heads at a time, whose scores stay in the cache,
-runs at 280-330 GFLOP/s (``bench`` numbers in issue 14: the ImageNet 64 network at batch 8 spends
+runs at 280-330 GFLOP/s (``bench`` numbers: the ImageNet 64 network at batch 8 spends
 23% of its time in that kernel). The processor also keeps the layout: the attention block's input
 [B, C, H, W] in channels_last is the token matrix [B, H*W, C] as a view, and its output is written
 back as a channels_last view, where diffusers' processor reshapes through ``transpose`` copies.

@@ -4,7 +4,7 @@ An eager UNet step on a CPU allocates and frees hundreds of activation tensors. 
 serves every block above its mmap threshold (128 KiB, adapting up to at most 32 MiB) with a fresh
 ``mmap``, and gives it back with ``munmap`` when freed, so each large activation costs page faults
 and the kernel zeroing its pages: the LSUN 256 network at batch 1 has 33 MiB activations at every
-top-level op. Measured on 2 Zen 5 cores (issue 14), one bf16 step:
+top-level op. Measured on 2 Zen 5 cores, one bf16 step:
 
 - LSUN 256, batch 1: 4.2 s -> 3.1 s (main thread), 3.4 s -> 2.9 s in a worker thread with one arena;
 - ImageNet 64, batch 8: 321 -> 286 ms per image; batch 1 unchanged;

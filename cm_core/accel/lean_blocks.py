@@ -6,7 +6,7 @@ and a division by ``output_scale_factor`` that is 1 in all the consistency model
 CPU each of these is a full pass over memory (at LSUN 256 a 33 MiB tensor). :class:`LeanResnetBlock2D`
 computes the same block with the activations and the residual add in place, the scale-shift as one
 ``addcmul`` (rounded once, where bf16 rounded twice), and no division by 1. Measured on 2 Zen 5
-cores (issue 14, eager, alternating in one process): ImageNet 64 bf16 batch 1 457 -> 435 ms,
+cores (eager, alternating in one process): ImageNet 64 bf16 batch 1 457 -> 435 ms,
 batch 8 386 -> 380 ms per image; the embedded 32 px net, 16 images in fp32, 3.4 -> 3.2 ms per
 image; max abs vs fp32 9.0e-3 -> 7.0e-3 (ImageNet 64, bf16).
 

@@ -93,7 +93,8 @@ class Plan:
 
     def table(self) -> str:
         """One line per candidate (ms/img, max abs, PSNR, verdict), then the choice and why."""
-        rows = [f"bucket {self.bucket}: candidate            ms/img    max abs     PSNR  verdict"]
+        rows = [f"batch bucket {self.bucket}:",
+                f"  {'candidate':<28} {'ms/img':>8}  {'max abs':>9}  {'PSNR':>9}  verdict"]
         for t in self.trials:
             ms = f"{t.ms_per_img:8.2f}" if t.ms_per_img is not None else "       -"
             err = f"{t.max_abs:9.1e}" if t.max_abs is not None else "        -"

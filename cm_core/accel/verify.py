@@ -5,7 +5,7 @@ serve, :class:`SelfCheck` runs it on a fixed input (:func:`fixed_input`: half pu
 ``sigma_max``, i.e. one-step samples, half noise at intermediate levels, as in multistep sampling
 and editing; 16 images for small networks, 2 for the released ones, :func:`check_images`) in
 batches of the bucket, and compares the clamped outputs with the exact fp32 :class:`~cm_core.models.denoiser.Denoiser`
-on the same input. The quality bound (issue 14) is that of final images:
+on the same input. The quality bound is that of final images:
 
 - max abs difference <= :data:`MAX_ABS` (3e-2) in [-1, 1] units;
 - PSNR of the 8-bit images >= :data:`MIN_PSNR` (40 dB).
