@@ -81,7 +81,12 @@ def test_a_candidate_far_slower_on_its_first_run_is_not_timed():
                      timer=timer)
     trial = next(t for t in plan.trials if t.name == "emulated bf16")
     assert plan.chosen == "exact" and timer.seen == [["exact"]]
-    assert trial.ms_per_img is None and trial.error.startswith("not timed: it ran")
+    assert trial.ms_per_img is None and trial.error.startswith("not timed: it ran") and trial.slower > 4
+    # at a larger batch, one found that slow is not even run
+    again = make_plan([Candidate("exact", _step(0.0), exact=True), Candidate("emulated bf16", _boom("ran"))],
+                      X, timer=_timer({"exact": 100}), skip={"emulated bf16": trial.slower})
+    skipped = next(t for t in again.trials if t.name == "emulated bf16")
+    assert skipped.error.startswith("not run:") and skipped.slower == trial.slower
 
 
 def test_the_exact_path_wins_ties_and_a_plan_needs_one():

@@ -15,7 +15,7 @@ A variant copy is built only when the planner tries it and dropped with the plan
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -23,7 +23,7 @@ from ..models.denoiser import Denoiser
 from .compile_cache import Compiler, StepFn
 from .cpu import cpu_compiler
 from .fast import FastDenoiser, default_compiler
-from .planner import Candidate, Plan, Timer, make_plan
+from .planner import SLOW, Candidate, Plan, Timer, make_plan
 from .verify import fixed_input
 
 __all__ = ["candidates", "plan_denoiser"]
@@ -73,9 +73,13 @@ def candidates(den: Denoiser, compile: bool = False) -> list[Candidate]:
 
 
 def plan_denoiser(den: Denoiser, bucket: int, compile: bool = False, timer: Timer | None = None,
-                  budget_s: float = 20.0) -> Plan:
+                  budget_s: float = 20.0, smaller: Sequence[Plan] = ()) -> Plan:
     """Measure :func:`candidates` for batches of ``bucket`` on the fixed input of
-    :mod:`~cm_core.accel.verify` (noise at sigma_max and at intermediate levels)."""
+    :mod:`~cm_core.accel.verify` (noise at sigma_max and at intermediate levels). ``smaller``:
+    plans of smaller buckets; a candidate over twice :data:`~cm_core.accel.planner.SLOW` times
+    slower than the exact path there is not run again."""
     dev = next(den.parameters()).device
+    skip = {t.name: t.slower for p in smaller if p.bucket < bucket for t in p.trials
+            if t.slower is not None and t.slower > 2 * SLOW}
     return make_plan(candidates(den, compile), fixed_input(den, dev, bucket), timer=timer,
-                     budget_s=budget_s)
+                     budget_s=budget_s, skip=skip)

@@ -42,7 +42,8 @@ class PlannedSteps:
         self._budget_s = budget_s
 
     def _measure(self, bucket: int) -> Plan:
-        return plan_denoiser(self.exact, bucket, budget_s=self._budget_s)
+        return plan_denoiser(self.exact, bucket, budget_s=self._budget_s,
+                             smaller=list(self.planner.plans.values()))
 
     def _key(self, bucket: int) -> str:
         return plan_key(self.exact.net, self.device, bucket)
@@ -81,7 +82,8 @@ class PlannedSteps:
             return None
         t = next(t for t in plan.trials if t.name == plan.chosen)
         ref = next((r for r in plan.trials if r.name == "fp32 exact"), None)
+        if t is ref or not t.max_abs:
+            return f"planned {plan.chosen} (no other candidate was clearly faster here)"
         speed = (f", {ref.ms_per_img / t.ms_per_img:.2f}x the exact path"
                  if ref is not None and ref.ms_per_img and t.ms_per_img else "")
-        err = f"max abs {t.max_abs:.1e}, PSNR {t.psnr:.1f} dB vs fp32" if t.max_abs else "exact"
-        return f"planned {plan.chosen} ({err}{speed})"
+        return f"planned {plan.chosen} (max abs {t.max_abs:.1e}, PSNR {t.psnr:.1f} dB vs fp32{speed})"

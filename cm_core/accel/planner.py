@@ -33,13 +33,14 @@ import torch
 from .compile_cache import StepFn
 from .verify import MAX_ABS, MIN_PSNR, compare
 
-__all__ = ["MARGIN", "PLAN_MODES", "Candidate", "Plan", "Trial", "choose", "interleaved_medians",
+__all__ = ["MARGIN", "PLAN_MODES", "SLOW", "Candidate", "Plan", "Trial", "choose", "interleaved_medians",
            "make_plan", "plan_mode"]
 
 log = logging.getLogger("cm_core.accel.planner")
 
 PLAN_MODES = ("measure", "cached", "off")
 MARGIN = 0.03  # a candidate must be this much faster than the exact path to be chosen
+SLOW = 2.0  # a candidate this many times slower than the exact path on its first run is not timed
 Inputs = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
 
@@ -72,6 +73,7 @@ class Trial:
     psnr: float | None
     ok: bool
     error: str | None = None
+    slower: float | None = None  # not timed for being this many times slower than the exact path
 
 
 @dataclass(frozen=True)
@@ -185,16 +187,35 @@ def _paired_ratio(run: Callable[[], object], run_exact: Callable[[], object]) ->
     return (time.perf_counter() - t1) / max(t1 - t0, 1e-9)
 
 
+def _screened(c: Candidate, inputs: Inputs, ref: torch.Tensor, run_exact: Callable[[], object],
+              ref_s: float, slow: float) -> tuple[Trial, Callable[[], torch.Tensor] | None, float]:
+    """Try ``c`` once; (its trial, its runner if it is worth timing, its first run's seconds).
+    Its first run is a warm-up, so one ``slow`` to ``2 slow`` times the exact path's first run
+    gets a second look back to back with the exact path (noise, or slow?); beyond that it is out."""
+    trial, run, secs, _ = _tried(c, inputs, ref)
+    if run is None or secs <= slow * ref_s + 0.01:  # 10 ms: timer noise on tiny networks
+        return trial, run, secs
+    ratio = secs / ref_s
+    if ratio <= 2 * slow:
+        ratio = _paired_ratio(run, run_exact)
+    if ratio <= slow:
+        return trial, run, secs
+    return Trial(trial.name, None, trial.max_abs, trial.psnr, False,
+                 f"not timed: it ran {ratio:.1f}x slower than the exact path", ratio), None, secs
+
+
 def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | None = None,
-              margin: float = MARGIN, budget_s: float = 20.0, slow: float = 2.0) -> Plan:
+              margin: float = MARGIN, budget_s: float = 20.0, slow: float = SLOW,
+              skip: Mapping[str, float] | None = None) -> Plan:
     """Try every candidate on ``inputs`` (x [B, C, H, W] f32, sigma [B] f32, labels [B] long or
     None; B is the bucket), check it against the exact one's output, time the passing ones
     together and :func:`choose`.
 
-    The first run of each is its warm-up. One whose first run took over ``slow`` times the exact
-    path's, and whose next run, back to back with the exact path's, does too, cannot win and is not
-    timed further (emulated bf16 on a CPU without bf16 kernels runs several times slower). ``timer`` (default: :func:`interleaved_medians` with as many rounds,
-    3 to 7, as fit ``budget_s`` seconds) returns seconds per call by name."""
+    A candidate far slower than the exact path cannot win and is not timed (:func:`_screened`;
+    emulated bf16 on a CPU without bf16 kernels runs 7-9x slower); ``skip`` names those already
+    found so at a smaller batch (name: times slower), which are not even run. ``timer`` (default:
+    :func:`interleaved_medians` with as many rounds, 2 to 7, as fit ``budget_s`` seconds)
+    returns seconds per call by name."""
     exact = [c for c in candidates if c.exact]
     if len(exact) != 1:
         raise ValueError(f"a plan needs exactly one exact candidate, got {[c.name for c in exact]}")
@@ -202,23 +223,18 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
     first, run_exact, ref_s, ref = _tried(exact[0], inputs, None)
     if run_exact is None or ref is None:
         return Plan(exact[0].name, f"the exact path raised: {first.error}", n, (first,))
-    trials, runs, spent = {first.name: first}, {first.name: run_exact}, ref_s
-    for c in candidates:
-        if c.exact:
+    trials, runs, per_round = {first.name: first}, {first.name: run_exact}, ref_s
+    for c in (c for c in candidates if not c.exact):
+        if skip and c.name in skip:
+            trials[c.name] = Trial(c.name, None, None, None, False, f"not run: {skip[c.name]:.1f}x slower "
+                                   "than the exact path at a smaller batch", skip[c.name])
             continue
-        trials[c.name], run, secs, _ = _tried(c, inputs, ref)
-        if run is not None and secs > slow * ref_s + 0.01:  # 10 ms: timer noise on tiny networks
-            ratio = _paired_ratio(run, run_exact)  # a second look, side by side: noise or slow?
-            if ratio > slow:
-                t = trials[c.name]
-                trials[c.name] = Trial(t.name, None, t.max_abs, t.psnr, False,
-                                       f"not timed: it ran {ratio:.1f}x slower than the exact path")
-                continue
+        trials[c.name], run, secs = _screened(c, inputs, ref, run_exact, ref_s, slow)
         if run is not None:
-            runs[c.name], spent = run, spent + secs
-    rounds = max(3, min(7, int(budget_s / max(spent, 1e-9))))
+            runs[c.name], per_round = run, per_round + secs
+    rounds = max(2, min(7, int(budget_s / max(per_round, 1e-9))))
     secs_by_name = (timer or (lambda r: interleaved_medians(r, rounds=rounds, warmup=0)))(runs)
     timed = tuple(Trial(t.name, secs_by_name[t.name] * 1000 / n if t.name in secs_by_name else None,
-                        t.max_abs, t.psnr, t.ok, t.error) for t in trials.values())
+                        t.max_abs, t.psnr, t.ok, t.error, t.slower) for t in trials.values())
     chosen, why = choose(timed, exact[0].name, margin)
     return Plan(chosen, why, n, timed)
