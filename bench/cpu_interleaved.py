@@ -64,22 +64,25 @@ def settle_plans(fast, batches: tuple[int, ...]) -> None:
         print(plan.table(), flush=True)
 
 
-def interleave(name: str, rounds: int) -> list[str]:
-    """Rounds of (diffusers fp32, diffusers bf16, ours fast) per batch; Markdown rows."""
+def interleave(name: str, rounds: int, dtypes: tuple[str, ...] = ("fp32", "bf16"),
+               batches: tuple[int, ...] | None = None) -> list[str]:
+    """Rounds of (diffusers in each of ``dtypes``, ours fast) per batch; Markdown rows. Leave bf16
+    out on a CPU without bf16 kernels, where diffusers bf16 is emulated (7-10x slower than fp32)."""
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=diffusers_worker, args=(name, torch.get_num_threads(), child), daemon=True)
     proc.start()
     spec = get_spec(name)
+    batches = batches or PLAN.get(name, (1,))
     fast = optimize(make_denoiser(spec, torch.device("cpu")), warm_buckets=())
-    settle_plans(fast, PLAN.get(name, (1,)))
+    settle_plans(fast, batches)
     ours = ours_call(fast, spec)
     assert parent.recv() == "ready"
     rows = []
-    for batch in PLAN.get(name, (1,)):
-        times: dict[str, list[float]] = {"fp32": [], "bf16": [], "ours": []}
+    for batch in batches:
+        times: dict[str, list[float]] = {dt: [] for dt in (*dtypes, "ours")}
         for r in range(rounds + 1):  # round 0 warms up (first calls, the self-check)
-            for dt in ("fp32", "bf16"):
+            for dt in dtypes:
                 parent.send((dt, batch))
                 s = parent.recv()
                 if r:
@@ -88,10 +91,11 @@ def interleave(name: str, rounds: int) -> list[str]:
             if r:
                 times["ours"].append(s)
         med = {k: statistics.median(v) for k, v in times.items()}
-        up = {dt: statistics.median(a / b for a, b in zip(times[dt], times["ours"])) for dt in ("fp32", "bf16")}
-        rows.append(f"| {name} | {batch} | {rounds} | {1e3 * med['fp32'] / batch:.1f} | "
-                    f"{1e3 * med['bf16'] / batch:.1f} | {1e3 * med['ours'] / batch:.1f} | "
-                    f"{up['fp32']:.2f}x | {up['bf16']:.2f}x | {fast.describe_path(batch)} |")
+        up = {dt: statistics.median(a / b for a, b in zip(times[dt], times["ours"])) for dt in dtypes}
+        ms = {dt: f"{1e3 * med[dt] / batch:.1f}" if dt in med else "-" for dt in ("fp32", "bf16")}
+        x = {dt: f"{up[dt]:.2f}x" if dt in up else "-" for dt in ("fp32", "bf16")}
+        rows.append(f"| {name} | {batch} | {rounds} | {ms['fp32']} | {ms['bf16']} | "
+                    f"{1e3 * med['ours'] / batch:.1f} | {x['fp32']} | {x['bf16']} | {fast.describe_path(batch)} |")
         print(rows[-1], flush=True)
     parent.send(None)
     proc.join(timeout=60)
@@ -102,11 +106,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default=",".join(PLAN), help="comma list")
     ap.add_argument("--rounds", type=int, default=5, help="timed rounds per batch (after one warm-up)")
+    ap.add_argument("--diffusers", default="fp32,bf16",
+                    help="diffusers dtypes to time (leave bf16 out where the CPU has no bf16 kernels)")
+    ap.add_argument("--batches", default="", help="comma list for every model (default: per model)")
     args = ap.parse_args()
+    dtypes = tuple(d for d in args.diffusers.split(",") if d)
+    batches = tuple(int(b) for b in args.batches.split(",") if b) or None
     out = ["| model | batch | rounds | diffusers fp32 ms/img | diffusers bf16 ms/img | ours fast ms/img | "
            "x diffusers fp32 | x diffusers bf16 | path |", "|---|---|---|---|---|---|---|---|---|"]
     for name in args.models.split(","):
-        out += interleave(name, args.rounds)
+        out += interleave(name, args.rounds, dtypes, batches)
     print(f"\none step, {torch.get_num_threads()} threads, torch {torch.__version__}\n")
     print("\n".join(out))
 
