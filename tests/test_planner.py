@@ -144,6 +144,10 @@ def test_the_key_changes_with_bucket_threads_and_architecture(monkeypatch):
     k = plan_key(net, cpu, 1)
     assert k == plan_key(same, cpu, 1) and network_hash(net) == network_hash(same)
     assert len({k, plan_key(net, cpu, 8), plan_key(wider, cpu, 1)}) == 3
+    a, b = torch.nn.Conv2d(3, 8, 3), torch.nn.Conv2d(3, 8, 3)  # diffusers' private config keys vary
+    a.config = {"channels": 8, "_use_default_values": ["act_fn", "norm_eps"]}
+    b.config = {"channels": 8, "_use_default_values": ["norm_eps", "act_fn"]}
+    assert network_hash(a) == network_hash(b)
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(threads + 1)

@@ -73,12 +73,14 @@ def machine(device: torch.device) -> dict:
 
 
 def network_hash(net: torch.nn.Module) -> str:
-    """A hash of the architecture: the config (when the network has one) and every parameter's and
-    buffer's name, shape and dtype. Equal for two checkpoints of one architecture."""
+    """A hash of the architecture: the config (when the network has one; its public keys) and every
+    parameter's and buffer's name, shape and dtype. Equal for two checkpoints of one architecture,
+    in any process."""
     h = hashlib.sha256()
     cfg = getattr(net, "config", None)
-    if cfg is not None:
-        h.update(json.dumps(dict(cfg), sort_keys=True, default=str).encode())
+    if cfg is not None:  # diffusers' private keys (e.g. _use_default_values, a set's order) left out
+        public = {k: v for k, v in dict(cfg).items() if not str(k).startswith("_")}
+        h.update(json.dumps(public, sort_keys=True, default=str).encode())
     for name, t in list(net.named_parameters()) + list(net.named_buffers()):
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype};".encode())
     return h.hexdigest()[:24]
