@@ -26,9 +26,16 @@ from .fast import FastDenoiser, default_compiler
 from .planner import SLOW, Candidate, Plan, Timer, make_plan
 from .verify import fixed_input
 
-__all__ = ["candidates", "plan_denoiser"]
+__all__ = ["EXACT", "candidates", "plan_denoiser", "variant_name"]
 
+EXACT = "fp32 exact"  # the name of the exact fp32 candidate
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def variant_name(dtype: torch.dtype, channels_last: bool, compiled: bool = False) -> str:
+    """A variant candidate's name, e.g. "bf16 channels_last eager"."""
+    short = next(k for k, v in _DTYPES.items() if v == dtype)
+    return f"{short}{' channels_last' if channels_last else ''} {'compiled' if compiled else 'eager'}"
 
 
 def _exact(den: Denoiser) -> Callable[[], StepFn]:
@@ -57,18 +64,17 @@ def _cpu_fp16_kernels() -> bool:
 def candidates(den: Denoiser, compile: bool = False) -> list[Candidate]:
     """The candidates for ``den`` (fp32, on its device): the exact one first."""
     dev = next(den.parameters()).device
-    out = [Candidate("fp32 exact", _exact(den), exact=True)]
+    out = [Candidate(EXACT, _exact(den), exact=True)]
     if dev.type == "cuda":
-        kinds = [("fp16", True), ("bf16", True)]
+        dtypes = [torch.float16, torch.bfloat16]
         comp: Compiler | None = default_compiler("max-autotune-no-cudagraphs") if compile else None
     else:
-        kinds = [("fp32", True), ("bf16", True)] + ([("fp16", True)] if _cpu_fp16_kernels() else [])
+        dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if _cpu_fp16_kernels() else [])
         comp = cpu_compiler() if compile else None
-    for name, cl in kinds:
-        label = f"{name} channels_last" if cl else name
-        out.append(Candidate(f"{label} eager", _variant(den, _DTYPES[name], cl, None)))
+    for dt in dtypes:  # all channels_last: contiguous is the exact path's layout
+        out.append(Candidate(variant_name(dt, True), _variant(den, dt, True, None)))
         if comp is not None:
-            out.append(Candidate(f"{label} compiled", _variant(den, _DTYPES[name], cl, comp)))
+            out.append(Candidate(variant_name(dt, True, compiled=True), _variant(den, dt, True, comp)))
     return out
 
 

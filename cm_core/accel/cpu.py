@@ -29,8 +29,8 @@ import torch
 
 from .compile_cache import Compiler, StepFn
 
-__all__ = ["CPU_BUCKETS", "SMALL_NET_PARAMS", "CpuPlan", "cpu_compiler", "cpu_plan", "native_bf16",
-           "small_net"]
+__all__ = ["CPU_BUCKETS", "SMALL_NET_PARAMS", "CpuPlan", "cpu_compiler", "cpu_plan", "cpuinfo",
+           "native_bf16", "small_net"]
 
 SMALL_NET_PARAMS = 20_000_000
 
@@ -40,15 +40,25 @@ CPU_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
-    """The ``flags`` of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+def cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
+    """The ``model name`` and the ``flags`` of the first CPU in ``/proc/cpuinfo`` (empty where
+    there is none)."""
+    model, flags = "", None
     try:
         for line in Path(path).read_text().splitlines():
-            if line.startswith(("flags", "Features")):
-                return set(line.split(":", 1)[1].split())
+            key, _, value = line.partition(":")
+            if key.strip() == "model name" and not model:
+                model = value.strip()
+            elif key.strip() in ("flags", "Features") and flags is None:
+                flags = set(value.split())
     except OSError:
         pass
-    return set()
+    return model, flags or set()
+
+
+def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
+    """The ``flags`` of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
+    return cpuinfo(path)[1]
 
 
 @functools.lru_cache(maxsize=1)

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 import torch
 
 from ..models.denoiser import Denoiser
+from .candidates import EXACT, variant_name
 from .compile_cache import (
     Compiler,
     _mega_cache,
@@ -98,8 +99,7 @@ def _attach_planner(fast: FastDenoiser) -> None:
     if mode == "off":
         return
     exact = fast.exact if fast.exact is not None else fast.den
-    reuse = {"fp32 exact": fast._exact_step}
+    reuse = {EXACT: fast._exact_step}
     if fast.exact is not None:  # the fixed plan's variant, by its candidate name
-        dt = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[fast.dtype]
-        reuse[f"{dt}{' channels_last' if fast.channels_last else ''} eager"] = fast._step_impl
+        reuse[variant_name(fast.dtype, fast.channels_last)] = fast._step_impl
     fast.planned = PlannedSteps(exact, reuse, mode=mode)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .cpu import cpuinfo
 from .planner import Plan
 
 __all__ = ["CACHE_VERSION", "BackgroundPlanner", "PlanCache", "default_cache_path", "network_hash", "plan_key"]
@@ -35,22 +36,6 @@ def default_cache_path() -> Path:
     """``$CM_PLAN_CACHE``, else ``~/.cache/cm-studio/plans.json``."""
     env = os.environ.get("CM_PLAN_CACHE", "").strip()
     return Path(env) if env else Path.home() / ".cache" / "cm-studio" / "plans.json"
-
-
-def _cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, str]:
-    """(model name, space-joined sorted flags) of the first CPU; the platform's processor name
-    and no flags where there is no /proc/cpuinfo."""
-    model, flags = "", ""
-    try:
-        for line in Path(path).read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and not flags:
-                flags = " ".join(sorted(value.split()))
-    except OSError:
-        pass
-    return model or platform.processor() or platform.machine(), flags
 
 
 @functools.lru_cache(maxsize=1)
@@ -67,8 +52,9 @@ def machine(device: torch.device) -> dict:
         return {**soft, "gpu": torch.cuda.get_device_name(idx),
                 "capability": list(torch.cuda.get_device_capability(idx)),
                 "cudnn": torch.backends.cudnn.version(), "cuda": torch.version.cuda}
-    model, flags = _cpuinfo()
-    return {**soft, "device": device.type, "cpu": model, "flags": hashlib.sha256(flags.encode()).hexdigest()[:16],
+    model, flags = cpuinfo()
+    return {**soft, "device": device.type, "cpu": model or platform.processor() or platform.machine(),
+            "flags": hashlib.sha256(" ".join(sorted(flags)).encode()).hexdigest()[:16],
             "onednn": _onednn_version()}
 
 

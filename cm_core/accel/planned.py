@@ -13,7 +13,7 @@ import threading
 from collections.abc import Mapping
 
 from ..models.denoiser import Denoiser
-from .candidates import candidates, plan_denoiser
+from .candidates import EXACT, candidates, plan_denoiser
 from .compile_cache import StepFn, log
 from .plan_cache import BackgroundPlanner, PlanCache, plan_key
 from .planner import Plan
@@ -81,7 +81,7 @@ class PlannedSteps:
         if plan is None or self(bucket) is None:
             return None
         t = next(t for t in plan.trials if t.name == plan.chosen)
-        ref = next((r for r in plan.trials if r.name == "fp32 exact"), None)
+        ref = next((r for r in plan.trials if r.name == EXACT), None)
         if t is ref or not t.max_abs:
             return f"planned {plan.chosen} (no other candidate was clearly faster here)"
         speed = (f", {ref.ms_per_img / t.ms_per_img:.2f}x the exact path"
