@@ -156,12 +156,15 @@ def test_interpolate_shows_only_the_inputs_of_its_mode(page):
 
 
 def _toast(page) -> str:
-    """The text of the newest error toast (waits for one), then closes every toast."""
+    """The text of the newest error toast (waits for one), then closes every toast and waits until
+    they are gone: a closing toast stays in the page while it fades, and the next call would read
+    it instead of the toast its own click brings."""
     toast = page.locator(".toast-body").last
     toast.wait_for()
     text = toast.inner_text()
     for close in page.locator(".toast-close").all():
         close.click()
+    sync_api.expect(page.locator(".toast-body")).to_have_count(0)
     return text
 
 
