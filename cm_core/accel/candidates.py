@@ -23,7 +23,7 @@ from ..models.denoiser import Denoiser
 from .compile_cache import Compiler, StepFn
 from .cpu import cpu_compiler
 from .fast import FastDenoiser, default_compiler
-from .planner import SLOW, Candidate, Plan, Timer, make_plan
+from .planner import Candidate, Deadline, Plan, Timer, make_plan
 from .verify import fixed_input
 
 __all__ = ["EXACT", "candidates", "plan_denoiser", "variant_name"]
@@ -45,14 +45,18 @@ def _exact(den: Denoiser) -> Callable[[], StepFn]:
 
 
 def _variant(den: Denoiser, dtype: torch.dtype, channels_last: bool,
-             compiler: Compiler | None) -> Callable[[], StepFn]:
+             compiler: Compiler | None, limit: Deadline | None) -> Callable[[], StepFn]:
     """A builder of a cast copy of ``den`` run as :class:`FastDenoiser` steps (no padding, no
-    self-check: the planner checks it)."""
+    self-check: the planner checks it). An eager copy's modules watch ``limit``."""
     def build() -> StepFn:
         dev = next(den.parameters()).device
         fast = FastDenoiser(copy.deepcopy(den), dev, dtype, compiler, (1,), pad=False,
                             channels_last=channels_last, cuda_graphs=False, exact=den, verify=False)
-        return fast._compiled if fast._compiled is not None else fast._step_impl
+        if fast._compiled is not None:
+            return fast._compiled
+        if limit is not None:
+            limit.watch(fast.den.net)
+        return fast._step_impl
     return build
 
 
@@ -61,8 +65,9 @@ def _cpu_fp16_kernels() -> bool:
     return bool(probe()) if probe is not None else False
 
 
-def candidates(den: Denoiser, compile: bool = False) -> list[Candidate]:
-    """The candidates for ``den`` (fp32, on its device): the exact one first."""
+def candidates(den: Denoiser, compile: bool = False, limit: Deadline | None = None) -> list[Candidate]:
+    """The candidates for ``den`` (fp32, on its device): the exact one first. ``limit``: the
+    :class:`~cm_core.accel.planner.Deadline` that eager variants check while planned."""
     dev = next(den.parameters()).device
     out = [Candidate(EXACT, _exact(den), exact=True)]
     if dev.type == "cuda":
@@ -72,20 +77,21 @@ def candidates(den: Denoiser, compile: bool = False) -> list[Candidate]:
         dtypes = [torch.float32, torch.bfloat16] + ([torch.float16] if _cpu_fp16_kernels() else [])
         comp = cpu_compiler() if compile else None
     for dt in dtypes:  # all channels_last: contiguous is the exact path's layout
-        out.append(Candidate(variant_name(dt, True), _variant(den, dt, True, None)))
+        out.append(Candidate(variant_name(dt, True), _variant(den, dt, True, None, limit)))
         if comp is not None:
-            out.append(Candidate(variant_name(dt, True, compiled=True), _variant(den, dt, True, comp)))
+            out.append(Candidate(variant_name(dt, True, compiled=True), _variant(den, dt, True, comp, None),
+                                 warm=True))
     return out
 
 
 def plan_denoiser(den: Denoiser, bucket: int, compile: bool = False, timer: Timer | None = None,
-                  budget_s: float = 20.0, smaller: Sequence[Plan] = ()) -> Plan:
+                  budget_s: float = 10.0, smaller: Sequence[Plan] = ()) -> Plan:
     """Measure :func:`candidates` for batches of ``bucket`` on the fixed input of
     :mod:`~cm_core.accel.verify` (noise at sigma_max and at intermediate levels). ``smaller``:
-    plans of smaller buckets; a candidate over twice :data:`~cm_core.accel.planner.SLOW` times
-    slower than the exact path there is not run again."""
+    plans of smaller buckets; a candidate found too slow to time there
+    (:data:`~cm_core.accel.planner.SLOW`) is not run again."""
     dev = next(den.parameters()).device
-    skip = {t.name: t.slower for p in smaller if p.bucket < bucket for t in p.trials
-            if t.slower is not None and t.slower > 2 * SLOW}
-    return make_plan(candidates(den, compile), fixed_input(den, dev, bucket), timer=timer,
-                     budget_s=budget_s, skip=skip)
+    skip = {t.name: t.slower for p in smaller if p.bucket < bucket for t in p.trials if t.slower is not None}
+    limit = Deadline()
+    return make_plan(candidates(den, compile, limit), fixed_input(den, dev, bucket), timer=timer,
+                     budget_s=budget_s, skip=skip, limit=limit)

@@ -31,7 +31,7 @@ class PlannedSteps:
     """
 
     def __init__(self, exact: Denoiser, reuse: Mapping[str, StepFn] | None = None,
-                 cache: PlanCache | None = None, mode: str = "measure", budget_s: float = 20.0) -> None:
+                 cache: PlanCache | None = None, mode: str = "measure", budget_s: float = 10.0) -> None:
         self.exact = exact
         self.device = next(exact.parameters()).device
         self._candidates = {c.name: c for c in candidates(exact)}

@@ -12,6 +12,11 @@ clearly faster (by ``margin``, 3%). A candidate that raises (a compile error, a 
 capture) or fails the check simply loses. The :class:`Plan` says what each one measured and why
 the winner won.
 
+Planning costs a few network calls per candidate, so it is kept short: a candidate whose first run
+takes ``slow`` (1.5) times the exact path's cannot win and is stopped there by a :class:`Deadline`
+(its network checks it before every module), every first run also counts as one timing sample,
+and the interleaved rounds stop at ``budget_s``.
+
 Plans persist in a :class:`PlanCache` (one JSON file, written atomically) under :func:`plan_key`:
 the machine (CPU model and flags, or GPU name and capability), torch and oneDNN / cuDNN versions,
 the thread count, a hash of the network's architecture and the bucket, so a restart reuses them
@@ -22,10 +27,12 @@ fixed plan of :func:`cm_core.accel.cpu.cpu_plan`).
 from __future__ import annotations
 
 import logging
+import math
 import os
 import statistics
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -33,14 +40,14 @@ import torch
 from .compile_cache import StepFn
 from .verify import MAX_ABS, MIN_PSNR, compare
 
-__all__ = ["MARGIN", "PLAN_MODES", "SLOW", "Candidate", "Plan", "Trial", "choose", "interleaved_medians",
-           "make_plan", "plan_mode"]
+__all__ = ["MARGIN", "PLAN_MODES", "SLOW", "Candidate", "Deadline", "Plan", "TooSlow", "Trial", "choose",
+           "interleaved_medians", "make_plan", "plan_mode"]
 
 log = logging.getLogger("cm_core.accel.planner")
 
 PLAN_MODES = ("measure", "cached", "off")
 MARGIN = 0.03  # a candidate must be this much faster than the exact path to be chosen
-SLOW = 2.0  # a candidate this many times slower than the exact path on its first run is not timed
+SLOW = 1.5  # a candidate this many times slower than the exact path on its first run is not timed
 Inputs = tuple[torch.Tensor, torch.Tensor, "torch.Tensor | None"]
 
 
@@ -52,13 +59,51 @@ def plan_mode(value: str | None = None) -> str:
     return mode
 
 
+class TooSlow(RuntimeError):
+    """Raised inside a candidate's run when its :class:`Deadline` has passed."""
+
+
+class Deadline:
+    """A time limit that a running network checks before each of its modules.
+
+    :meth:`watch` adds a forward pre-hook to every module of a network (an eager candidate's own
+    copy); inside ``with deadline.within(seconds):`` a module that starts after the limit raises
+    :class:`TooSlow`, so a candidate far slower than the exact path costs at most about the
+    limit, not its whole run (emulated bf16: 7-9x the exact path). Outside ``within`` the hooks
+    only compare two floats."""
+
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
+        self._at = math.inf
+
+    def check(self) -> None:
+        if self._at != math.inf and self.clock() > self._at:
+            raise TooSlow("stopped at its time limit")
+
+    @contextmanager
+    def within(self, seconds: float) -> Iterator[None]:
+        self._at = self.clock() + seconds
+        try:
+            yield
+        finally:
+            self._at = math.inf
+
+    def watch(self, module: torch.nn.Module) -> torch.nn.Module:
+        """Make every submodule of ``module`` check this deadline before it runs."""
+        for m in module.modules():
+            m.register_forward_pre_hook(lambda *_: self.check())
+        return module
+
+
 @dataclass(frozen=True)
 class Candidate:
     """One way to run the network step. ``build()`` returns the step function (it may raise, e.g.
-    a failed compilation); ``exact`` marks the fp32 reference path that the others must beat."""
+    a failed compilation); ``exact`` marks the fp32 reference path that the others must beat;
+    ``warm``: its first call compiles, so it runs once untimed before its checked run."""
     name: str
     build: Callable[[], StepFn]
     exact: bool = False
+    warm: bool = False
 
 
 @dataclass(frozen=True)
@@ -125,15 +170,17 @@ def choose(trials: Sequence[Trial], exact: str, margin: float = MARGIN) -> tuple
 
 
 def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup: int = 1,
-                        clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+                        clock: Callable[[], float] = time.perf_counter,
+                        prior: Mapping[str, Sequence[float]] | None = None) -> dict[str, float]:
     """Median seconds of one call of each function: ``warmup`` untimed calls each, then ``rounds``
     rounds that call every function once, in an order rotated by one each round (a machine that
-    slows down mid-way slows every candidate alike). Each function synchronises its own device."""
+    slows down mid-way slows every candidate alike). ``prior``: seconds already measured, by
+    name, that join the samples. Each function synchronises its own device."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
             fns[n]()
-    times: dict[str, list[float]] = {n: [] for n in names}
+    times: dict[str, list[float]] = {n: list((prior or {}).get(n, ())) for n in names}
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
             t0 = clock()
@@ -159,63 +206,64 @@ def _runner(fn: StepFn, inputs: Inputs) -> Callable[[], torch.Tensor]:
     return run
 
 
-def _tried(c: Candidate, inputs: Inputs, ref: torch.Tensor | None
+def _tried(c: Candidate, inputs: Inputs, ref: torch.Tensor | None, limit: Deadline | None = None,
+           limit_s: float = math.inf
            ) -> tuple[Trial, Callable[[], torch.Tensor] | None, float, torch.Tensor | None]:
-    """Build and run ``c`` once (its warm-up): (its trial without a time, its runner when it ran
-    and passed the check, else None, the seconds of that first run, its clamped output)."""
+    """Build and run ``c`` once (after an untimed call if ``c.warm``): (its trial without a time,
+    its runner when it ran and passed the check, else None, the seconds of that run, its clamped
+    output). With a ``limit``, a run past ``limit_s`` seconds stops (:class:`TooSlow`)."""
     try:
         run = _runner(c.build(), inputs)
+        if c.warm:
+            run()
         t0 = time.perf_counter()
-        out = run().float().clamp(-1, 1)
-        first = time.perf_counter() - t0
+        if limit is not None and limit_s != math.inf:
+            with limit.within(limit_s):
+                out = run()
+        else:
+            out = run()
+        secs = time.perf_counter() - t0
+    except TooSlow:
+        return Trial(c.name, None, None, None, False), None, time.perf_counter() - t0, None
     except Exception as e:  # noqa: BLE001 - a candidate that raises loses, whatever it raised
         log.info("plan candidate %s failed: %s: %s", c.name, type(e).__name__, e)
         return Trial(c.name, None, None, None, False, f"{type(e).__name__}: {str(e)[:200]}"), None, 0.0, None
+    out = out.float().clamp(-1, 1)
     if ref is None:
-        return Trial(c.name, None, 0.0, float("inf"), True), run, first, out
+        return Trial(c.name, None, 0.0, float("inf"), True), run, secs, out
     err, psnr = compare(out, ref)
     ok = err <= MAX_ABS and psnr >= MIN_PSNR
-    return Trial(c.name, None, err, psnr, ok), (run if ok else None), first, out
+    return Trial(c.name, None, err, psnr, ok), (run if ok else None), secs, out
 
 
-def _paired_ratio(run: Callable[[], object], run_exact: Callable[[], object]) -> float:
-    """Seconds of one more call of ``run`` over one more call of ``run_exact``, back to back."""
-    t0 = time.perf_counter()
-    run_exact()
-    t1 = time.perf_counter()
-    run()
-    return (time.perf_counter() - t1) / max(t1 - t0, 1e-9)
-
-
-def _screened(c: Candidate, inputs: Inputs, ref: torch.Tensor, run_exact: Callable[[], object],
-              ref_s: float, slow: float) -> tuple[Trial, Callable[[], torch.Tensor] | None, float]:
-    """Try ``c`` once; (its trial, its runner if it is worth timing, its first run's seconds).
-    Its first run is a warm-up, so one ``slow`` to ``2 slow`` times the exact path's first run
-    gets a second look back to back with the exact path (noise, or slow?); beyond that it is out."""
-    trial, run, secs, _ = _tried(c, inputs, ref)
-    if run is None or secs <= slow * ref_s + 0.01:  # 10 ms: timer noise on tiny networks
+def _screened(c: Candidate, inputs: Inputs, ref: torch.Tensor, ref_s: float, slow: float,
+              limit: Deadline | None) -> tuple[Trial, Callable[[], torch.Tensor] | None, float]:
+    """Try ``c`` once; (its trial, its runner if it is worth timing, its run's seconds). A run
+    over ``slow`` times the exact path's (10 ms floor: timer noise on tiny networks) cannot win:
+    it is out, stopped there when ``limit`` watches its network."""
+    cap = slow * ref_s + 0.01
+    trial, run, secs, _ = _tried(c, inputs, ref, limit, cap)
+    if secs <= cap or (run is None and trial.error is not None):
         return trial, run, secs
     ratio = secs / ref_s
-    if ratio <= 2 * slow:
-        ratio = _paired_ratio(run, run_exact)
-    if ratio <= slow:
-        return trial, run, secs
-    return Trial(trial.name, None, trial.max_abs, trial.psnr, False,
-                 f"not timed: it ran {ratio:.1f}x slower than the exact path", ratio), None, secs
+    why = (f"stopped after {ratio:.1f}x the exact path's time" if trial.max_abs is None
+           else f"not timed: it ran {ratio:.1f}x slower than the exact path")
+    return Trial(trial.name, None, trial.max_abs, trial.psnr, False, why, ratio), None, secs
 
 
 def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | None = None,
-              margin: float = MARGIN, budget_s: float = 20.0, slow: float = SLOW,
-              skip: Mapping[str, float] | None = None) -> Plan:
+              margin: float = MARGIN, budget_s: float = 10.0, slow: float = SLOW,
+              skip: Mapping[str, float] | None = None, limit: Deadline | None = None) -> Plan:
     """Try every candidate on ``inputs`` (x [B, C, H, W] f32, sigma [B] f32, labels [B] long or
     None; B is the bucket), check it against the exact one's output, time the passing ones
     together and :func:`choose`.
 
-    A candidate far slower than the exact path cannot win and is not timed (:func:`_screened`;
-    emulated bf16 on a CPU without bf16 kernels runs 7-9x slower); ``skip`` names those already
-    found so at a smaller batch (name: times slower), which are not even run. ``timer`` (default:
-    :func:`interleaved_medians` with as many rounds, 2 to 7, as fit ``budget_s`` seconds)
-    returns seconds per call by name."""
+    A candidate over ``slow`` times slower than the exact path on its first run cannot win and is
+    not timed (:func:`_screened`); ``limit``, the :class:`Deadline` that the candidates' networks
+    watch, stops it there. ``skip`` names those already found too slow at a smaller batch (name:
+    times slower), which are not even run. ``timer`` (default: :func:`interleaved_medians` over
+    the first runs and as many rounds, 1 to 7, as fit ``budget_s`` seconds) returns seconds per
+    call by name."""
     exact = [c for c in candidates if c.exact]
     if len(exact) != 1:
         raise ValueError(f"a plan needs exactly one exact candidate, got {[c.name for c in exact]}")
@@ -223,17 +271,19 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
     first, run_exact, ref_s, ref = _tried(exact[0], inputs, None)
     if run_exact is None or ref is None:
         return Plan(exact[0].name, f"the exact path raised: {first.error}", n, (first,))
-    trials, runs, per_round = {first.name: first}, {first.name: run_exact}, ref_s
+    trials, runs, firsts = {first.name: first}, {first.name: run_exact}, {first.name: [ref_s]}
     for c in (c for c in candidates if not c.exact):
         if skip and c.name in skip:
             trials[c.name] = Trial(c.name, None, None, None, False, f"not run: {skip[c.name]:.1f}x slower "
                                    "than the exact path at a smaller batch", skip[c.name])
             continue
-        trials[c.name], run, secs = _screened(c, inputs, ref, run_exact, ref_s, slow)
+        trials[c.name], run, secs = _screened(c, inputs, ref, ref_s, slow, limit)
         if run is not None:
-            runs[c.name], per_round = run, per_round + secs
-    rounds = max(2, min(7, int(budget_s / max(per_round, 1e-9))))
-    secs_by_name = (timer or (lambda r: interleaved_medians(r, rounds=rounds, warmup=0)))(runs)
+            runs[c.name] = run
+            firsts[c.name] = [] if c.warm else [secs]
+    per_round = sum(firsts[name][0] if firsts[name] else ref_s for name in runs)
+    rounds = max(1, min(7, int(budget_s / max(per_round, 1e-9))))
+    secs_by_name = (timer or (lambda r: interleaved_medians(r, rounds=rounds, warmup=0, prior=firsts)))(runs)
     timed = tuple(Trial(t.name, secs_by_name[t.name] * 1000 / n if t.name in secs_by_name else None,
                         t.max_abs, t.psnr, t.ok, t.error, t.slower) for t in trials.values())
     chosen, why = choose(timed, exact[0].name, margin)
