@@ -224,4 +224,5 @@ def test_interleaved_bench_runs(monkeypatch):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:3] == ["cd_digits32", "2", "1"] and all(float(c) > 0 for c in cells[3:6])
     assert cells[6].endswith("x") and "fast float32" in cells[8]
+    assert cells[9:] == ["-", "-"]  # no candidates timed alone unless asked (and planned)
     assert "cpu_interleaved" in sys.modules
