@@ -41,14 +41,6 @@ def configure_compile_cache(cache_dir: str | os.PathLike | None = None) -> Path:
     return path
 
 
-def _raise_recompile_limit(n: int) -> None:
-    """One Dynamo cache entry per bucket (and per labels/no-labels): raise the per-function limit."""
-    import torch._dynamo.config as dc
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(dc, name):
-            setattr(dc, name, max(getattr(dc, name), n))
-
-
 def _mega_cache(path: Path, save: bool) -> None:
     """Load or save Dynamo's portable cache artifacts (torch >= 2.7); silently absent otherwise."""
     try:

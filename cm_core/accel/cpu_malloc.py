@@ -10,7 +10,7 @@ top-level op. Measured on 2 Zen 5 cores, one bf16 step:
 - ImageNet 64, batch 8: 321 -> 286 ms per image; batch 1 unchanged;
 - the embedded 32 px net, 16 images in fp32: 59-99 -> 40-43 ms.
 
-:func:`tune_allocator` (called once by :func:`cm_core.optimize` for a CPU device) raises the mmap
+:func:`tune_allocator` (applied by :func:`cm_core.accel.process.setup_process` for a CPU device) raises the mmap
 threshold and the trim threshold to 1 GiB, pads heap growth by 64 MiB, and keeps one arena (so the
 app's worker threads allocate from the same heap as the main thread; a thread arena's heaps are at
 most 64 MiB and larger blocks are mmapped again). Cost: up to 1 GiB of freed memory may stay with

@@ -6,23 +6,18 @@ from __future__ import annotations
 import copy as _copy
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 
 from ..models.denoiser import Denoiser
 from .candidates import EXACT, variant_name
-from .compile_cache import (
-    Compiler,
-    _mega_cache,
-    _raise_recompile_limit,
-    configure_compile_cache,
-    default_compiler,
-)
+from .compile_cache import Compiler, _mega_cache, default_compiler
 from .cpu import CPU_BUCKETS, cpu_compiler, cpu_plan
-from .cpu_malloc import tune_allocator
 from .fast import DEFAULT_BUCKETS, FastDenoiser, pick_dtype
 from .planned import PlannedSteps
 from .planner import plan_mode
+from .process import setup_process
 
 __all__ = ["optimize"]
 
@@ -51,29 +46,26 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
     ``background=False`` blocks until they are compiled. ``compiler`` overrides torch.compile
     (tests). ``verify``: each variant checks itself against fp32 when it first serves
     (:mod:`cm_core.accel.verify`). ``channels_last="auto"``: on CUDA, with CPU bf16, and for small nets on CPU.
-    On a CPU it also tunes glibc's allocator once per process (:mod:`~cm_core.accel.cpu_malloc`;
-    ``CM_CPU_MALLOC=0`` turns that off).
+    The process-wide settings this needs (cuDNN's benchmark mode, glibc's allocator on a CPU,
+    Inductor's cache and Dynamo's recompile limit when compiling) are made by
+    :func:`~cm_core.accel.process.setup_process`, which says what it changes.
     """
     dev = torch.device(device) if device is not None else next(den.parameters()).device
     cuda = dev.type == "cuda"
     buckets = tuple(batch_buckets or (CPU_BUCKETS if dev.type == "cpu" else DEFAULT_BUCKETS))
     plan = cpu_plan(den) if dev.type == "cpu" else None
-    if plan is not None:
-        tune_allocator()
     dt = plan.dtype if dtype == "auto" and plan is not None else pick_dtype(dev, dtype)
     auto_compile = plan.compile if plan is not None else cuda
     use_compile = compiler is not None or (auto_compile if compile == "auto" else bool(compile))
     mode = mode or ("max-autotune-no-cudagraphs" if cuda else "default")
+    settings = setup_process(dev, use_compile and compiler is None, len(buckets), cache_dir)
     cache_file = None
     if use_compile and compiler is None:
-        cache = configure_compile_cache(cache_dir)
-        _raise_recompile_limit(2 * len(buckets) + 4)
+        cache = Path(settings["inductor cache"])
         cache_file = cache / f"mega-{den.name or 'model'}-{dev.type}-{mode}.bin".replace("/", "_")
         _mega_cache(cache_file, save=False)
         compiler = default_compiler(mode) if dev.type != "cpu" else cpu_compiler(mode == "max-autotune")
     graphs = cuda and (cuda if cuda_graphs == "auto" else bool(cuda_graphs)) and mode != "reduce-overhead"
-    if cuda:
-        torch.backends.cudnn.benchmark = True
     if copy:
         den = _copy.deepcopy(den)
     auto_cl = cuda or dt == torch.bfloat16 or (plan is not None and plan.channels_last)
