@@ -100,14 +100,14 @@ def interleave(name: str, rounds: int, dtypes: tuple[str, ...] = ("fp32", "bf16"
                batches: tuple[int, ...] | None = None, alone: bool = False) -> list[str]:
     """Rounds of (diffusers in each of ``dtypes``, ours fast) per batch; Markdown rows. Leave bf16
     out on a CPU without bf16 kernels, where diffusers bf16 is emulated (7-10x slower than fp32)."""
+    spec = get_spec(name)
+    batches = batches or PLAN.get(name, (1,))
+    fast = optimize(make_denoiser(spec, torch.device("cpu")), warm_buckets=())
+    settle_plans(fast, batches)  # before the child starts: its start-up would disturb the timings
     ctx = mp.get_context("spawn")
     parent, child = ctx.Pipe()
     proc = ctx.Process(target=diffusers_worker, args=(name, torch.get_num_threads(), child), daemon=True)
     proc.start()
-    spec = get_spec(name)
-    batches = batches or PLAN.get(name, (1,))
-    fast = optimize(make_denoiser(spec, torch.device("cpu")), warm_buckets=())
-    settle_plans(fast, batches)
     ours = ours_call(fast, spec)
     assert parent.recv() == "ready"
     rows = []

@@ -13,6 +13,7 @@ import torch
 
 from cm_core.accel.plan_cache import BackgroundPlanner, PlanCache, network_hash, plan_key
 from cm_core.accel.planner import (
+    Activity,
     Candidate,
     Deadline,
     Plan,
@@ -21,6 +22,7 @@ from cm_core.accel.planner import (
     interleaved_medians,
     make_plan,
     plan_mode,
+    timed_quietly,
 )
 
 X = (torch.linspace(-1, 1, 2 * 3 * 4 * 4).reshape(2, 3, 4, 4), torch.ones(2), None)
@@ -132,6 +134,31 @@ def test_the_first_runs_count_as_timing_samples():
     med = interleaved_medians({"a": lambda: None}, rounds=1, warmup=0, clock=lambda: float(next(clock)),
                               prior={"a": [5.0, 7.0]})
     assert med == {"a": 5.0}  # median of 5, 7 and the round's 1 s
+
+
+def test_a_run_disturbed_by_a_serving_call_is_timed_again_and_planning_waits_for_serving():
+    activity, calls = Activity(max_wait_s=2.0), []
+
+    def run():
+        calls.append(1)
+        if len(calls) == 1:
+            with activity:  # a request served during the first timed run
+                pass
+    clock = iter([0.0, 5.0, 10.0, 11.0])
+    assert timed_quietly(run, activity, clock=lambda: next(clock)) == 1.0 and len(calls) == 2
+    release = threading.Event()
+
+    def serve():
+        with activity:
+            release.wait(2)
+    server = threading.Thread(target=serve)
+    server.start()
+    time.sleep(0.05)
+    threading.Timer(0.2, release.set).start()
+    t0 = time.monotonic()
+    mark = activity.quiet_mark()  # the planner waits; serving never does
+    assert time.monotonic() - t0 >= 0.1 and activity.undisturbed(mark)
+    server.join()
 
 
 def test_the_exact_path_wins_ties_and_a_plan_needs_one():
@@ -341,6 +368,16 @@ def test_serving_never_waits_for_planning_and_a_restart_reuses_the_plan(planned_
     again = optimize(planned_env, copy=True)
     again(torch.randn(1, 3, 32, 32), 80.0, torch.tensor([0]))
     assert again.planned.planner.wait(10) and again.describe_path(1).startswith("planned fp32 exact")
+
+
+def test_every_serving_call_is_counted_for_the_planner(planned_env, monkeypatch):
+    from cm_core import optimize
+    _fake_times(monkeypatch, "fp32 exact")
+    fast = optimize(planned_env, copy=True)
+    assert fast.planned.activity is fast.serving
+    fast(torch.zeros(2, 3, 32, 32), 80.0, torch.tensor([1, 2]))
+    assert fast.serving.started == 1 and fast.serving.active == 0
+    assert fast.planned.planner.wait(60)  # (no planner thread left running at exit)
 
 
 def test_cm_plan_off_keeps_the_fixed_plan(planned_env, monkeypatch):

@@ -23,7 +23,7 @@ from ..models.denoiser import Denoiser
 from .compile_cache import Compiler, StepFn
 from .cpu import cpu_compiler
 from .fast import FastDenoiser, default_compiler
-from .planner import Candidate, Deadline, Plan, Timer, make_plan
+from .planner import Activity, Candidate, Deadline, Plan, Timer, make_plan
 from .verify import fixed_input
 
 __all__ = ["EXACT", "candidates", "plan_denoiser", "variant_name"]
@@ -85,13 +85,15 @@ def candidates(den: Denoiser, compile: bool = False, limit: Deadline | None = No
 
 
 def plan_denoiser(den: Denoiser, bucket: int, compile: bool = False, timer: Timer | None = None,
-                  budget_s: float = 10.0, smaller: Sequence[Plan] = ()) -> Plan:
+                  budget_s: float = 10.0, smaller: Sequence[Plan] = (), activity: Activity | None = None
+                  ) -> Plan:
     """Measure :func:`candidates` for batches of ``bucket`` on the fixed input of
     :mod:`~cm_core.accel.verify` (noise at sigma_max and at intermediate levels). ``smaller``:
     plans of smaller buckets; a candidate found too slow to time there
-    (:data:`~cm_core.accel.planner.SLOW`) is not run again."""
+    (:data:`~cm_core.accel.planner.SLOW`) is not run again. ``activity``: the serving calls beside
+    the planner, never timed over (:class:`~cm_core.accel.planner.Activity`)."""
     dev = next(den.parameters()).device
     skip = {t.name: t.slower for p in smaller if p.bucket < bucket for t in p.trials if t.slower is not None}
     limit = Deadline()
     return make_plan(candidates(den, compile, limit), fixed_input(den, dev, bucket), timer=timer,
-                     budget_s=budget_s, skip=skip, limit=limit)
+                     budget_s=budget_s, skip=skip, limit=limit, activity=activity)

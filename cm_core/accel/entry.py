@@ -94,4 +94,4 @@ def _attach_planner(fast: FastDenoiser) -> None:
     reuse = {EXACT: fast._exact_step}
     if fast.exact is not None:  # the fixed plan's variant, by its candidate name
         reuse[variant_name(fast.dtype, fast.channels_last)] = fast._step_impl
-    fast.planned = PlannedSteps(exact, reuse, mode=mode)
+    fast.planned = PlannedSteps(exact, reuse, mode=mode, activity=fast.serving)

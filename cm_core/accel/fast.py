@@ -58,6 +58,7 @@ from .cpu import native_bf16
 from .cpu_attention import attention_processors, install_cpu_attention
 from .cuda_graphs import GraphedCall, capture_slot, is_oom, timed
 from .lean_blocks import install_lean_resnets
+from .planner import Activity
 from .verify import SelfCheck, _pad
 
 __all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
@@ -140,8 +141,10 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lock = threading.RLock()
         self._cache_file = cache_file
-        # set by optimize where the planner chooses the variant per bucket (accel/planned.py)
+        # set by optimize where the planner chooses the variant per bucket (accel/planned.py);
+        # every call is counted in ``serving``, so that the planner never times over one
         self.planned: Callable[[int], StepFn | None] | None = None
+        self.serving = Activity()
         # eager/compiled_calls count network calls run outside graphs (and in warm-up and capture);
         # a replay counts once in graph_replays, whatever its number of evaluations
         self.stats: dict = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0,
@@ -268,13 +271,14 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
                 class_labels: torch.Tensor | None = None, dropout_rng: Rng = None) -> torch.Tensor:
         if self.den.dropout > 0 and dropout_rng is not None:
             ref = self.exact if self.exact is not None else self.den
-            return ref(x, sigma, class_labels, dropout_rng)
+            with self.serving:
+                return ref(x, sigma, class_labels, dropout_rng)
         n = x.shape[0]
         sig = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
         sig = sig.expand(n) if sig.numel() == 1 else sig
         labels = self.check_labels(class_labels, n)
         b = self._bucket(n)
-        with torch.no_grad():
+        with torch.no_grad(), self.serving:
             out = self._fn_for(b)(_pad(x.float().contiguous(), b), _pad(sig.contiguous(), b),
                                   _pad(labels, b))
         return out[:n].to(x.dtype)

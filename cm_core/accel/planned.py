@@ -16,7 +16,7 @@ from ..models.denoiser import Denoiser
 from .candidates import EXACT, candidates, plan_denoiser
 from .compile_cache import StepFn, log
 from .plan_cache import BackgroundPlanner, PlanCache, plan_key
-from .planner import Plan
+from .planner import Activity, Plan
 
 __all__ = ["PlannedSteps"]
 
@@ -27,12 +27,15 @@ class PlannedSteps:
     ``exact``: the fp32 :class:`Denoiser` the candidates are built from (and checked against);
     ``reuse``: steps that already exist by candidate name (the exact path, the fixed plan's
     variant), so choosing one of them costs no copy of the network. ``mode``: ``measure`` or
-    ``cached`` (:func:`~cm_core.accel.planner.plan_mode`).
+    ``cached`` (:func:`~cm_core.accel.planner.plan_mode`). ``activity``: entered by every serving
+    call, so that planning never times a run while one is served.
     """
 
     def __init__(self, exact: Denoiser, reuse: Mapping[str, StepFn] | None = None,
-                 cache: PlanCache | None = None, mode: str = "measure", budget_s: float = 10.0) -> None:
+                 cache: PlanCache | None = None, mode: str = "measure", budget_s: float = 10.0,
+                 activity: Activity | None = None) -> None:
         self.exact = exact
+        self.activity = activity if activity is not None else Activity()
         self.device = next(exact.parameters()).device
         self._candidates = {c.name: c for c in candidates(exact)}
         self._steps: dict[str, StepFn] = dict(reuse or {})
@@ -43,7 +46,7 @@ class PlannedSteps:
 
     def _measure(self, bucket: int) -> Plan:
         return plan_denoiser(self.exact, bucket, budget_s=self._budget_s,
-                             smaller=list(self.planner.plans.values()))
+                             smaller=list(self.planner.plans.values()), activity=self.activity)
 
     def _key(self, bucket: int) -> str:
         return plan_key(self.exact.net, self.device, bucket)

@@ -30,6 +30,7 @@ import logging
 import math
 import os
 import statistics
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -40,8 +41,8 @@ import torch
 from .compile_cache import StepFn
 from .verify import MAX_ABS, MIN_PSNR, compare
 
-__all__ = ["MARGIN", "PLAN_MODES", "SLOW", "Candidate", "Deadline", "Plan", "TooSlow", "Trial", "choose",
-           "interleaved_medians", "make_plan", "plan_mode"]
+__all__ = ["MARGIN", "PLAN_MODES", "SLOW", "Activity", "Candidate", "Deadline", "Plan", "TooSlow", "Trial",
+           "choose", "interleaved_medians", "make_plan", "plan_mode"]
 
 log = logging.getLogger("cm_core.accel.planner")
 
@@ -93,6 +94,56 @@ class Deadline:
         for m in module.modules():
             m.register_forward_pre_hook(lambda *_: self.check())
         return module
+
+
+class Activity:
+    """The serving calls that run beside the planner: ``with activity:`` around each one.
+
+    The planner times a run only while no serving call runs, and runs it again (up to ``tries``
+    times in all) when one started meanwhile: on a machine of 2 cores a request served during a
+    timed run would slow it by half, and the plan, stored for good, would be wrong. Serving never
+    waits for the planner; the planner waits (at most ``max_wait_s`` a run) for serving."""
+
+    def __init__(self, max_wait_s: float = 30.0, tries: int = 3) -> None:
+        self._lock = threading.Lock()
+        self.active = 0
+        self.started = 0
+        self.max_wait_s, self.tries = max_wait_s, tries
+
+    def __enter__(self) -> Activity:
+        with self._lock:
+            self.active += 1
+            self.started += 1
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.active -= 1
+
+    def quiet_mark(self) -> int:
+        """After waiting (bounded) until no serving call runs: the count of calls started."""
+        t_end = time.monotonic() + self.max_wait_s
+        while self.active and time.monotonic() < t_end:
+            time.sleep(0.02)
+        return self.started
+
+    def undisturbed(self, mark: int) -> bool:
+        """Whether no serving call ran since :meth:`quiet_mark` returned ``mark``."""
+        return self.active == 0 and self.started == mark
+
+
+def timed_quietly(fn: Callable[[], object], activity: Activity | None,
+                  clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds of one call of ``fn``, taken while no serving call ran (see :class:`Activity`;
+    after ``activity.tries`` disturbed runs the last one counts)."""
+    for _ in range(activity.tries if activity is not None else 1):
+        mark = activity.quiet_mark() if activity is not None else 0
+        t0 = clock()
+        fn()
+        secs = clock() - t0
+        if activity is None or activity.undisturbed(mark):
+            break
+    return secs
 
 
 @dataclass(frozen=True)
@@ -171,11 +222,13 @@ def choose(trials: Sequence[Trial], exact: str, margin: float = MARGIN) -> tuple
 
 def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup: int = 1,
                         clock: Callable[[], float] = time.perf_counter,
-                        prior: Mapping[str, Sequence[float]] | None = None) -> dict[str, float]:
+                        prior: Mapping[str, Sequence[float]] | None = None,
+                        activity: Activity | None = None) -> dict[str, float]:
     """Median seconds of one call of each function: ``warmup`` untimed calls each, then ``rounds``
     rounds that call every function once, in an order rotated by one each round (a machine that
     slows down mid-way slows every candidate alike). ``prior``: seconds already measured, by
-    name, that join the samples. Each function synchronises its own device."""
+    name, that join the samples; ``activity``: time only while it is quiet
+    (:func:`timed_quietly`). Each function synchronises its own device."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -183,9 +236,7 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int = 5
     times: dict[str, list[float]] = {n: list((prior or {}).get(n, ())) for n in names}
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
-            t0 = clock()
-            fns[n]()
-            times[n].append(clock() - t0)
+            times[n].append(timed_quietly(fns[n], activity, clock))
     return {n: statistics.median(ts) for n, ts in times.items()}
 
 
@@ -206,8 +257,27 @@ def _runner(fn: StepFn, inputs: Inputs) -> Callable[[], torch.Tensor]:
     return run
 
 
+def _first_run(run: Callable[[], torch.Tensor], limit: Deadline | None, limit_s: float,
+               activity: Activity | None) -> tuple[torch.Tensor | None, float]:
+    """(output, or None when stopped at ``limit_s``; seconds), taken while serving is quiet."""
+    out: list[torch.Tensor | None] = [None]
+
+    def call() -> None:
+        out[0] = None
+        try:
+            if limit is not None and limit_s != math.inf:
+                with limit.within(limit_s):
+                    out[0] = run()
+            else:
+                out[0] = run()
+        except TooSlow:
+            pass
+    secs = timed_quietly(call, activity)
+    return out[0], secs
+
+
 def _tried(c: Candidate, inputs: Inputs, ref: torch.Tensor | None, limit: Deadline | None = None,
-           limit_s: float = math.inf
+           limit_s: float = math.inf, activity: Activity | None = None
            ) -> tuple[Trial, Callable[[], torch.Tensor] | None, float, torch.Tensor | None]:
     """Build and run ``c`` once (after an untimed call if ``c.warm``): (its trial without a time,
     its runner when it ran and passed the check, else None, the seconds of that run, its clamped
@@ -216,19 +286,13 @@ def _tried(c: Candidate, inputs: Inputs, ref: torch.Tensor | None, limit: Deadli
         run = _runner(c.build(), inputs)
         if c.warm:
             run()
-        t0 = time.perf_counter()
-        if limit is not None and limit_s != math.inf:
-            with limit.within(limit_s):
-                out = run()
-        else:
-            out = run()
-        secs = time.perf_counter() - t0
-    except TooSlow:
-        return Trial(c.name, None, None, None, False), None, time.perf_counter() - t0, None
+        got, secs = _first_run(run, limit, limit_s, activity)
+        if got is None:
+            return Trial(c.name, None, None, None, False), None, secs, None
     except Exception as e:  # noqa: BLE001 - a candidate that raises loses, whatever it raised
         log.info("plan candidate %s failed: %s: %s", c.name, type(e).__name__, e)
         return Trial(c.name, None, None, None, False, f"{type(e).__name__}: {str(e)[:200]}"), None, 0.0, None
-    out = out.float().clamp(-1, 1)
+    out = got.float().clamp(-1, 1)
     if ref is None:
         return Trial(c.name, None, 0.0, float("inf"), True), run, secs, out
     err, psnr = compare(out, ref)
@@ -237,12 +301,13 @@ def _tried(c: Candidate, inputs: Inputs, ref: torch.Tensor | None, limit: Deadli
 
 
 def _screened(c: Candidate, inputs: Inputs, ref: torch.Tensor, ref_s: float, slow: float,
-              limit: Deadline | None) -> tuple[Trial, Callable[[], torch.Tensor] | None, float]:
+              limit: Deadline | None, activity: Activity | None
+              ) -> tuple[Trial, Callable[[], torch.Tensor] | None, float]:
     """Try ``c`` once; (its trial, its runner if it is worth timing, its run's seconds). A run
     over ``slow`` times the exact path's (10 ms floor: timer noise on tiny networks) cannot win:
     it is out, stopped there when ``limit`` watches its network."""
     cap = slow * ref_s + 0.01
-    trial, run, secs, _ = _tried(c, inputs, ref, limit, cap)
+    trial, run, secs, _ = _tried(c, inputs, ref, limit, cap, activity)
     if secs <= cap or (run is None and trial.error is not None):
         return trial, run, secs
     ratio = secs / ref_s
@@ -253,7 +318,8 @@ def _screened(c: Candidate, inputs: Inputs, ref: torch.Tensor, ref_s: float, slo
 
 def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | None = None,
               margin: float = MARGIN, budget_s: float = 10.0, slow: float = SLOW,
-              skip: Mapping[str, float] | None = None, limit: Deadline | None = None) -> Plan:
+              skip: Mapping[str, float] | None = None, limit: Deadline | None = None,
+              activity: Activity | None = None) -> Plan:
     """Try every candidate on ``inputs`` (x [B, C, H, W] f32, sigma [B] f32, labels [B] long or
     None; B is the bucket), check it against the exact one's output, time the passing ones
     together and :func:`choose`.
@@ -263,12 +329,13 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
     watch, stops it there. ``skip`` names those already found too slow at a smaller batch (name:
     times slower), which are not even run. ``timer`` (default: :func:`interleaved_medians` over
     the first runs and as many rounds, 1 to 7, as fit ``budget_s`` seconds) returns seconds per
-    call by name."""
+    call by name. ``activity``: the serving calls beside the planner; every run is timed while
+    none runs (:class:`Activity`)."""
     exact = [c for c in candidates if c.exact]
     if len(exact) != 1:
         raise ValueError(f"a plan needs exactly one exact candidate, got {[c.name for c in exact]}")
     n = int(inputs[0].shape[0])
-    first, run_exact, ref_s, ref = _tried(exact[0], inputs, None)
+    first, run_exact, ref_s, ref = _tried(exact[0], inputs, None, activity=activity)
     if run_exact is None or ref is None:
         return Plan(exact[0].name, f"the exact path raised: {first.error}", n, (first,))
     trials, runs, firsts = {first.name: first}, {first.name: run_exact}, {first.name: [ref_s]}
@@ -277,13 +344,14 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
             trials[c.name] = Trial(c.name, None, None, None, False, f"not run: {skip[c.name]:.1f}x slower "
                                    "than the exact path at a smaller batch", skip[c.name])
             continue
-        trials[c.name], run, secs = _screened(c, inputs, ref, ref_s, slow, limit)
+        trials[c.name], run, secs = _screened(c, inputs, ref, ref_s, slow, limit, activity)
         if run is not None:
             runs[c.name] = run
             firsts[c.name] = [] if c.warm else [secs]
     per_round = sum(firsts[name][0] if firsts[name] else ref_s for name in runs)
     rounds = max(1, min(7, int(budget_s / max(per_round, 1e-9))))
-    secs_by_name = (timer or (lambda r: interleaved_medians(r, rounds=rounds, warmup=0, prior=firsts)))(runs)
+    secs_by_name = (timer or (lambda r: interleaved_medians(r, rounds=rounds, warmup=0, prior=firsts,
+                                                            activity=activity)))(runs)
     timed = tuple(Trial(t.name, secs_by_name[t.name] * 1000 / n if t.name in secs_by_name else None,
                         t.max_abs, t.psnr, t.ok, t.error, t.slower) for t in trials.values())
     chosen, why = choose(timed, exact[0].name, margin)
