@@ -6,8 +6,8 @@ on a Sapphire Rapids VM that shows the same ``avx512_bf16`` flag. So for one (ne
 batch bucket) :func:`make_plan` builds each :class:`Candidate` (a step function with the
 Denoiser's step contract ``fn(x, sigma, labels) -> denoised``, f32 in and out), runs it once on
 the fixed input of :mod:`cm_core.accel.verify` against the exact fp32 output, times the passing
-ones in interleaved rounds against the exact one (medians, so a noisy neighbour shifts every
-candidate alike) and chooses by :func:`choose`: the exact path unless a passing candidate is
+ones in interleaved rounds against the exact one (so a machine that slows down slows every
+candidate alike), keeps each one's fastest run, and chooses by :func:`choose`: the exact path unless a passing candidate is
 clearly faster (by ``margin``, 3%). A candidate that raises (a compile error, a failed graph
 capture) or fails the check simply loses. The :class:`Plan` says what each one measured and why
 the winner won.
@@ -223,12 +223,14 @@ def choose(trials: Sequence[Trial], exact: str, margin: float = MARGIN) -> tuple
 def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup: int = 1,
                         clock: Callable[[], float] = time.perf_counter,
                         prior: Mapping[str, Sequence[float]] | None = None,
-                        activity: Activity | None = None) -> dict[str, float]:
+                        activity: Activity | None = None,
+                        stat: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
     """Median seconds of one call of each function: ``warmup`` untimed calls each, then ``rounds``
     rounds that call every function once, in an order rotated by one each round (a machine that
     slows down mid-way slows every candidate alike). ``prior``: seconds already measured, by
     name, that join the samples; ``activity``: time only while it is quiet
-    (:func:`timed_quietly`). Each function synchronises its own device."""
+    (:func:`timed_quietly`); ``stat``: how the samples become one figure (``min``: the fastest).
+    Each function synchronises its own device."""
     names = list(fns)
     for _ in range(warmup):
         for n in names:
@@ -237,7 +239,7 @@ def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int = 5
     for r in range(rounds):
         for n in names[r % len(names):] + names[:r % len(names)]:
             times[n].append(timed_quietly(fns[n], activity, clock))
-    return {n: statistics.median(ts) for n, ts in times.items()}
+    return {n: stat(ts) for n, ts in times.items()}
 
 
 Timer = Callable[[Mapping[str, Callable[[], object]]], Mapping[str, float]]
@@ -328,8 +330,10 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
     not timed (:func:`_screened`); ``limit``, the :class:`Deadline` that the candidates' networks
     watch, stops it there. ``skip`` names those already found too slow at a smaller batch (name:
     times slower), which are not even run. ``timer`` (default: :func:`interleaved_medians` over
-    the first runs and as many rounds, 1 to 7, as fit ``budget_s`` seconds) returns seconds per
-    call by name. ``activity``: the serving calls beside the planner; every run is timed while
+    the first runs and as many rounds, 1 to 7, as fit ``budget_s`` seconds, taking each one's
+    fastest run) returns seconds per call by name. The fastest, not the median: a first call's
+    costs (a fresh copy's weight reorders took 20% of one LSUN 256 call) and a busy neighbour
+    only ever add time, and of two or three samples a median is a mean that keeps them. ``activity``: the serving calls beside the planner; every run is timed while
     none runs (:class:`Activity`)."""
     exact = [c for c in candidates if c.exact]
     if len(exact) != 1:
@@ -351,7 +355,7 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
     per_round = sum(firsts[name][0] if firsts[name] else ref_s for name in runs)
     rounds = max(1, min(7, int(budget_s / max(per_round, 1e-9))))
     secs_by_name = (timer or (lambda r: interleaved_medians(r, rounds=rounds, warmup=0, prior=firsts,
-                                                            activity=activity)))(runs)
+                                                            activity=activity, stat=min)))(runs)
     timed = tuple(Trial(t.name, secs_by_name[t.name] * 1000 / n if t.name in secs_by_name else None,
                         t.max_abs, t.psnr, t.ok, t.error, t.slower) for t in trials.values())
     chosen, why = choose(timed, exact[0].name, margin)
