@@ -206,7 +206,7 @@ def bench_model(spec: ModelSpec, device: torch.device, big: int, steps_list: tup
     flops = flops_per_image(spec.arch)
     with timed(device) as t:  # every bucket the rows use (max_err samples 2), so no compile overlaps a timing
         fast = optimize(den, copy=True, compile=compile, warm_buckets=(1, 2, big), background=False)
-    compile_s = t["s"] if fast._compiled is not None else None
+    compile_s = t["s"] if fast.compiled_step is not None else None
     label = " (tuned malloc)" if untuned is not None else ""
     rows = (untuned or []) + diffusers_rows(spec, device, big, steps_list, iters, den, label, batch1)
     exact = ours_call(den, spec)

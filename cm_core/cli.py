@@ -84,7 +84,7 @@ def _check_fast(name: str, sizes: list[int], compile_: bool, device: str | None)
     den = _load(name, device)
     fast = optimize(den, compile=compile_, warm_buckets=tuple(sizes) if compile_ else (), background=False)
     click.echo(f"{name} on {fast.device}: fast dtype {str(fast.dtype).removeprefix('torch.')}, "
-               f"channels_last {fast.channels_last}, compiled {fast._compiled is not None}")
+               f"channels_last {fast.channels_last}, compiled {fast.compiled_step is not None}")
     checks = fast.check_variants(tuple(sizes), compiled=compile_)
     for c in checks:
         click.echo(f"  {c.describe()}")

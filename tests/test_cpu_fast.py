@@ -82,7 +82,7 @@ def test_cpu_defaults_follow_the_detection(trained, monkeypatch):
     assert cpu.cpu_plan(big) == cpu.CpuPlan(torch.float32, False, False)
     assert cpu.cpu_plan(trained) == cpu.CpuPlan(torch.float32, False, True)
     f = optimize(trained, copy=True, channels_last=False)
-    assert f.dtype == torch.float32 and f.exact is None and f._compiled is None
+    assert f.dtype == torch.float32 and f.exact is None and f.compiled_step is None
 
 
 def _sample(d, sampler: str, n: int = 16) -> torch.Tensor:

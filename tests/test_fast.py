@@ -62,7 +62,7 @@ def test_cpu_default_is_exact(den, inputs, ref):
     (fp32 + channels_last) is within 1e-5."""
     from cm_core.accel import cpu
     fast = optimize(den, copy=True)
-    assert fast.dtype == torch.float32 and not fast.pad and fast._compiled is None and fast.exact is None
+    assert fast.dtype == torch.float32 and not fast.pad and fast.compiled_step is None and fast.exact is None
     assert (sampling.onestep(fast, *inputs) - ref).abs().max().item() == 0.0
     assert cpu.cpu_plan(den) == cpu.CpuPlan(torch.float32, False, True)
     cl = optimize(den, copy=True, channels_last=True)
@@ -149,27 +149,27 @@ def test_an_idle_or_closed_model_is_not_kept_alive(den):
     hold = threading.Event()  # keeps each worker busy until its thread object is read
     fast = optimize(den, copy=True, compiler=lambda fn: lambda *a: (hold.wait(30), fn(*a))[1],
                     warm_buckets=(1,))
-    worker = fast._worker
+    worker = fast.compiler._worker
     hold.set()
     worker.join(30)
-    assert not worker.is_alive() and fast.ready(1) and fast._worker is None
+    assert not worker.is_alive() and fast.ready(1) and fast.compiler._worker is None
     hold.clear()
-    fast._request(2)  # a new request starts a new worker
-    worker = fast._worker
+    fast.compiler.request(2)  # a new request starts a new worker
+    worker = fast.compiler._worker
     hold.set()
     worker.join(30)
-    assert fast.ready(2) and fast._worker is None
+    assert fast.ready(2) and fast.compiler._worker is None
 
     gate = threading.Event()
     fast = optimize(den, copy=True, compiler=lambda fn: lambda *a: (gate.wait(30), fn(*a))[1],
                     warm_buckets=(1, 2))
-    worker = fast._worker
+    worker = fast.compiler._worker
     fast.close()  # bucket 1 may be compiling; bucket 2 is dropped
     gate.set()
     worker.join(30)
     assert not worker.is_alive() and not fast.ready(2)
-    fast._request(4)
-    assert fast._worker is None  # closed: nothing more is compiled
+    fast.compiler.request(4)
+    assert fast.compiler._worker is None  # closed: nothing more is compiled
     ref = weakref.ref(fast)
     del fast
     gc.collect()

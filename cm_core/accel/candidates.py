@@ -52,8 +52,8 @@ def _variant(den: Denoiser, dtype: torch.dtype, channels_last: bool,
         dev = next(den.parameters()).device
         fast = FastDenoiser(copy.deepcopy(den), dev, dtype, compiler, (1,), pad=False,
                             channels_last=channels_last, cuda_graphs=False, exact=den, verify=False)
-        if fast._compiled is not None:
-            return fast._compiled
+        if fast.compiled_step is not None:
+            return fast.compiled_step
         if limit is not None:
             limit.watch(fast.den.net)
         return fast._step_impl

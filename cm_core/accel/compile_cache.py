@@ -2,8 +2,8 @@
 
 :func:`configure_compile_cache` makes Inductor's FX-graph / autotune caches persistent and
 :func:`_mega_cache` loads or saves Dynamo's portable cache artifacts, so a restart reloads instead of
-recompiling. :class:`BackgroundCompiler` is the part of :class:`cm_core.accel.fast.FastDenoiser` that
-compiles batch buckets in a daemon thread while the eager network serves requests.
+recompiling. :class:`BackgroundCompiler` compiles batch buckets in a daemon thread while the eager
+network serves requests (a :class:`cm_core.accel.fast.FastDenoiser` owns one when compiling).
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -62,71 +62,63 @@ def default_compiler(mode: str) -> Compiler:
 
 
 class BackgroundCompiler:
-    """Compiles batch buckets of ``self._compiled`` in a background thread, smallest first.
+    """Compiles a step function for batch buckets in a background thread, smallest first, while
+    its owner serves eagerly; a bucket switches to its compiled version once it ran once.
 
-    A mixin of :class:`cm_core.accel.fast.FastDenoiser`, which sets the state used here in its
-    ``__init__``: ``_compiled`` (the compiled step, or None), ``_ready`` / ``_queued`` (bucket sets),
-    ``_queue`` (pending buckets), ``_cv`` (a Condition), ``_worker`` (the thread, or None),
-    ``_cache_file`` (mega-cache path, or None) and ``stats``; plus ``_bucket(n)``, ``buckets``,
-    ``resolution``, ``sigma_max``, ``class_cond`` and ``device``. A bucket switches to its compiled
-    version once it ran once; a failed compilation leaves the eager path in place.
+    ``compiled``: the compiled step (``torch.compile`` compiles each new shape on its first call);
+    ``dummy(b)``: inputs of a batch of ``b`` for that first call; ``device``: synchronised after
+    it; ``accept(b)``: a freshly compiled bucket's self-check (False keeps it eager);
+    ``cache_file``: Dynamo's portable cache, saved after each bucket. A failed compilation (no
+    compiler toolchain, out of memory) is kept in ``stats["compile_error"]`` and leaves every
+    bucket eager; ``stats["compile_s"]`` has each bucket's seconds.
     """
 
-    _compiled: StepFn | None
-    _ready: set[int]
-    _queued: set[int]
-    _queue: list[int]
-    _cv: threading.Condition
-    _worker: threading.Thread | None
-    _cache_file: Path | None
-    stats: dict
+    def __init__(self, compiled: StepFn, dummy: Callable[[int], tuple], device: torch.device,
+                 accept: Callable[[int], bool] = lambda b: True, cache_file: Path | None = None) -> None:
+        self.compiled, self.dummy, self.device = compiled, dummy, device
+        self.accept, self.cache_file = accept, cache_file
+        self.stats: dict = {"compile_s": {}, "compile_error": None}
+        self._ready: set[int] = set()
+        self._queued: set[int] = set()
+        self._queue: list[int] = []
+        self._cv = threading.Condition()
+        self._worker: threading.Thread | None = None
+        self._busy = self._closed = False
 
+    def ready(self, bucket: int) -> bool:
+        """Whether ``bucket`` is compiled and accepted."""
+        return bucket in self._ready
 
-    def _accept_compiled(self, bucket: int) -> bool:
-        """Whether the freshly compiled ``bucket`` may switch on (the fast path's self-check)."""
-        return True
-
-    def warmup(self, buckets: Sequence[int] | None = None, block: bool = False) -> None:
-        """Queue the buckets of batch sizes ``buckets`` (default: all buckets) for compilation in
-        the background thread, smallest first; ``block`` waits until they are compiled (or failed)."""
-        if self._compiled is None:
-            return
-        for b in sorted({self._bucket(n) for n in (buckets or self.buckets)}):
-            self._request(b)
-        if block:
-            self.wait()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        """Wait for the compile queue to drain; True when it did."""
+    def request(self, bucket: int) -> None:
+        """Queue ``bucket`` unless it is compiled, queued, or compilation has failed or stopped."""
         with self._cv:
-            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
-
-    _busy = False
-    _closed = False
-
-    def stop_compiling(self) -> None:
-        """Drop the queued buckets and accept no more; a compilation under way finishes, then the
-        worker thread ends (so nothing keeps this object, and its GPU memory, alive)."""
-        with self._cv:
-            self._closed = True
-            self._queue.clear()
-            self._cv.notify_all()
-
-    def _request(self, b: int) -> None:
-        with self._cv:
-            if (self._closed or b in self._ready or b in self._queued
+            if (self._closed or bucket in self._ready or bucket in self._queued
                     or self.stats["compile_error"]):
                 return
-            self._queued.add(b)
-            self._queue.append(b)
+            self._queued.add(bucket)
+            self._queue.append(bucket)
+            self._queue.sort()
             if self._worker is None:
                 self._worker = threading.Thread(target=self._work, name="cm-compile", daemon=True)
                 self._worker.start()
             self._cv.notify_all()
 
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait for the queue to drain; True when it did."""
+        with self._cv:
+            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
+
+    def stop(self) -> None:
+        """Drop the queued buckets and accept no more; a compilation under way finishes, then the
+        worker thread ends (so nothing keeps the step, and its GPU memory, alive)."""
+        with self._cv:
+            self._closed = True
+            self._queue.clear()
+            self._cv.notify_all()
+
     def _work(self) -> None:
-        """Compile queued buckets; the thread ends when the queue is empty (``_request`` starts a
-        new one), so an idle or evicted model is not held by a sleeping thread."""
+        """Compile queued buckets; the thread ends when the queue is empty (:meth:`request`
+        starts a new one), so an idle or evicted model is not held by a sleeping thread."""
         while True:
             with self._cv:
                 if not self._queue or self._closed:
@@ -146,13 +138,9 @@ class BackgroundCompiler:
     def _compile_bucket(self, b: int) -> None:
         """Trace, compile and run bucket ``b`` once on dummy inputs; on failure stay eager."""
         t0 = time.perf_counter()
-        x = torch.zeros(b, 3, self.resolution, self.resolution, device=self.device)
-        sig = torch.full((b,), float(self.sigma_max), device=self.device)
-        lab = torch.zeros(b, dtype=torch.long, device=self.device) if self.class_cond else None
         try:
             with compiling(), torch.no_grad():  # no CUDA graph capture meanwhile (autotune syncs)
-                assert self._compiled is not None
-                self._compiled(x, sig, lab)
+                self.compiled(*self.dummy(b))
                 if self.device.type == "cuda":
                     torch.cuda.synchronize(self.device)
         except Exception as e:  # noqa: BLE001 - no compiler toolchain, OOM, ...: stay eager
@@ -162,9 +150,9 @@ class BackgroundCompiler:
                 self._queue.clear()
             return
         self.stats["compile_s"][b] = time.perf_counter() - t0
-        if not self._accept_compiled(b):
+        if not self.accept(b):
             log.warning("compiled batch bucket %d failed its self-check, its eager path stays", b)
             return
         self._ready.add(b)
-        if self._cache_file is not None:
-            _mega_cache(self._cache_file, save=True)
+        if self.cache_file is not None:
+            _mega_cache(self.cache_file, save=True)

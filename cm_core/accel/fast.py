@@ -39,7 +39,7 @@ caches, :class:`~cm_core.accel.compile_cache.BackgroundCompiler`); their public 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
+from collections import ChainMap, OrderedDict
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -59,7 +59,7 @@ from .cpu_attention import attention_processors, install_cpu_attention
 from .cuda_graphs import GraphedCall, capture_slot, is_oom, timed
 from .lean_blocks import install_lean_resnets
 from .planner import Activity
-from .verify import SelfCheck, _pad
+from .verify import Check, SelfCheck, _pad
 
 __all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
            "configure_compile_cache", "default_compiler", "pick_dtype", "timed"]
@@ -103,7 +103,7 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
 
 
 # --------------------------------------------------------------------------------- the denoiser
-class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
+class FastDenoiser(torch.nn.Module):
     """A :class:`Denoiser` run fast: same call contract, plus whole-loop :meth:`run_graphed`.
 
     ``den(x, sigma, class_labels, dropout_rng=None)``: ``x`` [B, C, H, W] (any float dtype),
@@ -131,26 +131,27 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
         self.buckets, self.pad = tuple(sorted(buckets)), pad
         self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self.resolution = int(den.image_size or den.net.config.sample_size)
-        self._compiled = compiler(self._step_impl) if compiler is not None else None
-        self._ready: set[int] = set()
-        self._queued: set[int] = set()
-        self._queue: list[int] = []
-        self._cv = threading.Condition()
-        self._worker: threading.Thread | None = None
+        # the compiled step, compiled per bucket in the background (None: eager only)
+        self.compiler = (BackgroundCompiler(compiler(self._step_impl), self._dummy, device,
+                                            self._accept_compiled, cache_file)
+                         if compiler is not None else None)
         self._graphs: OrderedDict[tuple, GraphedCall] = OrderedDict()  # least recently used first
         self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
         self._lock = threading.RLock()
-        self._cache_file = cache_file
         # set by optimize where the planner chooses the variant per bucket (accel/planned.py);
         # every call is counted in ``serving``, so that the planner never times over one
         self.planned: Callable[[int], StepFn | None] | None = None
         self.serving = Activity()
         # eager/compiled_calls count network calls run outside graphs (and in warm-up and capture);
         # a replay counts once in graph_replays, whatever its number of evaluations
-        self.stats: dict = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0,
-                            "graph_deferred": 0, "compile_s": {}, "compile_error": None,
-                            "graph_error": None, "exact_calls": 0, "planned_calls": 0}
-        self._init_checks(exact, verify)
+        # (the compiler's compile_s and compile_error are read through it)
+        counts = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0, "graph_deferred": 0,
+                  "graph_error": None, "exact_calls": 0, "planned_calls": 0}
+        compiling = self.compiler.stats if self.compiler is not None else {"compile_s": {}, "compile_error": None}
+        self.stats: ChainMap = ChainMap(counts, compiling)
+        self.exact = exact
+        self.checker = SelfCheck(self.den, exact, device, self._step_for, self._variant_name, verify)
+        self.stats["checks"] = self.checker.checks
 
     max_graphs = 32  # CUDA graphs kept (least recently used dropped first)
 
@@ -183,13 +184,69 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
     def close(self) -> None:
         """Release what keeps device memory: queued compilations and the cached CUDA graphs
         (called by the app's model cache when it evicts this model)."""
-        self.stop_compiling()
+        if self.compiler is not None:
+            self.compiler.stop()
         with self._lock:
             self._graphs.clear()
 
+    @property
+    def checks(self) -> dict:
+        """{(bucket, compiled): :class:`~cm_core.accel.verify.Check`} of the variants checked so far."""
+        return self.checker.checks
+
+    def _variant_name(self, b: int, compiled: bool) -> str:
+        how = "compiled" if compiled else "eager"
+        cl = ", channels_last" if self.channels_last else ""
+        return f"{str(self.dtype).removeprefix('torch.')} {how}{cl}, bucket {b}"
+
+    def _step_for(self, compiled: bool) -> StepFn:
+        comp = self.compiled_step
+        return comp if compiled and comp is not None else self._step_impl
+
+    def _exact_step(self, x: torch.Tensor, sig: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """The exact fp32 path with the step's contract (f32 in, f32 out)."""
+        return self.checker.exact_step(x, sig, labels)
+
+    def check_variants(self, batch_sizes: tuple[int, ...] = (1,), compiled: bool = False) -> list[Check]:
+        """Check the variants of ``batch_sizes`` now (``compiled`` ones too, when compiled)."""
+        out = []
+        for n in batch_sizes:
+            b = self._check_bucket(n)
+            for comp in (False, True) if compiled and self.compiler is not None else (False,):
+                if not self.checker.is_exact(comp):
+                    self.checker.ok(b, comp)
+                    out.append(self.checks[(b, comp)])
+        return out
+
+    @property
+    def compiled_step(self) -> StepFn | None:
+        """The compiled step function (all buckets), or None when not compiling."""
+        return self.compiler.compiled if self.compiler is not None else None
+
     def ready(self, bucket: int) -> bool:
         """Whether ``bucket`` runs compiled (else eager)."""
-        return bucket in self._ready
+        return self.compiler is not None and self.compiler.ready(bucket)
+
+    def warmup(self, batch_sizes: Sequence[int] | None = None, block: bool = False) -> None:
+        """Queue the buckets of ``batch_sizes`` (default: all buckets) for compilation in the
+        background, smallest first; ``block`` waits until they are compiled (or failed)."""
+        if self.compiler is None:
+            return
+        for b in sorted({self._bucket(n) for n in (batch_sizes or self.buckets)}):
+            self.compiler.request(b)
+        if block:
+            self.compiler.wait()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the queued compilations are done; True when they are."""
+        return self.compiler.wait(timeout) if self.compiler is not None else True
+
+    def _dummy(self, b: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Inputs of a batch of ``b`` for a bucket's first, compiling call."""
+        x = torch.zeros(b, 3, self.resolution, self.resolution, device=self.device)
+        sig = torch.full((b,), float(self.sigma_max), device=self.device)
+        lab = torch.zeros(b, dtype=torch.long, device=self.device) if self.class_cond else None
+        return x, sig, lab
 
     # --- one network evaluation
     def _step_impl(self, x: torch.Tensor, sig: torch.Tensor, labels: torch.Tensor | None
@@ -211,12 +268,12 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
         if self.planned is not None and (fn := self.planned(self._check_bucket(bucket))) is not None:
             self.stats["planned_calls"] += 1
             return fn
-        if self._compiled is not None and bucket in self._ready and self.den.dropout == 0:
+        if self.compiler is not None and self.compiler.ready(bucket) and self.den.dropout == 0:
             self.stats["compiled_calls"] += 1
-            return self._compiled
-        if self._compiled is not None:
-            self._request(bucket)
-        if not self.variant_ok(self._check_bucket(bucket), False):
+            return self.compiler.compiled
+        if self.compiler is not None:
+            self.compiler.request(bucket)
+        if not self.checker.ok(self._check_bucket(bucket), False):
             self.stats["exact_calls"] += 1
             return self._exact_step
         self.stats["eager_calls"] += 1
@@ -229,7 +286,7 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
 
     def _accept_compiled(self, bucket: int) -> bool:
         """Called by the compile worker before a compiled bucket switches on: its self-check."""
-        return self.variant_ok(bucket, True)
+        return self.checker.ok(bucket, True)
 
     def describe_path(self, n: int) -> str:
         """Which path serves a batch of ``n`` now, and its measured error vs fp32 (info lines)."""
@@ -237,9 +294,9 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
         planned = getattr(self.planned, "describe", None)
         if planned is not None and (text := planned(b)) is not None:
             return str(text)
-        if self._compiled is not None and b in self._ready and (b, True) in self.checks:
+        if self.ready(b) and (b, True) in self.checks:
             c = self.checks[(b, True)]
-        elif self._is_exact_variant(False):
+        elif self.checker.is_exact(False):
             return "exact float32"
         elif (c := self.checks.get((b, False))) is None:
             return f"fast {self._variant_name(b, False)} (not checked yet)"
@@ -298,7 +355,7 @@ class FastDenoiser(SelfCheck, BackgroundCompiler, torch.nn.Module):
         if not self.graphs_active:
             return fn(*inputs)
         b = self._bucket(next(t for t in inputs if t is not None).shape[0])
-        full = (key, b in self._ready)
+        full = (key, self.ready(b))
         with self._lock:  # replays (and their output clones) one at a time: graphs share a pool
             g = self._graphs.get(full)
             if g is not None:

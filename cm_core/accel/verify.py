@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -107,58 +108,53 @@ def describe_path(den: object, n: int) -> str:
 
 
 class SelfCheck:
-    """The self-verification part of :class:`cm_core.accel.fast.FastDenoiser` (a mixin).
+    """Each fast variant of one network checks itself against exact fp32 the first time it would
+    serve; :class:`cm_core.accel.fast.FastDenoiser` owns one.
 
-    Uses ``exact`` (the fp32 :class:`Denoiser`, or None when the variant is the exact path itself),
-    ``den``, ``dtype``, ``device``, ``channels_last``, ``_step_impl``, ``_compiled``, ``_check_bucket``,
-    ``stats``; keeps ``checks`` {(bucket, compiled): Check}.
+    ``den``: the variant's :class:`Denoiser` (its fixed input's size); ``exact``: the fp32
+    :class:`Denoiser`, or None when ``den`` itself is run exactly; ``step_for(compiled)``: the
+    variant's step function (``fn(x, sigma, labels)``, f32 in and out); ``name_for(bucket,
+    compiled)``: the variant's name in logs and info lines; ``enabled``: False trusts every
+    variant. ``checks``: {(bucket, compiled): :class:`Check`}.
     """
 
-    exact: Denoiser | None
-    verify: bool = True
-    stats: dict
-
-    def _init_checks(self, exact: Denoiser | None, verify: bool) -> None:
-        self.exact, self.verify = exact, verify
+    def __init__(self, den: Denoiser, exact: Denoiser | None, device: torch.device,
+                 step_for: Callable[[bool], StepFn], name_for: Callable[[int, bool], str],
+                 enabled: bool = True) -> None:
+        self.den, self.exact, self.device = den, exact, device
+        self.step_for, self.name_for, self.enabled = step_for, name_for, enabled
         self.checks: dict[tuple[int, bool], Check] = {}
-        self._check_lock = threading.Lock()
+        self._lock = threading.Lock()
         self._ref: tuple | None = None  # (fixed input, exact output), see _reference
-        self.stats["checks"] = self.checks
 
-    def _is_exact_variant(self, compiled: bool) -> bool:
+    def is_exact(self, compiled: bool) -> bool:
         """fp32 eager without channels_last runs the exact Denoiser's numbers: nothing to check."""
         return self.exact is None and not compiled
 
-    def _variant_name(self, b: int, compiled: bool) -> str:
-        how = "compiled" if compiled else "eager"
-        cl = ", channels_last" if getattr(self, "channels_last", False) else ""
-        return f"{str(self.dtype).removeprefix('torch.')} {how}{cl}, bucket {b}"
-
-    def variant_ok(self, b: int, compiled: bool) -> bool:
+    def ok(self, b: int, compiled: bool) -> bool:
         """Whether variant (bucket ``b``, ``compiled``) may serve; checks it the first time."""
-        if not self.verify or self._is_exact_variant(compiled):
+        if not self.enabled or self.is_exact(compiled):
             return True
         key = (b, compiled)
         if key not in self.checks:
             if self.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
                 return True  # never inside a capture (the warm-up run before it did the check)
-            with self._check_lock:
+            with self._lock:
                 if key not in self.checks:
-                    self.checks[key] = self._run_check(b, compiled)
+                    self.checks[key] = self._run(b, compiled)
         return self.checks[key].ok
 
     def _reference(self) -> tuple[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]:
         """The fixed input and the exact fp32 output on it, computed once for all variants."""
         if self._ref is None:
             inputs = fixed_input(self.den, self.device, check_images(self.den))
-            ref_den = self.exact if self.exact is not None else self.den
             with torch.no_grad():
-                self._ref = (inputs, ref_den(inputs[0].float(), *inputs[1:]).float().clamp(-1, 1))
+                self._ref = (inputs, self.exact_step(*inputs).clamp(-1, 1))
         return self._ref
 
-    def _run_check(self, b: int, compiled: bool) -> Check:
+    def _run(self, b: int, compiled: bool) -> Check:
         (x, sig, lab), ref = self._reference()
-        fn: StepFn = self._compiled if compiled and self._compiled is not None else self._step_impl
+        fn = self.step_for(compiled)
         outs = []
         with torch.no_grad():  # in batches of the bucket (padded), as the variant serves
             for i in range(0, x.shape[0], b):
@@ -167,26 +163,11 @@ class SelfCheck:
                 outs.append(fn(_pad(x[part], b), _pad(sig[part], b),
                                _pad(lab[part] if lab is not None else None, b))[:n])
         err, psnr = compare(torch.cat(outs), ref)
-        c = Check(self._variant_name(b, compiled), err, psnr, err <= MAX_ABS and psnr >= MIN_PSNR)
-        (log.info if c.ok else log.warning)("%s self-check: %s", getattr(self, "name", "") or "model",
-                                            c.describe())
+        c = Check(self.name_for(b, compiled), err, psnr, err <= MAX_ABS and psnr >= MIN_PSNR)
+        (log.info if c.ok else log.warning)("%s self-check: %s", self.den.name or "model", c.describe())
         return c
 
-    def _exact_step(self, x: torch.Tensor, sig: torch.Tensor, labels: torch.Tensor | None
-                    ) -> torch.Tensor:
+    def exact_step(self, x: torch.Tensor, sig: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The exact fp32 path with the step's contract (f32 in, f32 out)."""
         den = self.exact if self.exact is not None else self.den
         return den(x.float(), sig, labels).float()
-
-    def check_variants(self, batch_sizes: tuple[int, ...] = (1,), compiled: bool = False
-                       ) -> list[Check]:
-        """Check the variants of ``batch_sizes`` now (``compiled`` ones too, when compiled)."""
-        out = []
-        for n in batch_sizes:
-            b = self._check_bucket(n)  # type: ignore[attr-defined]
-            for comp in (False, True) if compiled and self._compiled is not None else (False,):
-                if self._is_exact_variant(comp):
-                    continue
-                self.variant_ok(b, comp)
-                out.append(self.checks[(b, comp)])
-        return out
