@@ -205,7 +205,8 @@ def bench_model(spec: ModelSpec, device: torch.device, big: int, steps_list: tup
     den = make_denoiser(spec, device)
     flops = flops_per_image(spec.arch)
     with timed(device) as t:  # every bucket the rows use (max_err samples 2), so no compile overlaps a timing
-        fast = optimize(den, copy=True, compile=compile, warm_buckets=(1, 2, big), background=False)
+        fast = optimize(den, copy=True, compile=compile, warm_buckets=(1, 2, big))
+        fast.wait()
     compile_s = t["s"] if fast.compiled_step is not None else None
     label = " (tuned malloc)" if untuned is not None else ""
     rows = (untuned or []) + diffusers_rows(spec, device, big, steps_list, iters, den, label, batch1)

@@ -82,7 +82,8 @@ def _check_fast(name: str, sizes: list[int], compile_: bool, device: str | None)
     """``models --check-fast``: each variant's max abs / PSNR vs fp32 and the path each batch gets."""
     from .accel.entry import optimize
     den = _load(name, device)
-    fast = optimize(den, compile=compile_, warm_buckets=tuple(sizes) if compile_ else (), background=False)
+    fast = optimize(den, compile=compile_, warm_buckets=tuple(sizes) if compile_ else ())
+    fast.wait()
     click.echo(f"{name} on {fast.device}: fast dtype {str(fast.dtype).removeprefix('torch.')}, "
                f"channels_last {fast.channels_last}, compiled {fast.compiled_step is not None}")
     checks = fast.check_variants(tuple(sizes), compiled=compile_)

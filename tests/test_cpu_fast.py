@@ -187,7 +187,8 @@ def test_embedded_model_compiled_by_inductor(trained, tmp_path, monkeypatch):
     """Real Inductor (freezing) on CPU, compiled fp32 and bf16, within the bound; minutes."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
     for dt in ("fp32", "bf16"):
-        f = optimize(trained, copy=True, dtype=dt, compile=True, warm_buckets=(16,), background=False)
+        f = optimize(trained, copy=True, dtype=dt, compile=True, warm_buckets=(16,))
+        assert f.wait()
         assert f.ready(16) and f.stats["compile_error"] is None
         _within_bound(_sample(f, "onestep"), _sample(trained, "onestep"), f"Inductor {dt}")
         assert (dt == "bf16") or f.checks[(16, True)].max_abs < 1e-4

@@ -383,10 +383,11 @@ def test_editing_loops_run_as_one_graph(den, monkeypatch):
 
 
 @pytest.mark.slow
-def test_torch_compile_on_cpu(den, inputs, ref, tmp_path):
+def test_torch_compile_on_cpu(den, inputs, ref, tmp_path, monkeypatch):
     """Real Inductor compilation (minutes on 2 CPU cores): same numbers within 1e-4."""
-    fast = optimize(den, copy=True, compile=True, warm_buckets=(4,), background=False,
-                    cache_dir=tmp_path)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    fast = optimize(den, copy=True, compile=True, warm_buckets=(4,))
+    assert fast.wait()
     assert fast.stats["compile_error"] is None and fast.ready(4), fast.stats
     err = (sampling.onestep(fast, *inputs) - ref).abs().max().item()
     print(f"compiled fp32 vs exact max abs: {err:.2e}; compile s: {fast.stats['compile_s']}")

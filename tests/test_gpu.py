@@ -117,10 +117,11 @@ def test_graphed_editors_equal_ungraphed_for_new_images(den):
     assert graphed.stats["graph_replays"] >= 8
 
 
-def test_compiled_bucket_matches(den, tmp_path):
+def test_compiled_bucket_matches(den, tmp_path, monkeypatch):
     """torch.compile of one bucket, blocking; the compiled graph gives the eager numbers."""
-    fast = optimize(den, copy=True, compile=True, warm_buckets=(4,), background=False,
-                    cache_dir=tmp_path)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path))
+    fast = optimize(den, copy=True, compile=True, warm_buckets=(4,))
+    assert fast.wait()
     assert fast.stats["compile_error"] is None and fast.ready(4), fast.stats
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(2)).cuda() * 80
     lab = torch.tensor([1, 2, 3, 4])

@@ -40,4 +40,4 @@ def test_optimize_makes_its_process_settings_through_setup_process(monkeypatch):
     seen = []
     monkeypatch.setattr(entry, "setup_process", lambda *a: seen.append(a) or {})
     entry.optimize(load_denoiser("cd_digits32", device="cpu"), copy=True)
-    assert seen == [(torch.device("cpu"), False, len(entry.CPU_BUCKETS), None)]
+    assert seen == [(torch.device("cpu"), False, len(entry.CPU_BUCKETS))]

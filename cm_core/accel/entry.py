@@ -4,7 +4,6 @@ that suit its device."""
 from __future__ import annotations
 
 import copy as _copy
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -24,52 +23,51 @@ __all__ = ["optimize"]
 
 def optimize(den: Denoiser, device: str | torch.device | None = None,
              dtype: str | torch.dtype = "auto", compile: bool | str = "auto",
-             mode: str | None = None, batch_buckets: Sequence[int] | None = None,
              channels_last: bool | str = "auto", cuda_graphs: bool | str = "auto",
-             warm_buckets: Sequence[int] | None = (1,), background: bool = True,
-             cache_dir: str | os.PathLike | None = None, copy: bool = False,
+             warm_buckets: Sequence[int] = (1,), copy: bool = False,
              compiler: Compiler | None = None, verify: bool = True) -> FastDenoiser:
     """Wrap ``den`` in a :class:`FastDenoiser` that every sampler and editor accepts.
 
     ``den`` is moved to ``device`` in place (unless ``copy``) and, when the fast variant differs
-    from it, kept in fp32 as the exact reference; the variant is a cast copy. ``dtype``: ``"auto"``
-    (fp16 on CUDA, bf16 on a CPU with native bf16, else fp32; see :func:`pick_dtype`) or explicit.
-    On a CPU ``"auto"`` follows :func:`~cm_core.accel.cpu.cpu_plan`: with native bf16, large
-    networks run bf16 + channels_last eager (with the CPU attention of
-    :mod:`~cm_core.accel.cpu_attention`), small ones fp32 + channels_last eager. ``compile``:
-    ``"auto"`` = on CUDA only; ``True`` compiles on CPU too (Inductor with freezing). ``mode``: torch.compile mode, default
-    ``"max-autotune-no-cudagraphs"`` on CUDA (graphs are ours), ``"reduce-overhead"`` turns our
-    whole-loop graphs off; on CPU ``"max-autotune"`` adds autotuning to freezing. Batches are
-    padded to the next of ``batch_buckets`` (default :data:`DEFAULT_BUCKETS` on GPUs,
-    :data:`~cm_core.accel.cpu.CPU_BUCKETS` on CPU) whenever compile or graphs are on.
-    ``warm_buckets`` are queued for background compilation at once (others when first used);
-    ``background=False`` blocks until they are compiled. ``compiler`` overrides torch.compile
-    (tests). ``verify``: each variant checks itself against fp32 when it first serves
-    (:mod:`cm_core.accel.verify`). ``channels_last="auto"``: on CUDA, with CPU bf16, and for small nets on CPU.
-    The process-wide settings this needs (cuDNN's benchmark mode, glibc's allocator on a CPU,
-    Inductor's cache and Dynamo's recompile limit when compiling) are made by
-    :func:`~cm_core.accel.process.setup_process`, which says what it changes.
+    from it, kept in fp32 as the exact reference; the variant is a cast copy. Every option is
+    ``"auto"`` by default, or explicit:
+
+    - ``dtype``: fp16 on CUDA; on a CPU, the fixed plan of :func:`~cm_core.accel.cpu.cpu_plan`
+      until the planner (:mod:`~cm_core.accel.planned`, ``$CM_PLAN``) has timed the candidates
+      of each batch bucket on this machine and chosen.
+    - ``compile``: on CUDA only (``max-autotune-no-cudagraphs``: the graphs are ours); ``True``
+      compiles on a CPU too (Inductor with freezing). Batches are then padded to batch buckets
+      (:data:`DEFAULT_BUCKETS`, :data:`~cm_core.accel.cpu.CPU_BUCKETS` on CPU), and
+      ``warm_buckets`` compile at once in the background (:meth:`FastDenoiser.wait` waits for
+      them); the others when first used. ``compiler`` replaces torch.compile (tests).
+    - ``channels_last``: on CUDA, with CPU bf16, and for small nets on CPU.
+    - ``cuda_graphs``: whole-loop CUDA graphs on CUDA.
+
+    ``verify``: each variant checks itself against fp32 when it first serves
+    (:mod:`cm_core.accel.verify`). The process-wide settings this needs are made by
+    :func:`~cm_core.accel.process.setup_process`, which says what it changes (Inductor's cache:
+    ``$TORCHINDUCTOR_CACHE_DIR``, else ``~/.cache/cm-studio/inductor``).
     """
     dev = torch.device(device) if device is not None else next(den.parameters()).device
     cuda = dev.type == "cuda"
-    buckets = tuple(batch_buckets or (CPU_BUCKETS if dev.type == "cpu" else DEFAULT_BUCKETS))
+    buckets = CPU_BUCKETS if dev.type == "cpu" else DEFAULT_BUCKETS
     plan = cpu_plan(den) if dev.type == "cpu" else None
     dt = plan.dtype if dtype == "auto" and plan is not None else pick_dtype(dev, dtype)
     auto_compile = plan.compile if plan is not None else cuda
     use_compile = compiler is not None or (auto_compile if compile == "auto" else bool(compile))
-    mode = mode or ("max-autotune-no-cudagraphs" if cuda else "default")
-    settings = setup_process(dev, use_compile and compiler is None, len(buckets), cache_dir)
+    settings = setup_process(dev, use_compile and compiler is None, len(buckets))
     cache_file = None
     if use_compile and compiler is None:
-        cache = Path(settings["inductor cache"])
-        cache_file = cache / f"mega-{den.name or 'model'}-{dev.type}-{mode}.bin".replace("/", "_")
+        mode = "max-autotune-no-cudagraphs" if cuda else "default"
+        name = f"mega-{den.name or 'model'}-{dev.type}-{mode}.bin".replace("/", "_")
+        cache_file = Path(settings["inductor cache"]) / name
         _mega_cache(cache_file, save=False)
-        compiler = default_compiler(mode) if dev.type != "cpu" else cpu_compiler(mode == "max-autotune")
-    graphs = cuda and (cuda if cuda_graphs == "auto" else bool(cuda_graphs)) and mode != "reduce-overhead"
+        compiler = default_compiler(mode) if cuda else cpu_compiler()
+    graphs = cuda and (cuda_graphs == "auto" or bool(cuda_graphs))
     if copy:
         den = _copy.deepcopy(den)
-    auto_cl = cuda or dt == torch.bfloat16 or (plan is not None and plan.channels_last)
-    cl = auto_cl if channels_last == "auto" else bool(channels_last)
+    cl = (cuda or dt == torch.bfloat16 or (plan is not None and plan.channels_last)
+          if channels_last == "auto" else bool(channels_last))
     exact = None
     if dt != torch.float32 or use_compile or cl:  # the variant differs: keep fp32 as the reference
         exact = den.to(device=dev, dtype=torch.float32).eval()
@@ -77,8 +75,8 @@ def optimize(den: Denoiser, device: str | torch.device | None = None,
     fast = FastDenoiser(den, dev, dt, compiler if use_compile else None, buckets,
                         pad=use_compile or graphs, channels_last=cl, cuda_graphs=graphs,
                         cache_file=cache_file, exact=exact, verify=verify)
-    if use_compile and warm_buckets:
-        fast.warmup(warm_buckets, block=not background)
+    if warm_buckets:
+        fast.warmup(warm_buckets)
     if dev.type == "cpu" and not use_compile and dtype == "auto" and channels_last == "auto":
         _attach_planner(fast)
     return fast
