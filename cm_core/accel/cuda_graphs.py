@@ -61,7 +61,8 @@ class GraphedCall:
     """One CUDA graph of ``fn(*inputs) -> Tensor`` with static input buffers (CUDA only).
 
     ``fn`` must be free of host synchronisation and of shape-dependent Python branching on
-    values (true of :func:`cm_core.sampling.loop.sigma_loop` fed pre-drawn noise). ``None`` inputs stay ``None``. Calling
+    values (true of :func:`cm_core.sampling.loop.sigma_loop` fed pre-drawn noise, as
+    :func:`cm_core.sampling.runner.run_loop` runs it). ``None`` inputs stay ``None``. Calling
     copies the inputs into the static buffers, replays, and returns a clone of the output.
     Reusable for any device-only loop of fixed shapes, e.g. an editing loop.
 

@@ -2,9 +2,9 @@
 
 ``optimize(den)`` returns a :class:`FastDenoiser` that is a drop-in replacement for the
 :class:`~cm_core.models.denoiser.Denoiser` (same call ``den(x, sigma, class_labels)``, same attributes used
-by the samplers), plus :meth:`FastDenoiser.run_graphed`, through which the samplers' and editors'
-loop (:func:`cm_core.sampling.loop.sigma_loop`: network evaluations, clamps, replacements and
-pre-drawn noise) runs as one CUDA graph.
+by the samplers), plus :meth:`FastDenoiser.run_graphed`, through which
+:mod:`cm_core.sampling.runner` runs the samplers' and editors' loop (network evaluations, clamps,
+replacements and pre-drawn noise) as one CUDA graph.
 
 Why this is hand-written rather than just ``torch.compile(mode="reduce-overhead")``:
 
@@ -347,7 +347,7 @@ class FastDenoiser(torch.nn.Module):
         compilation is under way in this process (it would invalidate the capture; the graph
         is captured on a later call).
 
-        Used by :func:`cm_core.sampling.loop.sigma_loop` (the samplers' and editors' loop) with
+        Used by :func:`cm_core.sampling.runner.run_loop` (the samplers' and editors' loop) with
         pre-drawn noise and device labels as inputs: ``fn`` must not synchronise with the host
         (no ``.item()``, no host-side checks of device values). The graph of a key is
         re-captured once the compiled step of the batch's bucket is ready, replacing the eager one.

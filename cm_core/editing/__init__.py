@@ -3,7 +3,8 @@
 pictures with image and mask preparation (:mod:`.pictures`, :mod:`.picture_editors`)."""
 from __future__ import annotations
 
-from ..sampling.loop import Replacement, edit_loop, sigma_loop
+from ..sampling.loop import Replacement, sigma_loop
+from ..sampling.runner import edit_loop
 from .editors import colorize, denoise, inpaint, interpolate, slerp, stroke_guided, super_resolve
 from .picture_editors import (
                               colorize_image,

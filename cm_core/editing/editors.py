@@ -45,7 +45,8 @@ from typing import Any
 import torch
 
 from ..models.denoiser import Rng, noise_like
-from ..sampling.loop import Callback, DenoiseFn, Replacement, edit_loop, sigma_loop, sigma_range
+from ..sampling.loop import Callback, DenoiseFn, Replacement, sigma_range
+from ..sampling.runner import edit_loop, run_loop
 from ..sampling.schedule import karras_sigmas, ts_to_sigmas
 from .transforms import (
     average_patches,
@@ -225,7 +226,7 @@ def interpolate(den: DenoiseFn, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequ
     for k0 in range(0, k_all, chunk):
         k = min(chunk, k_all - k0)
         x = frames[k0:k0 + k].reshape(k * bsz, *a.shape[1:])
-        out = sigma_loop(den, x, sig, generator, None, _repeat_labels(class_labels, k),
+        out = run_loop(den, x, sig, generator, None, _repeat_labels(class_labels, k),
                          dropout_rng=dropout_rng, callback=callback,
                          noise=noises.repeat(1, k, 1, 1, 1))
         outs.append(out.clamp(-1, 1).reshape(k, *a.shape))
@@ -262,7 +263,7 @@ def denoise(den: DenoiseFn, noisy: torch.Tensor, sigma: float, generator: Rng = 
     if num_steps != 1 and generator is None:
         raise ValueError("denoise with num_steps > 1 adds noise between steps: pass a generator")
     sig = _sub_schedule(den, sigma, num_steps)
-    out = sigma_loop(den, noisy, sig, generator, None, class_labels, dropout_rng=dropout_rng,
+    out = run_loop(den, noisy, sig, generator, None, class_labels, dropout_rng=dropout_rng,
                      callback=callback)
     return out.clamp(-1, 1)
 
@@ -280,6 +281,6 @@ def stroke_guided(den: DenoiseFn, strokes: torch.Tensor, sigma: float, num_steps
     """
     sig = _sub_schedule(den, sigma, num_steps)
     x = strokes + noise_like(strokes, generator) * sig[0]
-    out = sigma_loop(den, x, sig, generator, None, class_labels, dropout_rng=dropout_rng,
+    out = run_loop(den, x, sig, generator, None, class_labels, dropout_rng=dropout_rng,
                      callback=callback)
     return out.clamp(-1, 1)

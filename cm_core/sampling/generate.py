@@ -16,7 +16,7 @@ import torch
 from ..accel.fast import FastDenoiser
 from ..models.denoiser import Denoiser
 from ..models.registry import ModelSpec
-from .loop import sigma_loop
+from .runner import run_loop
 from .samplers import heun, initial_noise, make_generators, multistep, onestep
 from .schedule import is_sigmas, parse_sigmas, parse_ts, pick_ts, validate_ts
 
@@ -67,7 +67,7 @@ def sample_batch(den: Denoiser | FastDenoiser, spec: ModelSpec, seeds: Sequence[
 
     On a CUDA-graphed :class:`~cm_core.accel.fast.FastDenoiser`, a consistency model without dropout
     (and with no callback, or a progress-only one) runs as one graph replay: the samplers go
-    through :func:`cm_core.sampling.loop.sigma_loop`, which pre-draws each image's noise in the order
+    through :func:`cm_core.sampling.runner.run_loop`, which pre-draws each image's noise in the order
     the un-graphed loop draws it.
     """
     dev = next(den.parameters()).device
@@ -81,7 +81,7 @@ def sample_batch(den: Denoiser | FastDenoiser, spec: ModelSpec, seeds: Sequence[
     if spec.kind == "edm":
         return heun(den, x_T, max(settings.steps, 2), labels, drop, callback)
     if sigmas is not None:  # Algorithm 1 over the given levels, from noise at the first one
-        return sigma_loop(den, x_T, sigmas, gens, None, labels, dropout_rng=drop, callback=callback).clamp(-1, 1)
+        return run_loop(den, x_T, sigmas, gens, None, labels, dropout_rng=drop, callback=callback).clamp(-1, 1)
     plan = settings.resolved_ts(spec)
     if plan is None:
         return onestep(den, x_T, labels, dropout_rng=drop, callback=callback)

@@ -12,7 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 
 from ..models.denoiser import Rng, noise_like
-from .loop import clamped_denoise, edit_loop, graphable, run_graphed_loop, sigma_loop
+from .loop import clamped_denoise
+from .runner import edit_loop, graphable, run_graphed, run_loop
 from .schedule import karras_sigmas, pick_ts
 
 Callback = Callable[[dict], None]
@@ -30,8 +31,8 @@ def onestep(den: DenoiseFn, x_T: torch.Tensor, class_labels: torch.Tensor | None
     """
     smax = sigma_max if sigma_max is not None else getattr(den, "sigma_max", 80.0)
     smin = getattr(den, "sigma_min", 0.002)
-    return sigma_loop(den, x_T, [smax, smin], None, None, class_labels, dropout_rng=dropout_rng,
-                      callback=callback).clamp(-1, 1)
+    return run_loop(den, x_T, [smax, smin], None, None, class_labels, dropout_rng=dropout_rng,
+                    callback=callback).clamp(-1, 1)
 
 
 def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], steps: int,
@@ -43,7 +44,7 @@ def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], steps: int,
     consecutive pair (t_i, t_{i+1}): ``x0 = clamp(D(x, t_i))``, then
     ``x = x0 + randn * sqrt(t_{i+1}^2 - sigma_min^2)`` (one draw per step, also for the last
     pair, whose scale is 0). ``len(ts) - 1`` network evaluations; result clamped to [-1, 1].
-    This is Algorithm 4's loop (:func:`cm_core.sampling.loop.edit_loop`) with nothing replaced.
+    This is Algorithm 4's loop (:func:`cm_core.sampling.runner.edit_loop`) with nothing replaced.
     """
     return edit_loop(den, x_T, ts, steps, generator, None, class_labels, dropout_rng=dropout_rng,
                      callback=callback).clamp(-1, 1)
@@ -74,11 +75,10 @@ def heun(den: DenoiseFn, x_T: torch.Tensor, num_steps: int,
     if num_steps < 2:
         raise ValueError(f"heun needs num_steps >= 2, got {num_steps}")
     sig = karras_sigmas(num_steps, getattr(den, "sigma_min", 0.002), getattr(den, "sigma_max", 80.0))
-    if not graphable(den, None, callback, None, dropout_rng):
+    if not graphable(den, None, callback, dropout_rng):
         return _heun_steps(den, x_T, sig, class_labels, dropout_rng, callback).clamp(-1, 1)
-    out = run_graphed_loop(den, ("heun", tuple(sig)),
-                           lambda x, labels: _heun_steps(den, x, sig, labels, None, None),
-                           x_T, class_labels, callback=callback, sigmas=sig[:-1])
+    out = run_graphed(den, ("heun", tuple(sig)), lambda x, labels: _heun_steps(den, x, sig, labels, None, None),
+                      x_T, class_labels, callback=callback, sigmas=sig[:-1])
     return out.clamp(-1, 1)
 
 

@@ -13,6 +13,7 @@ from PIL import Image
 from ..models.denoiser import Denoiser
 from ..models.messages import quote
 from ..models.registry import ModelSpec, get_spec
+from ..sampling.runner import run_loop
 from .classes import parse_class
 from .edits import _describe, _editor_image, _fitted, _run_edit, _schedule
 from .params import _int
@@ -98,5 +99,5 @@ def _interp_images(den: Denoiser, spec: ModelSpec, xa: Image.Image, xb: Image.Im
         xs = x[i:i + n]
         gens = [torch.Generator(device=dev).manual_seed(1) for _ in range(xs.shape[0])]
         lab = labels[i:i + n] if labels is not None else None
-        out.append(editing.sigma_loop(den, xs, sig, gens, None, lab, callback=cb).clamp(-1, 1))
+        out.append(run_loop(den, xs, sig, gens, None, lab, callback=cb).clamp(-1, 1))
     return tensor_to_images(torch.cat(out))

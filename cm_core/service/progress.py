@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..sampling.runner import ProgressOnly
+
 Progress = Callable[[float, str], None]  # (fraction done in [0, 1], description)
 
 
@@ -20,5 +22,4 @@ def _progress_callback(progress: Progress | None, total_label: str) -> Callable[
 
     def cb(d: dict) -> None:
         progress((d["i"] + 1) / d["n"], f"{total_label} {d['i'] + 1}/{d['n']} (sigma {d['sigma']:.3g})")
-    cb.needs_denoised = False  # type: ignore[attr-defined]  # progress only: graphed loops may run
-    return cb
+    return ProgressOnly(cb)  # it never reads "denoised": a loop may run as one CUDA graph
