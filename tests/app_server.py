@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
+APP = ROOT / "app.py"  # what the tests launch: the Dockerfile's CMD and the README's command run it too
 EMBEDDED = ("cd_digits32", "ct_digits32", "edm_digits32")
 
 
@@ -64,7 +65,7 @@ class AppServer:
         env.pop("CM_DEFAULT_MODEL", None)
         env.pop("CM_SHARE", None)
         self.started = time.perf_counter()
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=tmp, env=env,
+        self.proc = subprocess.Popen([sys.executable, str(APP)], cwd=tmp, env=env,
                                      stdout=open(self.log, "w"), stderr=subprocess.STDOUT)
         self.start_seconds = self._wait(timeout)
 

@@ -3,6 +3,7 @@ cannot run on the test machines, so check what the image would be instead."""
 from __future__ import annotations
 
 import shlex
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -50,7 +51,11 @@ def test_installs_with_the_same_script_as_a_fresh_install(cmds):
     assert install == [["bash", "installations.sh"]]  # runtime only: no --dev
     copied = [v for c in _all(cmds, "COPY") for v in c.value[:-1]]
     assert "installations.sh" in copied and "requirements.txt" in copied
-    assert (ROOT / "installations.sh").is_file()
+    # the script the image runs answers as documented (no install: --help and a wrong option)
+    usage = subprocess.run(["bash", str(ROOT / "installations.sh"), "--help"], capture_output=True, text=True)
+    assert usage.returncode == 0 and "--dev" in usage.stdout and "runtime" in usage.stdout
+    wrong = subprocess.run(["bash", str(ROOT / "installations.sh"), "--gpu"], capture_output=True, text=True)
+    assert wrong.returncode == 2 and "unknown option: --gpu" in wrong.stderr
 
 
 def test_checkpoints_volume_port_and_environment(cmds):
@@ -77,7 +82,9 @@ def test_command_starts_the_app(cmds):
     cmd = _all(cmds, "CMD")
     assert len(cmd) == 1 and cmd[0].json
     assert cmd[0].value[-1] == "app.py" and "python" in cmd[0].value[0]
-    assert (ROOT / "app.py").is_file()
+    # the script the app tests start and talk to (tests/app_server.py)
+    import app_server
+    assert app_server.APP == ROOT / cmd[0].value[-1]
 
 
 def test_dockerignore_keeps_the_image_small():

@@ -30,10 +30,32 @@ def test_boundary_condition(den):
     assert torch.equal(out, x) or (out - x).abs().max() < 1e-7
 
 
-def test_edm_scalings_differ_at_sigma_min(den):
+SIGMAS = torch.tensor([0.002, 0.01, 0.1, 0.5, 1.0, 10.0, 80.0])
+
+
+def test_consistency_scalings_pin_the_boundary_and_follow_the_paper(den):
+    """CM (paper eq. 7 with Karras et al.'s sigma_data): c_skip = sd^2 / ((s - smin)^2 + sd^2),
+    c_out = (s - smin) sd / sqrt(s^2 + sd^2): exactly 1 and 0 at sigma_min, so f(x, sigma_min) = x."""
+    c_skip, c_out, c_in = den.scalings(SIGMAS)
+    assert c_skip[0].item() == 1.0 and c_out[0].item() == 0.0
+    s, sd, smin = SIGMAS.double(), 0.5, 0.002
+    torch.testing.assert_close(c_skip.double(), sd ** 2 / ((s - smin) ** 2 + sd ** 2), rtol=1e-6, atol=0)
+    torch.testing.assert_close(c_out.double(), (s - smin) * sd / (s ** 2 + sd ** 2).sqrt(), rtol=1e-6, atol=1e-9)
+    torch.testing.assert_close(c_in.double(), 1 / (s ** 2 + sd ** 2).sqrt(), rtol=1e-6, atol=0)
+    assert bool((c_skip[1:] < 1).all() and (c_out[1:] > 0).all())  # the network matters above sigma_min
+    assert bool((c_skip.diff() < 0).all() and (c_out.diff() > 0).all())  # monotone in sigma
+
+
+def test_edm_scalings_keep_unit_variance_and_do_not_pin_sigma_min(den):
+    """EDM (Karras et al. 2022, Table 1): c_skip + c_out^2 / sd^2 = 1 at every sigma (the target has
+    unit variance), and nothing pins the boundary: c_out(sigma_min) > 0."""
     edm = Denoiser(den.net, "edm", num_classes=10)
-    c_skip, c_out, c_in = edm.scalings(torch.tensor([0.002]))
-    assert c_out.item() > 0 and c_skip.item() < 1
+    c_skip, c_out, _ = edm.scalings(SIGMAS)
+    torch.testing.assert_close(c_skip + c_out ** 2 / 0.25, torch.ones_like(SIGMAS))
+    assert c_out[0].item() == pytest.approx(0.002 * 0.5 / (0.002 ** 2 + 0.25) ** 0.5, rel=1e-6)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # so the EDM denoiser is not the identity at sigma_min
+        assert not torch.equal(edm(x, torch.full((2,), 0.002), torch.tensor([0, 1])), x)
 
 
 def test_karras_grid_endpoints_and_ts():
@@ -64,6 +86,8 @@ def test_heun_uses_2n_minus_1_evaluations(den):
     def counting(x, s, y=None, **kw):
         calls.append(1)
         return den(x, s, y, **kw)
+    # any callable with the Denoiser's contract: the call and the model's noise range
+    counting.sigma_min, counting.sigma_max, counting.sigma_data = den.sigma_min, den.sigma_max, den.sigma_data
 
     with torch.no_grad():
         sampling.heun(counting, torch.randn(1, 3, 32, 32) * 80, 5, torch.tensor([3]))

@@ -94,7 +94,7 @@ def _plan(den: editors.DenoiseFn, spec_or_size: SpecOrSize, seed: int, class_lab
 
 
 def _start(den: editors.DenoiseFn, p: _Plan) -> torch.Tensor:
-    return initial_noise((1, 3, p.size, p.size), p.gens, getattr(den, "sigma_max", 80.0), p.device)
+    return initial_noise((1, 3, p.size, p.size), p.gens, den.sigma_max, p.device)
 
 
 def _read(image: ImageSource, size: int, background: Sequence[int]
@@ -234,8 +234,7 @@ def interpolate_images(den: editors.DenoiseFn, spec_or_size: SpecOrSize, seed0: 
             raise ImageEditError(f"num_frames must be >= 2, got {num_frames}")
         alphas = np.linspace(0.0, 1.0, num_frames).tolist()
     z0 = _start(den, p)
-    z1 = initial_noise(z0.shape, make_generators(int(seed1), 1, p.device),
-                       getattr(den, "sigma_max", 80.0), p.device)
+    z1 = initial_noise(z0.shape, make_generators(int(seed1), 1, p.device), den.sigma_max, p.device)
     frames = editors.interpolate(den, z0, z1, alphas, p.ts, p.steps, p.gens, p.labels,
                                  callback=callback, frame_batch=frame_batch)
     return [_pil(f) for f in frames]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import math
 from collections.abc import Iterator
+from typing import Any, Protocol
 
 import torch
 
@@ -18,6 +19,29 @@ from .network import SeededDropout
 from .registry import Kind
 
 Rng = torch.Generator | list[torch.Generator] | None
+
+# The released models' noise range and data scale (the paper's Appendix C, as Karras et al. 2022)
+SIGMA_MIN = 0.002
+SIGMA_MAX = 80.0
+SIGMA_DATA = 0.5
+
+
+class DenoiseFn(Protocol):
+    """What every sampler and editor accepts: :class:`Denoiser`, the fast path's
+    :class:`~cm_core.accel.fast.FastDenoiser`, or anything with the same contract. The noise range
+    comes from it, never from a default."""
+
+    @property
+    def sigma_min(self) -> float: ...
+
+    @property
+    def sigma_max(self) -> float: ...
+
+    @property
+    def sigma_data(self) -> float: ...
+
+    def __call__(self, x: torch.Tensor, sigma: torch.Tensor, class_labels: torch.Tensor | None = None,
+                 **kwargs: Any) -> torch.Tensor: ...
 
 
 class Denoiser(torch.nn.Module):
@@ -28,8 +52,8 @@ class Denoiser(torch.nn.Module):
     dtype (bf16/fp16); the sigma scalings are computed in float32.
     """
 
-    def __init__(self, net: torch.nn.Module, kind: Kind = "cm", sigma_min: float = 0.002,
-                 sigma_max: float = 80.0, sigma_data: float = 0.5, num_classes: int | None = None,
+    def __init__(self, net: torch.nn.Module, kind: Kind = "cm", sigma_min: float = SIGMA_MIN,
+                 sigma_max: float = SIGMA_MAX, sigma_data: float = SIGMA_DATA, num_classes: int | None = None,
                  image_size: int | None = None, dropout: float = 0.0, name: str = "") -> None:
         super().__init__()
         if kind not in ("cm", "edm"):

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from .loop import Callback, DenoiseFn, Replacement, predraw_noise, sigma_loop
 from .runner import ProgressOnly, edit_loop, run_loop
-from .samplers import heun, initial_noise, make_generators, multistep, multistep_n, onestep
+from .samplers import heun, initial_noise, make_generators, multistep, onestep
 from .schedule import karras_sigmas, parse_ts, pick_ts, ts_to_sigmas, validate_ts
 
-__all__ = ["onestep", "multistep", "multistep_n", "heun", "make_generators", "initial_noise", "edit_loop",
+__all__ = ["onestep", "multistep", "heun", "make_generators", "initial_noise", "edit_loop",
            "sigma_loop", "run_loop", "predraw_noise", "ProgressOnly", "Replacement", "Callback", "DenoiseFn", "karras_sigmas", "ts_to_sigmas",
            "parse_ts", "pick_ts", "validate_ts"]

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 
-from ..models.denoiser import Rng, noise_like, sigma_noise_scale
+from ..models.denoiser import DenoiseFn, Rng, noise_like, sigma_noise_scale
 
 Callback = Callable[[dict], None]
-DenoiseFn = Callable[..., torch.Tensor]
 ReplaceFn = Callable[[torch.Tensor], torch.Tensor]
 
 
@@ -30,8 +28,9 @@ def clamped_denoise(den: DenoiseFn, x: torch.Tensor, sigma: float, class_labels:
     return den(x, s, class_labels, **kw).clamp(-1, 1)
 
 
-def sigma_range(den: Any) -> tuple[float, float]:
-    return float(getattr(den, "sigma_min", 0.002)), float(getattr(den, "sigma_max", 80.0))
+def sigma_range(den: DenoiseFn) -> tuple[float, float]:
+    """(sigma_min, sigma_max) of ``den``'s model."""
+    return float(den.sigma_min), float(den.sigma_max)
 
 
 @dataclass(frozen=True)

@@ -7,17 +7,15 @@ list with one per image, which makes each image independent of the batch it is i
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from ..models.denoiser import Rng, noise_like
-from .loop import clamped_denoise
+from ..models.denoiser import SIGMA_MAX, DenoiseFn, Rng, noise_like
+from .loop import Callback, clamped_denoise
 from .runner import edit_loop, graphable, run_graphed, run_loop
-from .schedule import karras_sigmas, pick_ts
+from .schedule import karras_sigmas
 
-Callback = Callable[[dict], None]
-DenoiseFn = Callable[..., torch.Tensor]
 
 
 def onestep(den: DenoiseFn, x_T: torch.Tensor, class_labels: torch.Tensor | None = None,
@@ -29,8 +27,8 @@ def onestep(den: DenoiseFn, x_T: torch.Tensor, class_labels: torch.Tensor | None
     Algorithm 4's loop over the two levels (sigma_max, sigma_min), whose one step adds no noise,
     so on a CUDA-graphed fast denoiser it is one graph replay like the multistep sampler.
     """
-    smax = sigma_max if sigma_max is not None else getattr(den, "sigma_max", 80.0)
-    smin = getattr(den, "sigma_min", 0.002)
+    smax = sigma_max if sigma_max is not None else den.sigma_max
+    smin = den.sigma_min
     return run_loop(den, x_T, [smax, smin], None, None, class_labels, dropout_rng=dropout_rng,
                     callback=callback).clamp(-1, 1)
 
@@ -40,7 +38,7 @@ def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], steps: int,
               dropout_rng: Rng = None, callback: Callback | None = None) -> torch.Tensor:
     """Multistep consistency sampling (paper Algorithm 1), the original ``stochastic_iterative_sampler``.
 
-    ``ts`` are indices into a ``steps``-point Karras grid (rho 7, 80 -> 0.002). For each
+    ``ts`` are indices into a ``steps``-point Karras grid (rho 7, sigma_max -> sigma_min). For each
     consecutive pair (t_i, t_{i+1}): ``x0 = clamp(D(x, t_i))``, then
     ``x = x0 + randn * sqrt(t_{i+1}^2 - sigma_min^2)`` (one draw per step, also for the last
     pair, whose scale is 0). ``len(ts) - 1`` network evaluations; result clamped to [-1, 1].
@@ -50,31 +48,19 @@ def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], steps: int,
                      callback=callback).clamp(-1, 1)
 
 
-def multistep_n(den: DenoiseFn, x_T: torch.Tensor, num_steps: int, steps: int,
-                generator: Rng, class_labels: torch.Tensor | None = None,
-                default_ts: Sequence[int] = (), dropout_rng: Rng = None,
-                callback: Callback | None = None) -> torch.Tensor:
-    """Convenience form: ``num_steps`` evaluations with indices from :func:`cm_core.sampling.schedule.pick_ts`
-    (the registry's tuned ``ts`` when it has that many steps). ``num_steps == 1`` is :func:`onestep`."""
-    if num_steps == 1:
-        return onestep(den, x_T, class_labels, dropout_rng=dropout_rng, callback=callback)
-    ts = pick_ts(num_steps, steps, default_ts)
-    return multistep(den, x_T, ts, steps, generator, class_labels, dropout_rng, callback)
-
-
 def heun(den: DenoiseFn, x_T: torch.Tensor, num_steps: int,
          class_labels: torch.Tensor | None = None, dropout_rng: Rng = None,
          callback: Callback | None = None) -> torch.Tensor:
     """Deterministic Heun sampler of the PF ODE for EDM teachers (Karras et al. 2022, Alg. 1).
 
-    ``num_steps`` Karras sigmas (80 -> 0.002, rho 7) then 0: Heun steps between them and a
+    ``num_steps`` Karras sigmas (sigma_max -> sigma_min, rho 7) then 0: Heun steps between them and a
     final Euler step to 0, so ``2 * num_steps - 1`` evaluations (40 steps = 79). On a
     CUDA-graphed fast denoiser (no dropout, no callback that needs the estimates) the whole
     loop is one graph replay.
     """
     if num_steps < 2:
         raise ValueError(f"heun needs num_steps >= 2, got {num_steps}")
-    sig = karras_sigmas(num_steps, getattr(den, "sigma_min", 0.002), getattr(den, "sigma_max", 80.0))
+    sig = karras_sigmas(num_steps, den.sigma_min, den.sigma_max)
     if not graphable(den, None, callback, dropout_rng):
         return _heun_steps(den, x_T, sig, class_labels, dropout_rng, callback).clamp(-1, 1)
     out = run_graphed(den, ("heun", tuple(sig)), lambda x, labels: _heun_steps(den, x, sig, labels, None, None),
@@ -114,7 +100,7 @@ def make_generators(seed: int, n: int, device: str | torch.device = "cpu",
     return [torch.Generator(device=device).manual_seed((seed + i + off) % 2 ** 63) for i in range(n)]
 
 
-def initial_noise(shape: Sequence[int], generator: Rng, sigma_max: float = 80.0,
+def initial_noise(shape: Sequence[int], generator: Rng, sigma_max: float = SIGMA_MAX,
                   device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """``x_T = sigma_max * z``, z ~ N(0, I) of ``shape`` [B, C, H, W] from ``generator`` (see noise_like)."""
     ref = torch.empty(tuple(shape), device=device, dtype=dtype)

@@ -7,14 +7,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import torch
 
+from ..models.denoiser import SIGMA_MAX, SIGMA_MIN
 from ..models.messages import check_length, quote
 
 MAX_TS_CHARS = 4000  # a ts text of 201 three-digit indices is about 800 characters
 
-SIGMA_MIN = 0.002
-SIGMA_MAX = 80.0
 RHO = 7.0
 
 
@@ -135,10 +133,3 @@ def pick_ts(num_steps: int, steps: int, default_ts: Sequence[int] = ()) -> list[
     if len(default_ts) == num_steps + 1:
         return [int(t) for t in default_ts]
     return [round(i * (steps - 1) / num_steps) for i in range(num_steps + 1)]
-
-
-def sigma_tensor(sigma: float | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """A per-image sigma vector of shape [B] on ``x``'s device, in float32 or ``x``'s dtype."""
-    if isinstance(sigma, torch.Tensor) and sigma.ndim == 1:
-        return sigma.to(x.device)
-    return torch.full((x.shape[0],), float(sigma), device=x.device, dtype=x.dtype)

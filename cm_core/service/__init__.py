@@ -27,8 +27,6 @@ from .generation import (
                          compare_with_teacher,
                          generate,
                          generate_many,
-                         image_array,
-                         noise_for_seed,
                          to_pil,
                          warm_up,
 )
@@ -78,7 +76,7 @@ __all__ = [
     "model_choices", "model_state", "runnable",
     "fetch_model", "teacher_for", "class_names", "class_choices", "parse_class", "parse_ts",
     "GenerateRequest", "Plan", "plan", "GenerateResult", "to_pil", "generate", "generate_many",
-    "compare_with_teacher", "noise_for_seed", "image_array", "example_files", "EditResult", "colorize",
+    "compare_with_teacher", "example_files", "EditResult", "colorize",
     "inpaint", "super_resolve", "denoise", "stroke_guided", "InterpolationResult", "interpolate",
     "class_names", "ensure_model", "start_download", "check_download", "estimate_seconds", "zero_gpu_active",
 ]

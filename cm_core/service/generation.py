@@ -6,7 +6,6 @@ from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import numpy as np
 import torch
 from PIL import Image
 
@@ -161,18 +160,6 @@ def compare_with_teacher(req: GenerateRequest, progress: Progress | None = None)
     treq = GenerateRequest(model=teacher, seed=req.seed, batch_size=req.batch_size,
                            dropout=0.0, class_label=req.class_label, heun_steps=req.heun_steps)
     return generate(treq, progress)
-
-
-def noise_for_seed(spec: ModelSpec, seed: int, device: torch.device | None = None) -> torch.Tensor:
-    """The initial noise ``x_T`` [1, 3, R, R] of per-image seed ``seed`` (as in :func:`generate`)."""
-    from ..sampling import initial_noise, make_generators
-    r = spec.resolution
-    return initial_noise((1, 3, r, r), make_generators(seed, 1, device or "cpu"), spec.sigma_max,
-                         device=device or "cpu")
-
-
-def image_array(img: Image.Image | np.ndarray) -> np.ndarray:
-    return np.asarray(img.convert("RGB") if isinstance(img, Image.Image) else img)
 
 
 def warm_up(name: str | None = None) -> float:

@@ -1,6 +1,10 @@
 """The training loop shared by EDM, CD and CT: Adam with warm-up, gradient clipping, a slow EMA
 for the released weights, per-step seeded randomness (so a resumed run draws what an unbroken run
-would), periodic resumable checkpoints and a tqdm bar with loss and images/s."""
+would), periodic resumable checkpoints and a tqdm bar with loss and images/s.
+
+:func:`run_training` hands ``--rng position`` runs (the default) to :mod:`cm_core.train.engine`; the
+single-process ``--rng step`` loop here is kept only to reproduce the shipped embedded models
+bit-exactly (``checkpoints/embedded/TRAINING.md``)."""
 from __future__ import annotations
 
 from dataclasses import replace

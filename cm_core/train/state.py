@@ -7,7 +7,6 @@ A run directory holds ``model.safetensors`` (the slow-EMA weights, loadable with
 from __future__ import annotations
 
 import copy
-import json
 import os
 from pathlib import Path
 
@@ -111,7 +110,3 @@ def stored_config(out: Path) -> TrainConfig | None:
         return None
     meta = state_meta(out)
     return TrainConfig.from_json(meta["training_config"])
-
-
-def write_json(path: Path, obj: dict) -> None:
-    path.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n")
