@@ -5,6 +5,7 @@ Subcommands live beside the code they drive; this module only assembles them.
 from __future__ import annotations
 
 import sys
+import time
 
 import click
 
@@ -70,11 +71,12 @@ def _plan(name: str, sizes: list[int], compile_: bool, device: str | None) -> No
     m = machine(dev)
     click.echo(f"{name} on {m.get('gpu') or m.get('cpu')} ({dev.type}, {m['threads']} threads, torch {m['torch']}"
                + (f", oneDNN {m['onednn']})" if "onednn" in m else f", cuDNN {m.get('cudnn')})"))
-    cache = PlanCache()
-    for n in sizes:
-        plan = plan_denoiser(den, n, compile=compile_)
-        cache.put(plan_key(den.net, dev, n), plan)
-        click.echo(plan.table())
+    cache, plans = PlanCache(), []
+    for n in sorted(sizes):
+        t0 = time.perf_counter()
+        plans.append(plan_denoiser(den, n, compile=compile_, smaller=plans))
+        cache.put(plan_key(den.net, dev, n), plans[-1])
+        click.echo(f"{plans[-1].table()}\n  planned in {time.perf_counter() - t0:.0f} s")
     click.echo(f"plans stored in {cache.path}")
 
 
