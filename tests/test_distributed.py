@@ -83,3 +83,25 @@ def test_gather_strided_single_process_is_identity():
     img, lab = np.zeros((3, 2, 2, 3), np.uint8), np.arange(3)
     a, b = gather_strided(img, lab, 3, 0, 1)
     assert a is img and b is lab
+
+
+def test_outputs_are_written_atomically(tmp_path, monkeypatch):
+    """.npz and PNG grids appear only complete: a write that fails leaves neither the file nor a
+    partial one behind."""
+    from PIL import Image
+
+    from cm_core.sampling import generate
+    arr, lab = np.zeros((4, 8, 8, 3), np.uint8), np.arange(4)
+    generate._write(str(tmp_path / "s.npz"), arr, lab)
+    generate._write(str(tmp_path / "grid.png"), arr, lab)
+    with np.load(tmp_path / "s.npz") as f:
+        assert f["arr_0"].shape == (4, 8, 8, 3) and f["arr_1"].tolist() == [0, 1, 2, 3]
+    assert Image.open(tmp_path / "grid.png").size == (16, 16)
+
+    def killed(path, **arrays):
+        Path(path).write_bytes(b"PK\x03\x04 half a zip")
+        raise KeyboardInterrupt
+    monkeypatch.setattr(generate.np, "savez", killed)
+    with pytest.raises(KeyboardInterrupt):
+        generate._write(str(tmp_path / "big.npz"), arr, lab)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "s.npz"]

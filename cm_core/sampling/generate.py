@@ -6,6 +6,7 @@ random class label), so results do not depend on the batch size or on how a run 
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -178,10 +179,18 @@ def sample_shard(den: Denoiser | FastDenoiser, spec: ModelSpec, seed: int, indic
 
 
 def _write(out: str, arr: np.ndarray, lab: np.ndarray) -> None:
-    """``.npz`` in OpenAI's evaluation layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) or a PNG grid."""
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    if out.endswith(".npz"):
-        np.savez(out, arr_0=arr, arr_1=lab)
-    else:
-        save_grid(arr, out)
+    """``.npz`` in OpenAI's evaluation layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) or a PNG grid,
+    written atomically: a temporary file beside ``out`` (same suffix, so numpy and PIL keep the
+    format), renamed once complete, so a killed run never leaves a file that looks finished."""
+    path = Path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
+    try:
+        if out.endswith(".npz"):
+            np.savez(tmp, arr_0=arr, arr_1=lab)
+        else:
+            save_grid(arr, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     print(f"wrote {len(arr)} images to {out}")
