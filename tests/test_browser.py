@@ -130,8 +130,10 @@ def _run_first_example(page, label: str):
 
 def test_compare_runs_the_gallery_seeds_even_after_randomise(page):
     page.get_by_role("tab", name="Generate").click()
-    page.locator("#generate-btn").click()
     info = page.locator("#generate-info")
+    before = info.inner_text()  # an earlier test's result may still be shown: wait for this run's
+    page.locator("#generate-btn").click()
+    sync_api.expect(info).not_to_have_text(before, timeout=60_000)
     info.filter(has_text="images/s").wait_for()
     seeds = re.search(r"\((seeds? [0-9-]+)\)", info.inner_text()).group(1)  # "seeds 0-3"
     page.get_by_role("button", name="Randomise").first.click()
