@@ -45,8 +45,8 @@ def _within_bound(out: torch.Tensor, ref: torch.Tensor, what: str) -> None:
 def test_native_bf16_detection(tmp_path, monkeypatch):
     info = tmp_path / "cpuinfo"
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
-    assert "avx512_bf16" in cpu._cpuinfo_flags(str(info))
-    assert cpu._cpuinfo_flags(str(tmp_path / "absent")) == set()
+    assert "avx512_bf16" in cpu.cpuinfo(str(info))[1]
+    assert cpu.cpuinfo(str(tmp_path / "absent")) == ("", set())
     for env, want in (("0", False), ("1", True)):
         monkeypatch.setenv("CM_CPU_BF16", env)
         cpu.native_bf16.cache_clear()

@@ -150,27 +150,27 @@ def test_an_idle_or_closed_model_is_not_kept_alive(den):
     hold = threading.Event()  # keeps each worker busy until its thread object is read
     fast = optimize(den, copy=True, compiler=lambda fn: lambda *a: (hold.wait(30), fn(*a))[1],
                     warm_buckets=(1,))
-    worker = fast.compiler._worker
+    worker = fast.compiler.jobs.worker
     hold.set()
     worker.join(30)
-    assert not worker.is_alive() and fast.ready(1) and fast.compiler._worker is None
+    assert not worker.is_alive() and fast.ready(1) and fast.compiler.jobs.worker is None
     hold.clear()
     fast.compiler.request(2)  # a new request starts a new worker
-    worker = fast.compiler._worker
+    worker = fast.compiler.jobs.worker
     hold.set()
     worker.join(30)
-    assert fast.ready(2) and fast.compiler._worker is None
+    assert fast.ready(2) and fast.compiler.jobs.worker is None
 
     gate = threading.Event()
     fast = optimize(den, copy=True, compiler=lambda fn: lambda *a: (gate.wait(30), fn(*a))[1],
                     warm_buckets=(1, 2))
-    worker = fast.compiler._worker
+    worker = fast.compiler.jobs.worker
     fast.close()  # bucket 1 may be compiling; bucket 2 is dropped
     gate.set()
     worker.join(30)
     assert not worker.is_alive() and not fast.ready(2)
     fast.compiler.request(4)
-    assert fast.compiler._worker is None  # closed: nothing more is compiled
+    assert fast.compiler.jobs.worker is None  # closed: nothing more is compiled
     ref = weakref.ref(fast)
     del fast
     gc.collect()

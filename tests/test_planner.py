@@ -19,7 +19,7 @@ from cm_core.accel.planner import (
     Plan,
     Trial,
     choose,
-    interleaved_medians,
+    interleaved_times,
     make_plan,
     plan_mode,
     timed_quietly,
@@ -131,7 +131,7 @@ def test_a_slow_candidate_is_stopped_at_its_time_limit_not_run_to_the_end():
 
 def test_the_first_runs_count_as_timing_samples():
     clock = iter(range(100))
-    med = interleaved_medians({"a": lambda: None}, rounds=1, warmup=0, clock=lambda: float(next(clock)),
+    med = interleaved_times({"a": lambda: None}, rounds=1, warmup=0, clock=lambda: float(next(clock)),
                               prior={"a": [5.0, 7.0]})
     assert med == {"a": 5.0}  # median of 5, 7 and the round's 1 s
 
@@ -180,7 +180,7 @@ def test_interleaved_rounds_rotate_and_take_medians():
             order.append(name)
             clock_t[0] += cost[name][sum(o == name for o in order[2:]) - 1] if len(order) > 2 else 0.0
         return run
-    med = interleaved_medians({"a": make("a"), "b": make("b")}, rounds=5, warmup=1, clock=lambda: clock_t[0])
+    med = interleaved_times({"a": make("a"), "b": make("b")}, rounds=5, warmup=1, clock=lambda: clock_t[0])
     assert med == {"a": 1.0, "b": 2.0}
     assert order[2:6] == ["a", "b", "b", "a"]  # warm-up, then the order rotates each round
 
@@ -287,7 +287,7 @@ def test_the_embedded_model_s_candidates_are_checked_and_the_choice_follows_the_
     names = [c.name for c in candidates(den)]
     assert names[0] == "fp32 exact" and {"fp32 channels_last eager", "bf16 channels_last eager"} <= set(names)
     fake = {"fp32 exact": 0.010, "fp32 channels_last eager": 0.008, "bf16 channels_last eager": 0.002}
-    monkeypatch.setattr(planner, "interleaved_medians", lambda runs, **kw: {n: fake[n] for n in runs})
+    monkeypatch.setattr(planner, "interleaved_times", lambda runs, **kw: {n: fake[n] for n in runs})
     monkeypatch.setattr(planner.Deadline, "check", lambda self: None)  # run bf16 to the end, even if slow here
     plan = plan_denoiser(den, 2)
     by = {t.name: t for t in plan.trials}
@@ -302,7 +302,7 @@ def test_cli_plan_prints_every_candidate_and_stores_the_plan(monkeypatch, tmp_pa
 
     from cm_core.accel import planner
     monkeypatch.setenv("CM_PLAN_CACHE", str(tmp_path / "plans.json"))
-    monkeypatch.setattr(planner, "interleaved_medians", lambda runs, **kw: {n: 0.01 for n in runs})
+    monkeypatch.setattr(planner, "interleaved_times", lambda runs, **kw: {n: 0.01 for n in runs})
     res = run_cli("models", "--plan", "cd_digits32", "--batch-sizes", "1")
     assert res.returncode == 0, res.stderr
     assert "fp32 exact" in res.stdout and "fp32 channels_last eager" in res.stdout
@@ -324,7 +324,7 @@ def planned_env(monkeypatch, tmp_path):
 
 def _fake_times(monkeypatch, fastest: str) -> None:
     from cm_core.accel import planner
-    monkeypatch.setattr(planner, "interleaved_medians",
+    monkeypatch.setattr(planner, "interleaved_times",
                         lambda runs, **kw: {n: 0.001 if n == fastest else 0.01 for n in runs})
 
 

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from .background import BucketQueue
 from .cuda_graphs import compiling
 
 log = logging.getLogger("cm_core.accel.fast")  # one logger for the whole fast path
@@ -79,11 +79,7 @@ class BackgroundCompiler:
         self.accept, self.cache_file = accept, cache_file
         self.stats: dict = {"compile_s": {}, "compile_error": None}
         self._ready: set[int] = set()
-        self._queued: set[int] = set()
-        self._queue: list[int] = []
-        self._cv = threading.Condition()
-        self._worker: threading.Thread | None = None
-        self._busy = self._closed = False
+        self.jobs = BucketQueue(self._compile_bucket, "cm-compile")
 
     def ready(self, bucket: int) -> bool:
         """Whether ``bucket`` is compiled and accepted."""
@@ -91,49 +87,17 @@ class BackgroundCompiler:
 
     def request(self, bucket: int) -> None:
         """Queue ``bucket`` unless it is compiled, queued, or compilation has failed or stopped."""
-        with self._cv:
-            if (self._closed or bucket in self._ready or bucket in self._queued
-                    or self.stats["compile_error"]):
-                return
-            self._queued.add(bucket)
-            self._queue.append(bucket)
-            self._queue.sort()
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._work, name="cm-compile", daemon=True)
-                self._worker.start()
-            self._cv.notify_all()
+        if bucket not in self._ready and not self.stats["compile_error"]:
+            self.jobs.submit(bucket)
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait for the queue to drain; True when it did."""
-        with self._cv:
-            return self._cv.wait_for(lambda: not self._queue and not self._busy, timeout)
+        return self.jobs.wait(timeout)
 
     def stop(self) -> None:
         """Drop the queued buckets and accept no more; a compilation under way finishes, then the
         worker thread ends (so nothing keeps the step, and its GPU memory, alive)."""
-        with self._cv:
-            self._closed = True
-            self._queue.clear()
-            self._cv.notify_all()
-
-    def _work(self) -> None:
-        """Compile queued buckets; the thread ends when the queue is empty (:meth:`request`
-        starts a new one), so an idle or evicted model is not held by a sleeping thread."""
-        while True:
-            with self._cv:
-                if not self._queue or self._closed:
-                    self._queue.clear()
-                    self._worker = None
-                    self._cv.notify_all()
-                    return
-                b = self._queue.pop(0)
-                self._busy = True
-            try:
-                self._compile_bucket(b)
-            finally:
-                with self._cv:
-                    self._busy = False
-                    self._cv.notify_all()
+        self.jobs.stop()
 
     def _compile_bucket(self, b: int) -> None:
         """Trace, compile and run bucket ``b`` once on dummy inputs; on failure stay eager."""
@@ -146,8 +110,7 @@ class BackgroundCompiler:
         except Exception as e:  # noqa: BLE001 - no compiler toolchain, OOM, ...: stay eager
             self.stats["compile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
             log.warning("compilation of batch bucket %d failed, staying eager: %s", b, e)
-            with self._cv:
-                self._queue.clear()
+            self.jobs.clear()
             return
         self.stats["compile_s"][b] = time.perf_counter() - t0
         if not self.accept(b):

@@ -56,11 +56,6 @@ def cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
     return model, flags or set()
 
 
-def _cpuinfo_flags(path: str = "/proc/cpuinfo") -> set[str]:
-    """The ``flags`` of the first CPU in ``/proc/cpuinfo`` (empty where there is none)."""
-    return cpuinfo(path)[1]
-
-
 @functools.lru_cache(maxsize=1)
 def native_bf16() -> bool:
     """Whether this CPU computes bf16 natively (``avx512_bf16`` or ``amx_bf16``) and PyTorch's
@@ -73,7 +68,7 @@ def native_bf16() -> bool:
     probes = [getattr(torch.cpu, n, None) for n in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
     if any(p is not None for p in probes):
         return any(bool(p()) for p in probes if p is not None)
-    return bool(_cpuinfo_flags() & set(_BF16_FLAGS))
+    return bool(cpuinfo()[1] & set(_BF16_FLAGS))
 
 
 def cpu_compiler(max_autotune: bool = False) -> Compiler:

@@ -227,15 +227,13 @@ class FastDenoiser(torch.nn.Module):
         """Whether ``bucket`` runs compiled (else eager)."""
         return self.compiler is not None and self.compiler.ready(bucket)
 
-    def warmup(self, batch_sizes: Sequence[int] | None = None, block: bool = False) -> None:
+    def warmup(self, batch_sizes: Sequence[int] | None = None) -> None:
         """Queue the buckets of ``batch_sizes`` (default: all buckets) for compilation in the
-        background, smallest first; ``block`` waits until they are compiled (or failed)."""
+        background, smallest first (:meth:`wait` waits for them)."""
         if self.compiler is None:
             return
-        for b in sorted({self._bucket(n) for n in (batch_sizes or self.buckets)}):
+        for b in {self._bucket(n) for n in (batch_sizes or self.buckets)}:
             self.compiler.request(b)
-        if block:
-            self.compiler.wait()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Wait until the queued compilations are done; True when they are."""

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from .background import BucketQueue
 from .cpu import cpuinfo
 from .planner import Plan
 
@@ -145,35 +146,16 @@ class BackgroundPlanner:
         self._on_plan = on_plan
         self.plans: dict[int, Plan] = {}
         self.errors: dict[int, str] = {}
-        self._asked: set[int] = set()
-        self._queue: list[int] = []
-        self._cv = threading.Condition()
-        self._worker: threading.Thread | None = None
+        self.jobs = BucketQueue(self._one, "cm-planner")
 
     def chosen(self, bucket: int) -> str | None:
         """The chosen candidate's name for ``bucket``, or None while it is not known yet."""
         plan = self.plans.get(bucket)
         if plan is not None:
             return plan.chosen
-        with self._cv:
-            if bucket in self._asked or self.mode == "off":
-                return None
-            self._asked.add(bucket)
-            self._queue.append(bucket)
-            if self._worker is None:
-                self._worker = threading.Thread(target=self._run, name="cm-planner", daemon=True)
-                self._worker.start()
+        if self.mode != "off":
+            self.jobs.submit(bucket)
         return None
-
-    def _run(self) -> None:
-        while True:
-            with self._cv:
-                if not self._queue:
-                    self._worker = None
-                    self._cv.notify_all()
-                    return
-                bucket = self._queue.pop(0)
-            self._one(bucket)
 
     def _one(self, bucket: int) -> None:
         """Plan ``bucket``: from the cache, else (``measure``) by measuring, then stored."""
@@ -195,5 +177,4 @@ class BackgroundPlanner:
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until every queued bucket is planned (CLI, tests); False on timeout."""
-        with self._cv:
-            return self._cv.wait_for(lambda: self._worker is None, timeout)
+        return self.jobs.wait(timeout)

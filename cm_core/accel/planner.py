@@ -33,7 +33,7 @@ import statistics
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 
 import torch
@@ -42,7 +42,7 @@ from .compile_cache import StepFn
 from .verify import MAX_ABS, MIN_PSNR, compare
 
 __all__ = ["MARGIN", "PLAN_MODES", "SLOW", "Activity", "Candidate", "Deadline", "Plan", "TooSlow", "Trial",
-           "choose", "interleaved_medians", "make_plan", "plan_mode"]
+           "choose", "interleaved_times", "make_plan", "plan_mode"]
 
 log = logging.getLogger("cm_core.accel.planner")
 
@@ -159,7 +159,7 @@ class Candidate:
 
 @dataclass(frozen=True)
 class Trial:
-    """What one candidate measured: median ms per image (None when it did not run or failed the
+    """What one candidate measured: ms per image of its fastest run (None when it did not run or failed the
     check), its error against exact fp32 (max abs in [-1, 1] units, PSNR of 8-bit images), whether
     it passed (:data:`~cm_core.accel.verify.MAX_ABS`, :data:`~cm_core.accel.verify.MIN_PSNR`) and
     why it was not timed, if it was not (the exception it raised, or far slower at its first run)."""
@@ -220,12 +220,13 @@ def choose(trials: Sequence[Trial], exact: str, margin: float = MARGIN) -> tuple
     return exact, f"the fastest passing candidate ({best.name}) gains {gain:.0%}, not over {margin:.0%}"
 
 
-def interleaved_medians(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup: int = 1,
+def interleaved_times(fns: Mapping[str, Callable[[], object]], rounds: int = 5, warmup: int = 1,
                         clock: Callable[[], float] = time.perf_counter,
                         prior: Mapping[str, Sequence[float]] | None = None,
                         activity: Activity | None = None,
                         stat: Callable[[list[float]], float] = statistics.median) -> dict[str, float]:
-    """Median seconds of one call of each function: ``warmup`` untimed calls each, then ``rounds``
+    """Seconds of one call of each function (``stat`` of its samples, the median by default):
+    ``warmup`` untimed calls each, then ``rounds``
     rounds that call every function once, in an order rotated by one each round (a machine that
     slows down mid-way slows every candidate alike). ``prior``: seconds already measured, by
     name, that join the samples; ``activity``: time only while it is quiet
@@ -263,17 +264,15 @@ def _first_run(run: Callable[[], torch.Tensor], limit: Deadline | None, limit_s:
                activity: Activity | None) -> tuple[torch.Tensor | None, float]:
     """(output, or None when stopped at ``limit_s``; seconds), taken while serving is quiet."""
     out: list[torch.Tensor | None] = [None]
+    capped = limit is not None and limit_s != math.inf
 
     def call() -> None:
         out[0] = None
-        try:
-            if limit is not None and limit_s != math.inf:
-                with limit.within(limit_s):
-                    out[0] = run()
-            else:
+        with limit.within(limit_s) if capped else nullcontext():  # type: ignore[union-attr]
+            try:
                 out[0] = run()
-        except TooSlow:
-            pass
+            except TooSlow:
+                pass
     secs = timed_quietly(call, activity)
     return out[0], secs
 
@@ -329,12 +328,13 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
     A candidate over ``slow`` times slower than the exact path on its first run cannot win and is
     not timed (:func:`_screened`); ``limit``, the :class:`Deadline` that the candidates' networks
     watch, stops it there. ``skip`` names those already found too slow at a smaller batch (name:
-    times slower), which are not even run. ``timer`` (default: :func:`interleaved_medians` over
+    times slower), which are not even run. ``timer`` (default: :func:`interleaved_times` over
     the first runs and as many rounds, 1 to 7, as fit ``budget_s`` seconds, taking each one's
     fastest run) returns seconds per call by name. The fastest, not the median: a first call's
     costs (a fresh copy's weight reorders took 20% of one LSUN 256 call) and a busy neighbour
-    only ever add time, and of two or three samples a median is a mean that keeps them. ``activity``: the serving calls beside the planner; every run is timed while
-    none runs (:class:`Activity`)."""
+    only ever add time, and of two or three samples a median is a mean that keeps them.
+    ``activity``: the serving calls beside the planner; every run is timed while none runs
+    (:class:`Activity`)."""
     exact = [c for c in candidates if c.exact]
     if len(exact) != 1:
         raise ValueError(f"a plan needs exactly one exact candidate, got {[c.name for c in exact]}")
@@ -354,7 +354,7 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
             firsts[c.name] = [] if c.warm else [secs]
     per_round = sum(firsts[name][0] if firsts[name] else ref_s for name in runs)
     rounds = max(1, min(7, int(budget_s / max(per_round, 1e-9))))
-    secs_by_name = (timer or (lambda r: interleaved_medians(r, rounds=rounds, warmup=0, prior=firsts,
+    secs_by_name = (timer or (lambda r: interleaved_times(r, rounds=rounds, warmup=0, prior=firsts,
                                                             activity=activity, stat=min)))(runs)
     timed = tuple(Trial(t.name, secs_by_name[t.name] * 1000 / n if t.name in secs_by_name else None,
                         t.max_abs, t.psnr, t.ok, t.error, t.slower) for t in trials.values())
