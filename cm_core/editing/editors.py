@@ -227,8 +227,7 @@ def interpolate(den: DenoiseFn, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequ
         k = min(chunk, k_all - k0)
         x = frames[k0:k0 + k].reshape(k * bsz, *a.shape[1:])
         out = run_loop(den, x, sig, generator, None, _repeat_labels(class_labels, k),
-                         dropout_rng=dropout_rng, callback=callback,
-                         noise=noises.repeat(1, k, 1, 1, 1))
+                       dropout_rng=dropout_rng, callback=callback, noise=noises.repeat(1, k, 1, 1, 1))
         outs.append(out.clamp(-1, 1).reshape(k, *a.shape))
     res = torch.cat(outs)
     return res[:, 0] if single else res
@@ -264,7 +263,7 @@ def denoise(den: DenoiseFn, noisy: torch.Tensor, sigma: float, generator: Rng = 
         raise ValueError("denoise with num_steps > 1 adds noise between steps: pass a generator")
     sig = _sub_schedule(den, sigma, num_steps)
     out = run_loop(den, noisy, sig, generator, None, class_labels, dropout_rng=dropout_rng,
-                     callback=callback)
+                   callback=callback)
     return out.clamp(-1, 1)
 
 
@@ -282,5 +281,5 @@ def stroke_guided(den: DenoiseFn, strokes: torch.Tensor, sigma: float, num_steps
     sig = _sub_schedule(den, sigma, num_steps)
     x = strokes + noise_like(strokes, generator) * sig[0]
     out = run_loop(den, x, sig, generator, None, class_labels, dropout_rng=dropout_rng,
-                     callback=callback)
+                   callback=callback)
     return out.clamp(-1, 1)

@@ -17,7 +17,6 @@ from .runner import edit_loop, graphable, run_graphed, run_loop
 from .schedule import karras_sigmas
 
 
-
 def onestep(den: DenoiseFn, x_T: torch.Tensor, class_labels: torch.Tensor | None = None,
             sigma_max: float | None = None, dropout_rng: Rng = None,
             callback: Callback | None = None) -> torch.Tensor:
@@ -55,8 +54,8 @@ def heun(den: DenoiseFn, x_T: torch.Tensor, num_steps: int,
 
     ``num_steps`` Karras sigmas (sigma_max -> sigma_min, rho 7) then 0: Heun steps between them and a
     final Euler step to 0, so ``2 * num_steps - 1`` evaluations (40 steps = 79). On a
-    CUDA-graphed fast denoiser (no dropout, no callback that needs the estimates) the whole
-    loop is one graph replay.
+    CUDA-graphed fast denoiser (no dropout; no callback, or a
+    :class:`~cm_core.sampling.runner.ProgressOnly` one) the whole loop is one graph replay.
     """
     if num_steps < 2:
         raise ValueError(f"heun needs num_steps >= 2, got {num_steps}")
