@@ -4,8 +4,9 @@
 
 Plans the batch's bucket (``CM_PLAN=measure``; a stored plan is reused, ``CM_PLAN_CACHE``), then
 times, in rounds whose order rotates: one one-step call of the served path (``generate.sample_batch``
-on ``optimize(den)``), one network call of the chosen candidate built afresh, and one of the exact
-path, on the check's input. Prints the plan and, per function, the median and the fastest ms/img.
+on ``optimize(den)``) and one network call of each candidate that passed the plan's check (the
+chosen one and the exact path among them), built afresh, on the check's input
+(``cpu_interleaved.alone_calls``). Prints the plan and, per function, the median and the fastest ms/img.
 Random weights of the released architectures (``bench.make_denoiser``).
 """
 from __future__ import annotations
@@ -21,9 +22,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench import make_denoiser, ours_call  # noqa: E402
+from cpu_interleaved import alone_calls, settle_plans  # noqa: E402
 from cm_core import optimize  # noqa: E402
-from cm_core.accel.candidates import candidates  # noqa: E402
-from cm_core.accel.verify import fixed_input  # noqa: E402
 from cm_core.models.registry import get_spec  # noqa: E402
 
 
@@ -33,14 +33,9 @@ def measure(name: str, batch: int, rounds: int) -> dict[str, list[float]]:
     fast = optimize(make_denoiser(spec, torch.device("cpu")), warm_buckets=())
     if fast.planned is None:
         raise SystemExit("no planner here (CM_PLAN=off, or not a CPU): nothing to compare")
-    plan = fast.planned.plan_now([batch])[batch]
-    print(plan.table(), flush=True)
-    exact = fast.exact if fast.exact is not None else fast.den
-    x, sig, lab = fixed_input(exact, torch.device("cpu"), batch)
-    built = {c.name: c.build() for c in candidates(exact) if c.name == plan.chosen or c.exact}
+    settle_plans(fast, (batch,))
     ours = ours_call(fast, spec)
-    fns = {"served (sample_batch)": lambda: ours(batch, 1)}
-    fns.update({f"alone: {n}": (lambda f=f: f(x, sig, lab)) for n, f in built.items()})
+    fns = {"served (sample_batch)": lambda: ours(batch, 1), **alone_calls(fast, batch)}
     times: dict[str, list[float]] = {k: [] for k in fns}
     names = list(fns)
     with torch.no_grad():
