@@ -182,8 +182,8 @@ def test_dropout_uses_exact_path(den):
     seeds, st = [1, 2], SampleSettings(steps=1, dropout=0.2)
     lab = labels_for(SPEC, seeds, None)
     a, b = sample_batch(fast, SPEC, seeds, st, lab), sample_batch(den, SPEC, seeds, st, lab)
-    den.dropout = 0.0
-    assert torch.equal(a, b)
+    assert torch.equal(a, b) and den.dropout == 0.0
+    assert not torch.equal(a, sample_batch(den, SPEC, seeds, SampleSettings(steps=1), lab))
     assert isinstance(fast, FastDenoiser)
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -155,6 +157,31 @@ def test_oom_in_an_edit_and_in_the_app_handlers_is_a_message(service, monkeypatc
     assert app.colorize(MODEL, photo, 2, "", 0, "random")[0][1].size == (32, 32)  # (before, after)
     *_, (gallery, info) = app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18)
     assert len(gallery) == 2 and "images/s" in info
+
+
+def test_concurrent_requests_with_different_dropout_equal_the_same_requests_one_at_a_time(service, monkeypatch):
+    """Four compute slots (``CM_CONCURRENCY=4``) run four requests on one cached model at once,
+    each with its own dropout rate: every image equals the one the request gives alone."""
+    monkeypatch.setenv("CM_CONCURRENCY", "4")
+    slots = S.ComputeSlots(S.concurrency())
+    reqs = [S.GenerateRequest(model=MODEL, steps=4, seed=5, batch_size=2, dropout=p) for p in (0.0, 0.1, 0.3, 0.6)]
+    pixels = lambda res: np.stack([np.asarray(im) for im in res.images])  # noqa: E731
+    alone = [pixels(S.generate(r)) for r in reqs]
+    assert all((a != alone[0]).any() for a in alone[1:])  # the rates give different images
+    barrier, busy = threading.Barrier(len(reqs)), []
+
+    def run(req):
+        with slots.hold():
+            busy.append(slots.busy)
+            barrier.wait(timeout=30)  # all four hold a slot before any starts
+            return pixels(S.generate(req))
+    for _ in range(3):
+        with ThreadPoolExecutor(len(reqs)) as ex:
+            together = list(ex.map(run, reqs))
+        assert max(busy) == 4
+        for a, b in zip(alone, together):
+            np.testing.assert_array_equal(a, b)
+    assert S.cache().get(MODEL)[1].dropout == 0.0  # no request changed the shared model
 
 
 def test_failed_load_is_not_cached_and_other_models_keep_serving(service):

@@ -4,7 +4,7 @@ import torch
 
 from cm_core import sampling
 from cm_core.models.denoiser import Denoiser
-from cm_core.models.network import build_unet
+from cm_core.models.network import MCDropout, build_unet
 from cm_core.models.registry import ArchSpec
 from cm_core.sampling import schedule
 
@@ -108,17 +108,21 @@ def test_per_image_generators_make_batch_independent(den):
 
 def test_dropout_is_real_and_reproducible(den):
     x, s, y = torch.randn(2, 3, 32, 32) * 80, torch.full((2,), 80.0), torch.tensor([4, 5])
+    gens = lambda seed: sampling.make_generators(seed, 2, stream="dropout")  # noqa: E731
     with torch.no_grad():
         base = den(x, s, y)
-        den.dropout = 0.3
-        a = den(x, s, y, dropout_rng=sampling.make_generators(1, 2, stream="dropout"))
-        b = den(x, s, y, dropout_rng=sampling.make_generators(1, 2, stream="dropout"))
-        c = den(x, s, y, dropout_rng=sampling.make_generators(2, 2, stream="dropout"))
-        den.dropout = 0.0
+        a = den(x, s, y, dropout_rng=MCDropout(0.3, gens(1)))
+        b = den(x, s, y, dropout_rng=MCDropout(0.3, gens(1)))
+        c = den(x, s, y, dropout_rng=MCDropout(0.3, gens(2)))
+        d = den(x, s, y, dropout_rng=MCDropout(0.6, gens(1)))
+        default_rate = den(x, s, y, dropout_rng=gens(1))  # the model's own rate: 0
         again = den(x, s, y)
     assert torch.equal(a, b)
-    assert (a - base).abs().max() > 1e-3 and (a - c).abs().max() > 1e-3
-    assert torch.equal(base, again)
+    assert (a - base).abs().max() > 1e-3 and (a - c).abs().max() > 1e-3 and (a - d).abs().max() > 1e-3
+    assert torch.equal(base, again) and torch.equal(base, default_rate)
+    assert den.dropout == 0.0  # a call's rate never changes the model
+    with pytest.raises(ValueError, match="dropout"):
+        den(x, s, y, dropout_rng=MCDropout(1.5, gens(1)))
     with pytest.raises(ValueError, match="dropout"):
         den.dropout = 1.5
 

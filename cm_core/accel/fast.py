@@ -46,6 +46,7 @@ from pathlib import Path
 import torch
 
 from ..models.denoiser import Denoiser, Rng
+from ..models.network import dropout_rate
 from .compile_cache import (
     BackgroundCompiler,
     Compiler,
@@ -266,7 +267,7 @@ class FastDenoiser(torch.nn.Module):
         if self.planned is not None and (fn := self.planned(self._check_bucket(bucket))) is not None:
             self.stats["planned_calls"] += 1
             return fn
-        if self.compiler is not None and self.compiler.ready(bucket) and self.den.dropout == 0:
+        if self.compiler is not None and self.compiler.ready(bucket):
             self.stats["compiled_calls"] += 1
             return self.compiler.compiled
         if self.compiler is not None:
@@ -324,7 +325,7 @@ class FastDenoiser(torch.nn.Module):
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
                 class_labels: torch.Tensor | None = None, dropout_rng: Rng = None) -> torch.Tensor:
-        if self.den.dropout > 0 and dropout_rng is not None:
+        if dropout_rate(dropout_rng, self.den.dropout) > 0:
             ref = self.exact if self.exact is not None else self.den
             with self.serving:
                 return ref(x, sigma, class_labels, dropout_rng)

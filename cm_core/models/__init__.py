@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from .checkpoints import CheckpointError, is_available, load_denoiser, pick_device
 from .denoiser import Denoiser
+from .network import MCDropout
 from .registry import DEFAULT_MODEL, REGISTRY, ArchSpec, ModelSpec, UnknownModelError, get_spec
 
-__all__ = ["CheckpointError", "is_available", "load_denoiser", "pick_device", "Denoiser", "DEFAULT_MODEL",
+__all__ = ["CheckpointError", "is_available", "load_denoiser", "pick_device", "Denoiser", "MCDropout", "DEFAULT_MODEL",
            "REGISTRY", "ArchSpec", "ModelSpec", "UnknownModelError", "get_spec"]

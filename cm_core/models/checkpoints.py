@@ -204,7 +204,7 @@ def _diffusers_net(folder: Path) -> tuple[torch.nn.Module, dict]:
 def _from_diffusers(folder: Path, kind: str | None, name: str) -> Denoiser:
     net, sched = _diffusers_net(folder)
     cfg = net.config
-    install_seeded_dropout(net, 0.0)
+    install_seeded_dropout(net)
     return Denoiser(net.eval(), kind=kind or "cm", sigma_min=float(sched.get("sigma_min", 0.002)),
                     sigma_max=float(sched.get("sigma_max", 80.0)),
                     sigma_data=float(sched.get("sigma_data", 0.5)),

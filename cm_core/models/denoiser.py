@@ -8,17 +8,17 @@ with ``c_skip = sd^2 / ((s - s_min)^2 + sd^2)`` and ``c_out = (s - s_min) sd / s
 """
 from __future__ import annotations
 
-import contextlib
 import math
-from collections.abc import Iterator
 from typing import Any, Protocol
 
 import torch
 
-from .network import SeededDropout
+from .network import MCDropout, mc_dropout
 from .registry import Kind
 
-Rng = torch.Generator | list[torch.Generator] | None
+#: dropout masks of a call: generators at the model's default rate, or an :class:`MCDropout` with
+#: its own rate (see :func:`cm_core.models.network.mc_dropout`)
+Rng = MCDropout | torch.Generator | list[torch.Generator] | None
 
 # The released models' noise range and data scale (the paper's Appendix C, as Karras et al. 2022)
 SIGMA_MIN = 0.002
@@ -70,7 +70,8 @@ class Denoiser(torch.nn.Module):
 
     @property
     def dropout(self) -> float:
-        """Monte-Carlo dropout probability used at inference (0 = deterministic)."""
+        """The Monte-Carlo dropout rate of calls given bare generators (0 = deterministic); a call
+        given an :class:`MCDropout` uses its own rate, so requests never change the model."""
         return self._dropout
 
     @dropout.setter
@@ -78,9 +79,6 @@ class Denoiser(torch.nn.Module):
         if not 0.0 <= float(p) < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {p}")
         self._dropout = float(p)
-        for m in self.net.modules():
-            if isinstance(m, SeededDropout):
-                m.p = self._dropout
 
     def scalings(self, sigma: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(c_skip, c_out, c_in) for a float32 sigma tensor."""
@@ -115,18 +113,6 @@ class Denoiser(torch.nn.Module):
                              f"got {labels.tolist()}")
         return labels
 
-    @contextlib.contextmanager
-    def _dropout_rng(self, rng: Rng) -> Iterator[None]:
-        mods = [m for m in self.net.modules() if isinstance(m, SeededDropout)]
-        active = self._dropout > 0 and rng is not None
-        for m in mods:
-            m.rng = rng if active else None
-        try:
-            yield
-        finally:
-            for m in mods:
-                m.rng = None
-
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
                 class_labels: torch.Tensor | None = None, dropout_rng: Rng = None) -> torch.Tensor:
         sig = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
@@ -135,7 +121,7 @@ class Denoiser(torch.nn.Module):
         c_skip, c_out, c_in = (c[:, None, None, None] for c in self.scalings(sig))
         net_dtype = next(self.net.parameters()).dtype
         x_in = (c_in * x.float()).to(net_dtype)
-        with self._dropout_rng(dropout_rng):
+        with mc_dropout(dropout_rng, self._dropout):
             # time input in float32 (diffusers casts its embedding to the net's dtype): in fp16,
             # 250 log 80 = 1095.5 would round to 1096 (5.8e-2 off after clamping, measured)
             out = self.net(x_in, self.time_input(sig),

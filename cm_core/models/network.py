@@ -10,7 +10,10 @@ including small test models, and so that every source key is accounted for.
 """
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
+from dataclasses import dataclass
 
 import torch
 from diffusers import UNet2DModel
@@ -21,29 +24,64 @@ _RES = {"in_layers.0": "norm1", "in_layers.2": "conv1", "emb_layers.1": "time_em
         "out_layers.0": "norm2", "out_layers.3": "conv2", "skip_connection": "conv_shortcut"}
 
 
+@dataclass(frozen=True)
+class MCDropout:
+    """Monte-Carlo dropout for one call: rate ``p`` in [0, 1) and the generators of its masks
+    (one ``torch.Generator`` for the batch, or a list with one per image)."""
+    p: float
+    rng: torch.Generator | list[torch.Generator]
+
+
+# The dropout of the call running in this thread (or task). A context variable rather than an
+# attribute of the layers: one cached network serves several requests at once, each with its own
+# rate and generators, and diffusers' blocks give a layer no argument to carry them.
+_ACTIVE: ContextVar[MCDropout | None] = ContextVar("cm_mc_dropout", default=None)
+
+
+def dropout_rate(dropout_rng: MCDropout | torch.Generator | list[torch.Generator] | None,
+                 default_p: float) -> float:
+    """The rate a call runs at: ``dropout_rng.p`` for an :class:`MCDropout`, ``default_p`` for
+    bare generators, 0 without any (dropout is then the identity)."""
+    if dropout_rng is None:
+        return 0.0
+    return float(dropout_rng.p) if isinstance(dropout_rng, MCDropout) else float(default_p)
+
+
+@contextlib.contextmanager
+def mc_dropout(dropout_rng: MCDropout | torch.Generator | list[torch.Generator] | None,
+               default_p: float) -> Iterator[None]:
+    """Within the block, in this thread only, :class:`SeededDropout` layers drop at
+    :func:`dropout_rate` with masks from the given generators."""
+    p = dropout_rate(dropout_rng, default_p)
+    if not 0.0 <= p < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {p}")
+    rng = dropout_rng.rng if isinstance(dropout_rng, MCDropout) else dropout_rng
+    token = _ACTIVE.set(MCDropout(p, rng) if p > 0 else None)  # type: ignore[arg-type]
+    try:
+        yield
+    finally:
+        _ACTIVE.reset(token)
+
+
 class SeededDropout(torch.nn.Module):
     """Dropout whose masks come from caller-given generators (Monte-Carlo dropout at inference).
 
-    Active only while ``rng`` is set (by :class:`cm_core.models.denoiser.Denoiser`): a ``torch.Generator``
-    for the batch, or a list with one per image so that an image's mask does not depend on the
-    batch it is in. With ``rng`` unset it is the identity, so eval-mode outputs are exact.
+    Active only inside :func:`mc_dropout` (entered by :class:`cm_core.models.denoiser.Denoiser`
+    for a call with a dropout generator): a list of per-image generators makes an image's mask
+    independent of the batch it is in. Elsewhere it is the identity, so eval-mode outputs are exact.
+    The layer holds no state, so concurrent calls on one network do not see each other's dropout.
     """
 
-    def __init__(self, p: float = 0.0) -> None:
-        super().__init__()
-        self.p = float(p)
-        self.rng: torch.Generator | list[torch.Generator] | None = None
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.p <= 0.0 or self.rng is None:
+        drop = _ACTIVE.get()
+        if drop is None:
             return x
-        rngs = self.rng if isinstance(self.rng, list) else None
-        if rngs is not None:
-            u = torch.stack([torch.rand(x.shape[1:], generator=g, device=g.device) for g in rngs])
+        if isinstance(drop.rng, (list, tuple)):
+            u = torch.stack([torch.rand(x.shape[1:], generator=g, device=g.device) for g in drop.rng])
         else:
-            u = torch.rand(x.shape, generator=self.rng, device=self.rng.device)
-        keep = (u.to(x.device) >= self.p).to(x.dtype)
-        return x * keep / (1.0 - self.p)
+            u = torch.rand(x.shape, generator=drop.rng, device=drop.rng.device)
+        keep = (u.to(x.device) >= drop.p).to(x.dtype)
+        return x * keep / (1.0 - drop.p)
 
 
 def _levels(arch: ArchSpec) -> list[bool]:
@@ -75,16 +113,16 @@ def unet_config(arch: ArchSpec) -> dict:
 def build_unet(arch: ArchSpec) -> UNet2DModel:
     """A randomly initialised runtime network for ``arch`` with seeded-dropout layers."""
     net = UNet2DModel(**unet_config(arch))
-    install_seeded_dropout(net, arch.dropout)
+    install_seeded_dropout(net)
     return net.eval()
 
 
-def install_seeded_dropout(net: torch.nn.Module, p: float) -> None:
-    """Replace every ``nn.Dropout`` in ``net`` by :class:`SeededDropout` with probability ``p``."""
+def install_seeded_dropout(net: torch.nn.Module) -> None:
+    """Replace every ``nn.Dropout`` in ``net`` by a :class:`SeededDropout` (its rate is per call)."""
     for name, mod in list(net.named_modules()):
         for child_name, child in list(mod.named_children()):
             if isinstance(child, torch.nn.Dropout):
-                setattr(mod, child_name, SeededDropout(p))
+                setattr(mod, child_name, SeededDropout())
 
 
 def _prefix_pairs(arch: ArchSpec) -> Iterator[tuple[str, str, str]]:

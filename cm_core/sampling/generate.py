@@ -16,6 +16,7 @@ import torch
 
 from ..accel.fast import FastDenoiser
 from ..models.denoiser import Denoiser
+from ..models.network import MCDropout
 from ..models.registry import ModelSpec
 from .runner import run_loop
 from .samplers import heun, initial_noise, make_generators, multistep, onestep
@@ -73,8 +74,8 @@ def sample_batch(den: Denoiser | FastDenoiser, spec: ModelSpec, seeds: Sequence[
     """
     dev = next(den.parameters()).device
     gens = [g for s in seeds for g in make_generators(s, 1, dev)]
-    drop = [g for s in seeds for g in make_generators(s, 1, dev, "dropout")] if settings.dropout else None
-    den.dropout = settings.dropout
+    drop = MCDropout(settings.dropout, [g for s in seeds for g in make_generators(s, 1, dev, "dropout")]) \
+        if settings.dropout else None
     r = spec.resolution
     sigmas = settings.sigmas if spec.kind != "edm" else None
     x_T = initial_noise((len(seeds), 3, r, r), gens, sigmas[0] if sigmas else spec.sigma_max, device=dev)

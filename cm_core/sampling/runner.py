@@ -21,6 +21,7 @@ import torch
 
 from ..accel.fast import FastDenoiser
 from ..models.denoiser import Rng
+from ..models.network import dropout_rate
 from .loop import (
     Callback,
     DenoiseFn,
@@ -52,7 +53,7 @@ def graphable(den: Any, replace: Any, callback: Callback | None, dropout_rng: Rn
     return (isinstance(den, FastDenoiser) and den.graphs_active
             and (replace is None or isinstance(replace, Replacement))
             and (callback is None or isinstance(callback, ProgressOnly))
-            and (dropout_rng is None or den.dropout == 0.0))
+            and dropout_rate(dropout_rng, den.dropout) == 0.0)
 
 
 def run_graphed(den: FastDenoiser, tag: tuple, body: Callable[..., torch.Tensor], x: torch.Tensor,

@@ -20,7 +20,7 @@ class TrainDropout(SeededDropout):
     """Dropout with probability ``p_train`` driven by per-sample keys (see module docstring)."""
 
     def __init__(self, p_train: float, salt: int) -> None:
-        super().__init__(0.0)
+        super().__init__()
         self.p_train, self.salt = float(p_train), int(salt)
         self.keys: list[int] | None = None
         self._gens: dict[str, torch.Generator] = {}
