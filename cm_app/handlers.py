@@ -20,6 +20,7 @@ from cm_core import service as S
 from cm_core.models.messages import bound
 from cm_core.models.registry import get_spec
 
+from . import editor_values
 from .clients import client_alive
 
 
@@ -317,7 +318,9 @@ def colorize(model, image, steps, ts, seed, class_label, progress=gr.Progress())
 
 @_err
 def inpaint(model, editor, steps, ts, seed, class_label, progress=gr.Progress()):
-    return _edit_outputs(S.inpaint(model, editor, steps=steps, ts=ts, seed=seed,
+    """``editor``: an ImageEditor value (the upload and the painted layers)."""
+    image, mask = editor_values.background(editor, "an image to inpaint"), editor_values.painted_mask(editor)
+    return _edit_outputs(S.inpaint(model, image, mask, steps=steps, ts=ts, seed=seed,
                                    class_label=class_label, progress=_progress(progress)))
 
 
@@ -357,5 +360,6 @@ def denoise(model, image, noise_level, add_noise, steps, seed, class_label, prog
 
 @_err
 def stroke_guided(model, editor, sigma, steps, seed, class_label, progress=gr.Progress()):
-    return _edit_outputs(S.stroke_guided(model, editor, sigma=sigma, steps=steps, seed=seed,
+    painting = editor_values.painting(editor, "a rough painting")
+    return _edit_outputs(S.stroke_guided(model, painting, sigma=sigma, steps=steps, seed=seed,
                                          class_label=class_label, progress=_progress(progress)))

@@ -43,7 +43,7 @@ REQUESTS = {
     "heun": lambda p: S.generate(S.GenerateRequest(EDM, heun_steps=10, batch_size=2), p),
     "compare": lambda p: S.compare_with_teacher(S.GenerateRequest(MODEL, batch_size=2), p),
     "colorize": lambda p: S.colorize(MODEL, IMG, steps=5, progress=p),
-    "inpaint": lambda p: S.inpaint(MODEL, {"background": IMG, "layers": [MASK], "composite": None},
+    "inpaint": lambda p: S.inpaint(MODEL, IMG, MASK,
                                    steps=5, progress=p),
     "super_resolve": lambda p: S.super_resolve(MODEL, IMG, steps=5, progress=p),
     "denoise": lambda p: S.denoise(MODEL, IMG, steps=5, progress=p),

@@ -12,7 +12,6 @@ from PIL import Image
 
 from cm_core import editing, sampling
 from cm_core.editing import editors
-from cm_core.editing.pictures import ImageEditError
 from cm_core.models.denoiser import Denoiser
 from cm_core.models.network import build_unet
 from cm_core.models.registry import ArchSpec, get_spec
@@ -328,8 +327,9 @@ def test_bad_tensor_inputs_are_clear_errors(den, batch):
         editing.colorize(den, images, x, TS, STEPS, [gen(0)] * 3, labels)
 
 
-# --------------------------------------------------------------------- PIL-level wrappers
+# --------------------------------------------------------------------- picture requests
 SPEC = get_spec("cd_digits32")  # 32 px, class-conditional, ts 0,22,39 / 40: matches ARCH
+E = editing
 
 
 def upload(w: int = 50, h: int = 40, mode: str = "RGBA") -> Image.Image:
@@ -337,45 +337,51 @@ def upload(w: int = 50, h: int = 40, mode: str = "RGBA") -> Image.Image:
     return Image.fromarray(a, "RGBA").convert(mode)
 
 
-def test_wrappers_return_model_sized_images_and_the_reference(den):
-    for run in (lambda: editing.colorize_image(den, SPEC, upload(), seed=3),
-                lambda: editing.inpaint_image(den, 32, upload(), np.eye(40, 50), seed=3,
-                                              class_label=1),
-                lambda: editing.super_resolve_image(den, SPEC, upload(mode="P"), seed=3),
-                lambda: editing.denoise_image(den, SPEC, upload(mode="L"), noise_std=20),
-                lambda: editing.stroke_image(den, SPEC, upload(mode="CMYK"), sigma=3.0)):
-        out, ref = run()
-        assert out.mode == ref.mode == "RGB" and out.size == ref.size == (32, 32)
-        assert run()[0].tobytes() == out.tobytes()  # seeded
-    frames = editing.interpolate_images(den, SPEC, 4, 5, num_frames=3, num_steps=1)
+def test_requests_return_model_sized_images_and_the_reference(den):
+    for target, req in ((SPEC, E.Colorize(image=upload(), seed=3)),
+                        (32, E.Inpaint(image=upload(), mask=np.eye(40, 50, dtype=bool), seed=3, class_label=1)),
+                        (SPEC, E.SuperResolve(image=upload(mode="P"), seed=3)),
+                        (SPEC, E.Denoise(image=upload(mode="L"), noise_std=20)),
+                        (SPEC, E.StrokeGuided(image=upload(mode="CMYK"), sigma=3.0))):
+        r = E.run_edit(den, target, req)
+        assert {r.output.mode, r.reference.mode, r.input.mode} == {"RGB"}
+        assert r.output.size == r.reference.size == r.input.size == (32, 32) and r.description
+        assert E.run_edit(den, target, req).output.tobytes() == r.output.tobytes()  # seeded
+    frames = E.interpolate_images(den, SPEC, 4, 5, num_frames=3, num_evals=1)
     assert len(frames) == 3 and all(f.size == (32, 32) for f in frames)
+    with pytest.warns(DeprecationWarning, match="num_steps= is deprecated: use num_evals="):
+        old = E.interpolate_images(den, SPEC, 4, 5, num_frames=3, num_steps=1)
+    assert [f.tobytes() for f in old] == [f.tobytes() for f in frames]
 
 
-def test_colorize_image_keeps_the_grey_reference(den):
-    out, ref = editing.colorize_image(den, SPEC, upload(), seed=1, num_steps=3)
-    assert np.ptp(np.asarray(ref, np.int16), axis=2).max() == 0  # grey
-    y_out = np.asarray(out.convert("L"), np.int16)
-    y_ref = np.asarray(ref.convert("L"), np.int16)
-    unclipped = (np.asarray(out) % 255 != 0).all(axis=2)
+def test_colorize_keeps_the_grey_reference(den):
+    r = E.run_edit(den, SPEC, E.Colorize(image=upload(), seed=1, ts=(0, 10, 20, 39)))
+    assert r.description == "colorized with ts 0,10,20,39 on a 40-point grid"
+    assert np.ptp(np.asarray(r.reference, np.int16), axis=2).max() == 0  # grey
+    y_out = np.asarray(r.output.convert("L"), np.int16)
+    y_ref = np.asarray(r.reference.convert("L"), np.int16)
+    unclipped = (np.asarray(r.output) % 255 != 0).all(axis=2)
     assert np.abs(y_out - y_ref)[unclipped].max() <= 2  # up to uint8 rounding
 
 
-def test_inpaint_image_keeps_unpainted_pixels(den):
+def test_inpaint_keeps_unpainted_pixels(den):
     img = upload(32, 32, "RGB")
     painted = np.zeros((32, 32, 4), np.uint8)
-    painted[8:20, 10:30, 3] = 255  # a Gradio ImageEditor layer: painted = alpha
-    editor = {"background": img, "layers": [Image.fromarray(painted, "RGBA")], "composite": img}
-    out, ref = editing.inpaint_image(den, SPEC, img, editor, seed=2)
-    o, r, src = (np.asarray(a) for a in (out, ref, img))
+    painted[8:20, 10:30, 3] = 255  # a painted layer: painted = alpha
+    r = E.run_edit(den, SPEC, E.Inpaint(image=img, mask=E.pictures.mask_array(painted), seed=2))
+    o, ref, src = (np.asarray(a) for a in (r.output, r.reference, img))
     keep = painted[..., 3] == 0
-    assert (o[keep] == src[keep]).all() and (r[~keep] == 0).all()
+    assert (o[keep] == src[keep]).all() and (ref[~keep] == 0).all()
     assert np.abs(o[~keep].astype(int) - src[~keep]).mean() > 5
+    shown = np.asarray(r.input)  # the region to regenerate is tinted
+    assert (shown[keep] == src[keep]).all() and (shown[~keep] != src[~keep]).any()
 
 
-def test_super_resolve_image_keeps_the_low_resolution_pixels(den):
+def test_super_resolve_keeps_the_low_resolution_pixels(den):
     rng = np.random.default_rng(5)  # 8x8 upload, patch 4: it is the low-resolution input
     low = Image.fromarray(rng.integers(90, 166, (8, 8, 3), dtype=np.uint8), "RGB")
-    out, ref = editing.super_resolve_image(den, SPEC, low, patch_size=4, seed=2)
+    r = E.run_edit(den, SPEC, E.SuperResolve(image=low, patch_size=4, seed=2))
+    out, ref = r.output, r.reference
     means = np.asarray(out, np.float64).reshape(8, 4, 8, 4, 3).mean(axis=(1, 3))
     blocks = np.asarray(out).reshape(8, 4, 8, 4, 3)
     unclipped = ((blocks > 0) & (blocks < 255)).all(axis=(1, 3, 4))
@@ -384,20 +390,19 @@ def test_super_resolve_image_keeps_the_low_resolution_pixels(den):
     assert (np.asarray(ref)[::4, ::4] == np.asarray(low)).all()
 
 
-def test_wrapper_bad_inputs(den):
+def test_request_bad_inputs(den):
     edm = Denoiser(den.net, "edm", num_classes=10, image_size=32)
     cases = [
-        (lambda: editing.inpaint_image(den, SPEC, upload(), np.zeros((40, 50))), "empty"),
-        (lambda: editing.inpaint_image(den, SPEC, upload(), np.ones((40, 50))), "whole image"),
-        (lambda: editing.inpaint_image(den, SPEC, upload(), np.ones((10, 10))), "mask is 10x10"),
-        (lambda: editing.super_resolve_image(den, SPEC, upload(), patch_size=5), "divide"),
-        (lambda: editing.colorize_image(den, SPEC, b"\x89PNG garbage"), "could not read"),
-        (lambda: editing.colorize_image(den, 32, upload()), "class-conditional"),
-        (lambda: editing.colorize_image(den, 64, upload(), class_label=1), "32 px"),
-        (lambda: editing.colorize_image(den, SPEC, upload(), class_label=10), r"\[0, 9\]"),
-        (lambda: editing.colorize_image(edm, SPEC, upload()), "consistency model"),
-        (lambda: editing.denoise_image(den, SPEC, upload(), noise_std=-1), "noise_std"),
+        (lambda: E.run_edit(den, SPEC, E.Inpaint(image=upload(), mask=np.zeros((40, 50), bool))), "empty"),
+        (lambda: E.run_edit(den, SPEC, E.Inpaint(image=upload(), mask=np.ones((40, 50), bool))), "whole image"),
+        (lambda: E.run_edit(den, SPEC, E.Inpaint(image=upload(), mask=np.ones((10, 10), bool))), "mask is 10x10"),
+        (lambda: E.run_edit(den, SPEC, E.SuperResolve(image=upload(), patch_size=5)), "divide"),
+        (lambda: E.run_edit(den, 32, E.Colorize(image=upload())), "class-conditional"),
+        (lambda: E.run_edit(den, 64, E.Colorize(image=upload(), class_label=1)), "32 px"),
+        (lambda: E.run_edit(den, SPEC, E.Colorize(image=upload(), class_label=10)), r"\[0, 9\]"),
+        (lambda: E.run_edit(edm, SPEC, E.Colorize(image=upload())), "consistency model"),
+        (lambda: E.run_edit(den, SPEC, E.Colorize(image=upload(), ts=(0, 50))), "ts"),
     ]
     for run, msg in cases:
-        with pytest.raises(ImageEditError, match=msg):
+        with pytest.raises(ValueError, match=msg):
             run()

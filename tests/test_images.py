@@ -153,15 +153,27 @@ def test_mask_sources():
     rgb = np.zeros((6, 8, 3), np.uint8)
     rgb[want, 1] = 1  # any non-zero channel
     assert (im.mask_array(rgb) == want).all()
-    b = np.zeros_like(a)
-    b[4, 0, 3] = 10
-    editor = {"background": None, "layers": [rgba, Image.fromarray(b, "RGBA")], "composite": None}
-    both = im.mask_array(editor)
-    assert both.sum() == want.sum() + 1 and both[4, 0]
-    with pytest.raises(ImageEditError, match="no painted layer"):
-        im.mask_array({"layers": []})
     keep = im.keep_mask(want)
     assert keep.shape == (1, 1, 6, 8) and torch.equal(keep[0, 0], torch.from_numpy(~want).float())
+
+
+def test_an_image_editor_value_is_its_picture_and_the_union_of_its_layers():
+    from cm_app import editor_values as ev
+    a = np.zeros((6, 8, 4), np.uint8)
+    a[1:3, 2:5, 3] = 255
+    b = np.zeros_like(a)
+    b[4, 0, 3] = 10
+    photo, strokes = Image.new("RGB", (8, 6), (1, 2, 3)), Image.new("RGB", (8, 6), (9, 9, 9))
+    editor = {"background": photo, "layers": [Image.fromarray(a, "RGBA"), Image.fromarray(b, "RGBA")],
+              "composite": strokes}
+    both = ev.painted_mask(editor)
+    assert both.sum() == (a[..., 3] > 0).sum() + 1 and both[4, 0]
+    assert ev.background(editor, "x") is photo and ev.painting(editor, "x") is strokes
+    assert ev.background(photo, "x") is photo and ev.painted_mask(photo) is None  # an API client's image
+    with pytest.raises(ImageEditError, match="no painted layer"):
+        ev.painted_mask({"layers": []})
+    with pytest.raises(ImageEditError, match="upload a photo first"):
+        ev.background({"background": None, "layers": [], "composite": None}, "a photo")
 
 
 def test_fit_mask_follows_the_image_crop():

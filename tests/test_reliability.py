@@ -22,9 +22,10 @@ from PIL import Image
 
 from cm_core import service as S
 from cm_core.editing import picture_editors as E
-from cm_core.editing.pictures import ImageEditError
+from cm_core.editing.pictures import ImageEditError, load_image, mask_array
 from cm_core.models.checkpoints import CheckpointError
 from cm_core.sampling import generate as G
+from cm_core.sampling.generate import model_ts
 from cm_core.service import model_cache
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -140,11 +141,12 @@ def test_oom_in_an_edit_and_in_the_app_handlers_is_a_message(service, monkeypatc
 
     from cm_app import handlers as app
     photo = Image.new("RGB", (40, 30), (90, 120, 30))
-    real_colorize, real_sample = E.colorize_image, G.sample_batch
+    from cm_core.editing import picture_editors as PE
+    real_edit, real_sample = PE.run_edit, G.sample_batch
 
     def boom(*a, **k):
         raise torch.cuda.OutOfMemoryError("CUDA out of memory")
-    monkeypatch.setattr(E, "colorize_image", boom)
+    monkeypatch.setattr(PE, "run_edit", boom)
     with pytest.raises(gr.Error, match="out of GPU memory"):
         app.colorize(MODEL, photo, 2, "", 0, "random")
     monkeypatch.setattr(G, "sample_batch", boom)
@@ -152,7 +154,7 @@ def test_oom_in_an_edit_and_in_the_app_handlers_is_a_message(service, monkeypatc
         list(app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18))
     with pytest.raises(gr.Error, match="out of GPU memory"):
         app.generate([MODEL], [1], [""], [0], [2], [0.0], ["random"], [18])
-    monkeypatch.setattr(E, "colorize_image", real_colorize)  # the next requests succeed
+    monkeypatch.setattr(PE, "run_edit", real_edit)  # the next requests succeed
     monkeypatch.setattr(G, "sample_batch", real_sample)
     assert app.colorize(MODEL, photo, 2, "", 0, "random")[0][1].size == (32, 32)  # (before, after)
     *_, (gallery, info) = app.generate_steps(MODEL, 1, "", 0, 2, 0.0, "random", 18)
@@ -364,6 +366,12 @@ def _mask(kind: str, w: int, h: int, seed: int):
 DEN = _FakeDen().eval()
 
 
+def _mask_of(value):
+    """A mask as the app reads it: an editor value's painted layers, anything else as it is."""
+    from cm_app.editor_values import painted_mask
+    return painted_mask(value) if isinstance(value, dict) else mask_array(value)
+
+
 @settings(max_examples=60, deadline=None, database=None, suppress_health_check=[HealthCheck.too_slow])
 @given(w=st.integers(1, 80), h=st.integers(1, 80), mode=st.sampled_from(MODES),
        form=st.sampled_from(["pil", "png", "array", "gif", "garbage", "truncated"]),
@@ -375,19 +383,18 @@ DEN = _FakeDen().eval()
 def test_user_level_editors_give_a_model_sized_image_or_a_clear_error(w, h, mode, form, editor, mask, patch,
                                                                      steps, seed, label):
     src = _source(_image(w, h, mode, seed), form, seed)
-    run = {
-        "colorize": lambda: E.colorize_image(DEN, 16, src, seed=seed, num_steps=steps, class_label=label),
-        "inpaint": lambda: E.inpaint_image(DEN, 16, src, _mask(mask, w, h, seed), seed=seed, num_steps=steps,
-                                           class_label=label),
-        "super_resolve": lambda: E.super_resolve_image(DEN, 16, src, patch_size=patch, seed=seed,
-                                                       num_steps=steps, class_label=label),
-        "denoise": lambda: E.denoise_image(DEN, 16, src, noise_std=None if seed % 2 else 10.0,
-                                           num_steps=steps, seed=seed, class_label=label),
-        "stroke": lambda: E.stroke_image(DEN, 16, src, sigma=0.5 + seed % 20, num_steps=steps, seed=seed,
-                                         class_label=label),
+    common = dict(seed=seed, class_label=label)
+    sched = dict(common, ts=model_ts(None, steps)[0], grid_size=40)
+    make = {
+        "colorize": lambda img: E.Colorize(image=img, **sched),
+        "inpaint": lambda img: E.Inpaint(image=img, mask=_mask_of(_mask(mask, w, h, seed)), **sched),
+        "super_resolve": lambda img: E.SuperResolve(image=img, patch_size=patch, **sched),
+        "denoise": lambda img: E.Denoise(image=img, noise_std=None if seed % 2 else 10.0, num_evals=steps, **common),
+        "stroke": lambda img: E.StrokeGuided(image=img, sigma=0.5 + seed % 20, num_evals=steps, **common),
     }[editor]
     try:
-        out, ref = run()
+        r = E.run_edit(DEN, 16, make(load_image(src)))
+        out, ref = r.output, r.reference
     except ValueError as e:  # ImageEditError is a ValueError
         assert str(e).strip(), f"{type(e).__name__} without a message"
         return

@@ -166,3 +166,46 @@ def test_super_resolution_says_how_it_fitted_the_upload(size, low_res, says):
     from PIL import Image
     r = S.super_resolve("cd_digits32", Image.new("RGB", size), low_res=low_res, patch_size=4, steps=1)
     assert says in r.summary()
+
+
+def test_a_new_editor_is_one_transform_and_one_request_type():
+    """A toy editor, 'keep the top half', defined here and nowhere else, runs through the app's
+    runner (``service.edits.run``: checks, model cache, timing, path) like the built-in ones."""
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    from PIL import Image
+
+    from cm_core.editing import PictureEdit, Replacement, ScheduledEdit, edit_loop
+    from cm_core.editing.transforms import keep_known
+    from cm_core.service import edits
+
+    def top_half(y):  # the transform: what is kept (1) and what is generated (0)
+        keep = torch.zeros_like(y[:, :1])
+        keep[..., : y.shape[-2] // 2, :] = 1
+        return keep
+
+    @dataclass(frozen=True, kw_only=True)
+    class KeepTop(ScheduledEdit):
+        label: ClassVar[str] = "keep-top step"
+        verb: ClassVar[str] = "top half kept"
+
+        def edit(self, den, y, gens, labels, callback):
+            keep = top_half(y)
+            out = edit_loop(den, self.start(den, y, gens), self.ts, self.grid_size, gens,
+                            Replacement(keep_known, (y, keep.expand_as(y)), "keep-top"), labels, callback=callback)
+            return out.clamp(-1, 1), y * keep - (1 - keep)
+
+    assert issubclass(KeepTop, PictureEdit)
+    photo = Image.fromarray(np.random.default_rng(3).integers(0, 256, (48, 40, 3), dtype=np.uint8))
+    steps = []
+    spec = get_spec("cd_digits32")
+    r = edits.run(spec, KeepTop(image=photo, seed=4, ts=(0, 20, 39)), lambda f, d: steps.append(d))
+    fitted = np.asarray(r.input)
+    assert r.output.size == r.reference.size == r.input.size == (32, 32) and r.seconds > 0
+    assert (np.asarray(r.output)[:16] == fitted[:16]).all()  # the kept half, exactly
+    assert (np.asarray(r.output)[16:] != fitted[16:]).any() and (np.asarray(r.reference)[16:] == 0).all()
+    assert r.description == "top half kept with ts 0,20,39 on a 40-point grid"
+    assert len(steps) == 2 and all("keep-top step" in d for d in steps)
+    again = edits.run(spec, KeepTop(image=photo, seed=4, ts=(0, 20, 39)))
+    assert again.output.tobytes() == r.output.tobytes()

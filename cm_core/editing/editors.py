@@ -33,7 +33,7 @@ end). The clamp only moves values that left [-1, 1] (possible for colorize and s
 never for inpaint), so the constraints hold exactly on every unclipped pixel or patch.
 
 The loop lives in :mod:`cm_core.sampling.loop`, the transforms in :mod:`cm_core.editing.transforms`,
-the PIL-level wrappers (``colorize_image``, ``inpaint_image``, ...) in
+the PIL-level requests (``Colorize``, ``Inpaint``, ...) and their runner ``run_edit`` in
 :mod:`cm_core.editing.picture_editors`; :mod:`cm_core.editing` re-exports them all.
 """
 from __future__ import annotations

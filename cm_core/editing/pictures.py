@@ -178,6 +178,18 @@ def tensor_to_images(x: torch.Tensor) -> list[Image.Image]:
     return [Image.fromarray(im.permute(1, 2, 0).numpy(), "RGB") for im in a]
 
 
+def estimate_noise_std(image: Image.Image) -> float:
+    """Noise std in grey levels (0-255) of an RGB image: the median absolute value of the finest
+    diagonal Haar band over 0.6745 (Donoho's estimator); textures make it an upper bound."""
+    a = np.asarray(image.convert("RGB"), dtype=np.float64)
+    h, w = (a.shape[0] // 2) * 2, (a.shape[1] // 2) * 2
+    if h == 0 or w == 0:
+        return 0.0
+    a = a[:h, :w]
+    hh = (a[0::2, 0::2] - a[0::2, 1::2] - a[1::2, 0::2] + a[1::2, 1::2]) / 2
+    return float(np.median(np.abs(hh)) / 0.6745)
+
+
 # ----------------------------------------------------------------------------- masks
 def _alpha_or_any(a: np.ndarray, alpha: bool) -> np.ndarray:
     """Edit where the alpha channel is non-zero (images with alpha) or any channel is non-zero."""
@@ -190,16 +202,9 @@ def mask_array(src: Any) -> np.ndarray:
     """A user mask as a bool [H, W] array, True = EDIT there.
 
     ``src``: a PIL image (alpha channel if it has one, else any non-zero channel), a numpy array
-    or tensor [H, W] / [H, W, C] (C = 4: its alpha; otherwise any non-zero channel), a path/bytes,
-    or a Gradio ImageEditor value ``{"layers": [...], ...}`` (union of the painted layers).
+    or tensor [H, W] / [H, W, C] (C = 4: its alpha; otherwise any non-zero channel), or a path
+    or bytes of an image file.
     """
-    if isinstance(src, dict):
-        layers = [mask_array(layer) for layer in (src.get("layers") or []) if layer is not None]
-        if not layers:
-            raise ImageEditError("the editor has no painted layer: paint over the region to edit")
-        if any(m.shape != layers[0].shape for m in layers):
-            raise ImageEditError("the editor's layers have different sizes")
-        return np.logical_or.reduce(layers)
     if isinstance(src, torch.Tensor):
         src = src.detach().cpu().numpy()
     if isinstance(src, np.ndarray):

@@ -4,11 +4,13 @@ A request may carry megabytes in any text field (a 20 MB ``ts`` string, a 100 kB
 data URL where a file path belongs). Every message that echoes input quotes it through
 :func:`quote` (at most :data:`QUOTE_CHARS` characters of it, and its full length), text fields are
 refused by length before they are parsed (:func:`check_length`), and whatever reaches a visitor or
-a log line is cut to :data:`MESSAGE_CHARS` by :func:`bound`.
+a log line is cut to :data:`MESSAGE_CHARS` by :func:`bound`. :func:`renamed` maps a deprecated
+keyword to its new name with a warning that says which.
 """
 from __future__ import annotations
 
 import reprlib
+import warnings
 from typing import Any
 
 QUOTE_CHARS = 200  # characters of user input an error message may quote
@@ -42,3 +44,16 @@ def check_length(what: str, text: Any, limit: int) -> None:
     """Refuse a text field longer than ``limit`` characters before parsing it (``ValueError``)."""
     if isinstance(text, (str, bytes)) and len(text) > limit:
         raise ValueError(f"{what} is {len(text)} characters long; at most {limit} are accepted")
+
+
+def renamed(kwargs: dict[str, Any], **old_to_new: str) -> dict[str, Any]:
+    """``kwargs`` with each deprecated keyword (a key of ``old_to_new``) under its new name, with a
+    ``DeprecationWarning`` naming both; giving both names is a ``TypeError``."""
+    out = dict(kwargs)
+    for old, new in old_to_new.items():
+        if old in out:
+            if new in out:
+                raise TypeError(f"got both {old}= and {new}=; {old} is the deprecated name of {new}")
+            warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
+            out[new] = out.pop(old)
+    return out

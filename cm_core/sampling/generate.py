@@ -39,13 +39,22 @@ class SampleSettings:
 
     def resolved_ts(self, spec: ModelSpec) -> tuple[list[int], int] | None:
         """(ts, grid) for multistep CM sampling, or None for one-step / Heun."""
-        grid = self.grid_steps or spec.steps
-        if self.ts is not None:
-            validate_ts(self.ts, grid)
-            return list(self.ts), grid
-        if spec.kind == "edm" or self.steps == 1:
+        if self.ts is None and (spec.kind == "edm" or self.steps == 1):
             return None
-        return pick_ts(self.steps, grid, spec.ts if grid == spec.steps else ()), grid
+        ts, grid = model_ts(spec, self.steps, self.ts, self.grid_steps)
+        return list(ts), grid
+
+
+def model_ts(spec: ModelSpec | None, num_evals: int, ts: Sequence[int] | None = None,
+             grid_size: int | None = None) -> tuple[tuple[int, ...], int]:
+    """(ts, grid_size): explicit ``ts`` on a ``grid_size``-point Karras grid (default: the model's,
+    40 without a registry entry), else ``num_evals`` evaluations at the registry's tuned ``ts``
+    when it has that many (:func:`cm_core.sampling.schedule.pick_ts`)."""
+    grid = int(grid_size or (spec.steps if spec is not None else 40))
+    if ts is not None:
+        validate_ts(ts, grid)
+        return tuple(int(t) for t in ts), grid
+    return tuple(pick_ts(num_evals, grid, spec.ts if spec is not None and grid == spec.steps else ())), grid
 
 
 def labels_for(spec: ModelSpec, seeds: Sequence[int], class_label: int | None) -> torch.Tensor | None:

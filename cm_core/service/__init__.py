@@ -19,8 +19,9 @@ the sampler in :mod:`cm_core.sampling.generate` (``sample_batch``), the modules 
 """
 from __future__ import annotations
 
+from ..editing.picture_editors import EditResult
 from .classes import RANDOM_CLASS, class_choices, class_names, parse_class
-from .edits import EditResult, colorize, denoise, inpaint, stroke_guided, super_resolve
+from .edits import colorize, denoise, inpaint, stroke_guided, super_resolve
 from .examples import example_files
 from .generation import (
                          GenerateResult,

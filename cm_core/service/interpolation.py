@@ -1,6 +1,7 @@
 """Interpolation requests: frames between two seeds' samples or between two images, plus a GIF."""
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -10,12 +11,14 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..editing.picture_editors import describe_schedule, interpolate_images
+from ..editing.pictures import fit_image
 from ..models.denoiser import Denoiser
 from ..models.messages import quote
-from ..models.registry import ModelSpec, get_spec
+from ..models.registry import ModelSpec
 from ..sampling.runner import run_loop
 from .classes import parse_class
-from .edits import _describe, _editor_image, _fitted, _run_edit, _schedule
+from .edits import editable, on_model, picture, scheduled
 from .params import _int
 from .progress import Progress
 from .settings import MAX_SEED, max_batch
@@ -50,31 +53,29 @@ def interpolate(model: str, *, mode: str = "seeds", seed_a: Any = 0, seed_b: Any
                 progress: Progress | None = None) -> InterpolationResult:
     """Frames between two seeds' samples (slerp of their noises, paper Figure 6) or between two
     images' noises (each image noised to ``sigma`` with shared noise, then the same schedule)."""
-    spec = get_spec(str(model))
+    spec = editable(model)
     k = _int("frames", frames, 2, 64)
-    kw, lab = _schedule(spec, steps, ts), parse_class(spec, class_label)
+    sched, lab = scheduled(spec, steps, ts), parse_class(spec, class_label)
+    how = describe_schedule(sched["ts"], sched["grid_size"], spec)
     if mode == "seeds":
-        from ..editing.picture_editors import interpolate_images
         a, b = _int("seed A", seed_a, 0, MAX_SEED), _int("seed B", seed_b, 0, MAX_SEED)
-        outs, secs, _path = _run_edit(model, lambda s, d, cb: interpolate_images(
-            d, s, a, b, num_frames=k, class_label=lab, callback=cb, frame_batch=max_batch(), **kw),
-            progress, "step")
-        desc = f"seeds {a} -> {b}, {_describe(kw)} per frame"
+        run = functools.partial(interpolate_images, seed0=a, seed1=b, num_frames=k, class_label=lab,
+                                frame_batch=max_batch(), **sched)
+        desc = f"seeds {a} -> {b}, {how} per frame"
     elif mode == "images":
-        ia = _editor_image(image_a, "image A")
-        ib = _editor_image(image_b, "image B")
-        xa, xb = _fitted(spec, ia), _fitted(spec, ib)
-        outs, secs, _path = _run_edit(model, lambda s, d, cb: _interp_images(
-            d, s, xa, xb, k, lab, kw.get("num_steps", 2), sigma, cb), progress, "step")
-        desc = f"two images noised to sigma {sigma:g}, {kw.get('num_steps', 2)} step(s) per frame"
+        xa, xb = (fit_image(picture(im, what), spec.resolution) for im, what in ((image_a, "image A"), (image_b, "image B")))
+        n = len(sched["ts"]) - 1
+        run = functools.partial(_interp_images, xa=xa, xb=xb, k=k, label=lab, num_steps=n, sigma=sigma)
+        desc = f"two images noised to sigma {sigma:g}, {n} step(s) per frame"
     else:
         raise ValueError(f"mode must be 'seeds' or 'images', got {quote(mode)}")
+    outs, secs, _path = on_model(spec, lambda s, d, cb: run(d, s, callback=cb), "step", progress)
     alphas = np.linspace(0, 1, k)
     return InterpolationResult(outs, [f"alpha {x:.2f}" for x in alphas], _gif(outs), secs, desc)
 
 
-def _interp_images(den: Denoiser, spec: ModelSpec, xa: Image.Image, xb: Image.Image, k: int,
-                   label: int | None, num_steps: int, sigma: float, cb: Callable | None
+def _interp_images(den: Denoiser, spec: ModelSpec, *, xa: Image.Image, xb: Image.Image, k: int,
+                   label: int | None, num_steps: int, sigma: float, callback: Callable | None
                    ) -> list[Image.Image]:
     """Frame j: ``lerp(x_a, x_b, a_j) + sigma * slerp(e_a, e_b, a_j)``, then ``num_steps`` steps.
 
@@ -99,5 +100,5 @@ def _interp_images(den: Denoiser, spec: ModelSpec, xa: Image.Image, xb: Image.Im
         xs = x[i:i + n]
         gens = [torch.Generator(device=dev).manual_seed(1) for _ in range(xs.shape[0])]
         lab = labels[i:i + n] if labels is not None else None
-        out.append(run_loop(den, xs, sig, gens, None, lab, callback=cb).clamp(-1, 1))
+        out.append(run_loop(den, xs, sig, gens, None, lab, callback=callback).clamp(-1, 1))
     return tensor_to_images(torch.cat(out))

@@ -43,6 +43,17 @@ def _int(name: str, value: Any, lo: int, hi: int) -> int:
     return int(f)
 
 
+def _number(name: str, value: Any, lo: float, hi: float, unit: str = "") -> float:
+    """A number in [lo, hi] (``unit`` follows it in messages, e.g. " grey levels")."""
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number{unit and ' of' + unit}, got {quote(value)}") from None
+    if not lo <= f <= hi:
+        raise ValueError(f"{name} must be in [{lo:g}, {hi:g}]{unit}, got {f:g}")
+    return f
+
+
 _TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off", "")
 
 
