@@ -107,7 +107,7 @@ def diffusers_call(den: Denoiser, spec: ModelSpec, dtype: torch.dtype, device: t
                    ) -> Callable[[int, int], torch.Tensor]:
     """``run(batch, steps)`` with diffusers' pipeline on a copy of ``den``'s UNet in ``dtype``."""
     from diffusers import CMStochasticIterativeScheduler, ConsistencyModelPipeline
-    sched = CMStochasticIterativeScheduler(num_train_timesteps=spec.steps, sigma_min=spec.sigma_min,
+    sched = CMStochasticIterativeScheduler(num_train_timesteps=spec.grid_size, sigma_min=spec.sigma_min,
                                            sigma_max=spec.sigma_max)
     pipe = ConsistencyModelPipeline(unet=copy.deepcopy(den.net), scheduler=sched).to(device, dtype)
     pipe.set_progress_bar_config(disable=True)
@@ -125,7 +125,7 @@ def ours_call(den: Denoiser, spec: ModelSpec) -> Callable[[int, int], torch.Tens
     """``run(batch, steps)`` through ``generate.sample_batch`` (per-image seeds, as the app/CLI)."""
     def run(batch: int, steps: int) -> torch.Tensor:
         seeds = list(range(batch))
-        return sample_batch(den, spec, seeds, SampleSettings(steps=steps),
+        return sample_batch(den, spec, seeds, SampleSettings(num_evals=steps),
                             labels_for(spec, seeds, None))
     return run
 
@@ -149,7 +149,7 @@ def editing_call(den: Denoiser, spec: ModelSpec) -> Callable[[int, int], torch.T
         mask[:, : r // 2] = 1
         lab = labels_for(spec, list(range(batch)), None)
         with torch.no_grad():
-            return editing.inpaint(den, images, mask, x, list(spec.ts), spec.steps, gens, lab)
+            return editing.inpaint(den, images, mask, x, list(spec.ts), spec.grid_size, gens, lab)
     return run
 
 

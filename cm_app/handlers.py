@@ -129,7 +129,7 @@ def model_updates(name: str, cls: list, steps: list, g_ts, g_heun, gen_btn, gen_
         out[c] = gr.update(choices=choices or [S.RANDOM_CLASS], value=S.RANDOM_CLASS, visible=bool(choices))
     for i, st in enumerate(steps):
         e = spec.edit_steps
-        out[st] = gr.update(maximum=spec.steps - 1, value=(1, e, e, e, 1)[i], visible=not (edm and i == 0))
+        out[st] = gr.update(maximum=spec.grid_size - 1, value=(1, e, e, e, 1)[i], visible=not (edm and i == 0))
     return out
 
 

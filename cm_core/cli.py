@@ -104,11 +104,13 @@ def _check_fast(name: str, sizes: list[int], compile_: bool, device: str | None)
               help=f"registry name ({', '.join(registry.REGISTRY)})")
 @click.option("--checkpoint", type=click.Path(), default=None,
               help="load weights from this .pt/.safetensors/diffusers folder instead of the registry file")
-@click.option("--steps", type=int, default=1, show_default=True,
-              help="network evaluations (1 = one-step; EDM teachers: Heun steps)")
+@click.option("--num-evals", "--steps", "num_evals", type=int, default=1, show_default=True,
+              help="consistency-model network evaluations (1 = one-step; --steps is the old name)")
 @click.option("--ts", default=None, help="explicit step indices, e.g. 0,22,39 or 0,106,200/201, or noise "
-              "levels, e.g. 'sigmas: 80, 40, 20, 10, 5' (overrides --steps)")
-@click.option("--grid-steps", type=int, default=None, help="points of the Karras grid for --ts")
+              "levels, e.g. 'sigmas: 80, 40, 20, 10, 5' (overrides --num-evals)")
+@click.option("--grid-size", "--grid-steps", "grid_size", type=int, default=None,
+              help="points of the Karras grid for --ts (--grid-steps is the old name)")
+@click.option("--heun-steps", type=int, default=None, help="EDM teachers: Heun steps (default: the model's)")
 @click.option("--seed", type=int, default=0, show_default=True, help="image i uses seed+i")
 @click.option("--class-label", type=int, default=None, help="class for every image (random if unset)")
 @click.option("--n", "num", type=int, default=16, show_default=True, help="number of images")
@@ -125,7 +127,7 @@ def _check_fast(name: str, sizes: list[int], compile_: bool, device: str | None)
               "(default: on with CUDA; cached in $TORCHINDUCTOR_CACHE_DIR)")
 def sample_cmd(**kw) -> None:
     """Generate images (one-step, multistep or Heun) to a PNG grid or an .npz file."""
-    from .sampling.generate import run_sample_command
+    from .sampling.cli import run_sample_command
     try:
         run_sample_command(**kw)
     except (ValueError, RuntimeError) as e:

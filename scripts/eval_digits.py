@@ -113,7 +113,7 @@ def main(cd: str, ct: str, edm: str, per_class: int, heun_steps: int, ts: str | 
     rows: list[Row] = []
     spec = REGISTRY["cd_digits32"]
     ts_t = tuple(int(t) for t in ts.split(",")) if ts else spec.ts
-    grid = grid or spec.steps
+    grid = grid or spec.grid_size
     timing = None
     for name, src in (("CD", cd), ("CT", ct)):
         den = _load(src)

@@ -141,9 +141,9 @@ def test_registry_has_the_twelve_released_models():
         assert s.url == f"https://openaipublic.blob.core.windows.net/consistency/{s.name}.pt"
         assert (s.hub_repo is None) == (s.kind == "edm")
         assert (s.sigma_min, s.sigma_max, s.sigma_data) == (0.002, 80.0, 0.5)
-    assert get_spec("ct_imagenet64").ts == (0, 106, 200) and get_spec("ct_imagenet64").steps == 201
+    assert get_spec("ct_imagenet64").ts == (0, 106, 200) and get_spec("ct_imagenet64").grid_size == 201
     assert get_spec("cd_bedroom256_l2").ts == (0, 18, 39)
-    assert get_spec("ct_cat256").ts == (0, 62, 150) and get_spec("ct_cat256").steps == 151
+    assert get_spec("ct_cat256").ts == (0, 62, 150) and get_spec("ct_cat256").grid_size == 151
     assert "bedroom" in get_spec("cd_cat256_lpips").note
     assert get_spec("cd_imagenet64_lpips").arch == IMAGENET64 and get_spec("ct_bedroom256").arch == LSUN256
 

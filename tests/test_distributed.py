@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from cm_core.models.checkpoints import arch_meta
 from cm_core.models.network import build_unet
 from cm_core.models.registry import get_spec
-from cm_core.sampling.generate import run_sample_command
+from cm_core.sampling.cli import run_sample_command
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL = "cd_digits32"  # 32px, 1.4M parameters: a tiny stand-in with random weights
@@ -42,7 +42,7 @@ def _run(ckpt: Path, out: Path, batch_size: int, steps: int = 2, n: int = 7, fas
 
 
 def _sample(ckpt: Path, out: Path, batch_size: int, steps: int, n: int, fast: bool) -> None:
-    run_sample_command(model=MODEL, checkpoint=str(ckpt), steps=steps, ts=None, grid_steps=None,
+    run_sample_command(model=MODEL, checkpoint=str(ckpt), num_evals=steps, ts=None, grid_size=None, heun_steps=None,
                        seed=3, class_label=None, num=n, num_samples=None, batch_size=batch_size,
                        dropout=0.0, device="cpu", dtype="float32", out=str(out), fast=fast)
 
@@ -92,8 +92,8 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
 
     from cm_core.sampling import generate
     arr, lab = np.zeros((4, 8, 8, 3), np.uint8), np.arange(4)
-    generate._write(str(tmp_path / "s.npz"), arr, lab)
-    generate._write(str(tmp_path / "grid.png"), arr, lab)
+    generate.write_samples(str(tmp_path / "s.npz"), arr, lab)
+    generate.write_samples(str(tmp_path / "grid.png"), arr, lab)
     with np.load(tmp_path / "s.npz") as f:
         assert f["arr_0"].shape == (4, 8, 8, 3) and f["arr_1"].tolist() == [0, 1, 2, 3]
     assert Image.open(tmp_path / "grid.png").size == (16, 16)
@@ -103,5 +103,5 @@ def test_outputs_are_written_atomically(tmp_path, monkeypatch):
         raise KeyboardInterrupt
     monkeypatch.setattr(generate.np, "savez", killed)
     with pytest.raises(KeyboardInterrupt):
-        generate._write(str(tmp_path / "big.npz"), arr, lab)
+        generate.write_samples(str(tmp_path / "big.npz"), arr, lab)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "s.npz"]

@@ -285,12 +285,12 @@ def test_denoise_starts_at_the_users_noise_level(den, batch):
     got = editing.denoise(den, noisy, sigma, None, labels)
     s = torch.full((2,), sigma)
     assert torch.equal(got, den(noisy, s, labels).clamp(-1, 1))
-    more = editing.denoise(den, noisy, sigma, gen(6), labels, num_steps=3)
+    more = editing.denoise(den, noisy, sigma, gen(6), labels, num_evals=3)
     assert more.shape == images.shape and more.abs().max() <= 1
     assert torch.equal(editing.denoise(den, noisy, 0.0, None, labels),  # f(x, sigma_min) = x
                        editing.denoise(den, noisy, 0.002, None, labels))
     with pytest.raises(ValueError, match="pass a generator"):
-        editing.denoise(den, noisy, sigma, None, labels, num_steps=2)
+        editing.denoise(den, noisy, sigma, None, labels, num_evals=2)
     with pytest.raises(ValueError, match="sigma"):
         editing.denoise(den, noisy, float("nan"), None, labels)
 

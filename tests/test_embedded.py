@@ -65,7 +65,7 @@ def test_onestep_and_twostep_samples_have_the_requested_class(cd, clf) -> None:
     x_t = initial_noise((len(labels), 3, 32, 32), gens)
     with torch.no_grad():
         one = onestep(cd, x_t, labels)
-        two = multistep(cd, x_t, REGISTRY["cd_digits32"].ts, REGISTRY["cd_digits32"].steps,
+        two = multistep(cd, x_t, REGISTRY["cd_digits32"].ts, REGISTRY["cd_digits32"].grid_size,
                         make_generators(7, len(labels)), labels)
     # here 0.925 and 0.95 on 40 samples; benchmark (scripts/eval_digits.py): 0.920 and 0.942 on 500
     assert _accuracy(clf, one, labels) >= 0.85

@@ -100,11 +100,11 @@ def test_half_precision_denoiser_keeps_the_time_input_fp32():
 def test_fast_sample_batch_equals_exact(den):
     """generate.sample_batch on the fast denoiser equals the exact samplers (one and two steps)."""
     fast = optimize(den, copy=True)
-    seeds, st = [5, 6], SampleSettings(steps=2)
+    seeds, st = [5, 6], SampleSettings(num_evals=2)
     lab = labels_for(SPEC, seeds, None)
     exact = sample_batch(den, SPEC, seeds, st, lab)
     assert torch.equal(sample_batch(fast, SPEC, seeds, st, lab), exact)  # the same loop, to the bit
-    one = SampleSettings(steps=1)
+    one = SampleSettings(num_evals=1)
     assert torch.equal(sample_batch(fast, SPEC, seeds, one, lab), sample_batch(den, SPEC, seeds, one, lab))
 
 
@@ -179,11 +179,11 @@ def test_an_idle_or_closed_model_is_not_kept_alive(den):
 
 def test_dropout_uses_exact_path(den):
     fast = optimize(den, copy=True)
-    seeds, st = [1, 2], SampleSettings(steps=1, dropout=0.2)
+    seeds, st = [1, 2], SampleSettings(num_evals=1, dropout=0.2)
     lab = labels_for(SPEC, seeds, None)
     a, b = sample_batch(fast, SPEC, seeds, st, lab), sample_batch(den, SPEC, seeds, st, lab)
     assert torch.equal(a, b) and den.dropout == 0.0
-    assert not torch.equal(a, sample_batch(den, SPEC, seeds, SampleSettings(steps=1), lab))
+    assert not torch.equal(a, sample_batch(den, SPEC, seeds, SampleSettings(num_evals=1), lab))
     assert isinstance(fast, FastDenoiser)
 
 
@@ -215,7 +215,7 @@ def test_graph_bookkeeping_with_stand_in_graphs(den, monkeypatch):
         return lambda *a: (gate.wait(30), fn(*a))[1]
     fast = optimize(den, copy=True, compiler=gated, warm_buckets=())
     fast.cuda_graphs = True
-    seeds, st = [5, 6, 7], SampleSettings(steps=2)
+    seeds, st = [5, 6, 7], SampleSettings(num_evals=2)
     lab = labels_for(SPEC, seeds, None)
     exact = sample_batch(den, SPEC, seeds, st, lab)
     for _ in range(2):  # eager graph: captured once, replayed twice
@@ -247,7 +247,7 @@ def test_no_capture_while_a_compilation_runs(den, monkeypatch):
                     compiler=lambda fn: lambda *a: (started.set(), gate.wait(30), fn(*a))[2])
     fast.cuda_graphs = True
     assert started.wait(30)  # bucket 4 is compiling
-    seeds, st = [5, 6, 7], SampleSettings(steps=2)
+    seeds, st = [5, 6, 7], SampleSettings(num_evals=2)
     lab = labels_for(SPEC, seeds, None)
     exact = sample_batch(den, SPEC, seeds, st, lab)
     for _ in range(2):
@@ -300,7 +300,7 @@ def test_sampling_runs_as_one_graph_for_new_seeds(den, monkeypatch):
     for seeds in ([1, 2, 3], [7, 8, 9]):
         lab = labels_for(SPEC, seeds, None)
         for steps in (1, 2):
-            st = SampleSettings(steps=steps)
+            st = SampleSettings(num_evals=steps)
             got = sample_batch(fast, SPEC, seeds, st, lab, callback=cb)
             assert torch.equal(got, sample_batch(den, SPEC, seeds, st, lab)), steps
     assert len(StaticGraph.captures) == 2 and fast.stats["graph_replays"] == 4
@@ -336,7 +336,7 @@ def test_graph_cache_is_bounded(den, monkeypatch):
     StaticGraph.captures = []
     fast = optimize(den, copy=True)
     fast.cuda_graphs, fast.max_graphs = True, 2
-    run = {n: (lambda n=n: sample_batch(fast, SPEC, list(range(n)), SampleSettings(steps=1),
+    run = {n: (lambda n=n: sample_batch(fast, SPEC, list(range(n)), SampleSettings(num_evals=1),
                                         labels_for(SPEC, list(range(n)), None))) for n in (1, 2, 3)}
     for n in (1, 2, 1, 3):  # 3 evicts 2 (1 was used more recently)
         run[n]()

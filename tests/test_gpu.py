@@ -59,7 +59,7 @@ def test_imagenet64_architecture_fp16_error():
 @pytest.mark.parametrize("steps", [1, 2])
 def test_graphed_sampling_equals_ungraphed(den, steps):
     graphed, plain = _fast(den), _fast(den, graphs=False)
-    settings = SampleSettings(steps=steps)
+    settings = SampleSettings(num_evals=steps)
     for seeds in ([1, 2, 3], [7, 8, 9]):  # the second batch replays the first one's graph
         lab = labels_for(SPEC, seeds, None)
         got = sample_batch(graphed, SPEC, seeds, settings, lab)

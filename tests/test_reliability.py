@@ -241,7 +241,7 @@ def test_batch_size_is_bounded_by_cm_max_batch(monkeypatch):
 
 @pytest.mark.parametrize("kw,needle", [
     (dict(ts=",".join(map(str, range(202))) + "/1000"), "at most 200"),
-    (dict(ts="0,1/1"), "steps must be >= 2"),
+    (dict(ts="0,1/1"), "a grid needs at least 2 points"),
     (dict(steps=0), "steps"), (dict(steps="many"), "must be a number"), (dict(steps=1.5), "integer"),
     (dict(seed=S.MAX_SEED), "seed"), (dict(seed=float("nan")), "seed"), (dict(seed=float("inf")), "seed"),
     (dict(dropout="x"), "dropout"), (dict(dropout=-0.01), "dropout"), (dict(dropout=float("nan")), "dropout"),

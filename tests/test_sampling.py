@@ -152,3 +152,29 @@ def test_half_precision_runs_close(den):
         bf.net.load_state_dict({k: v.to(torch.bfloat16) for k, v in den.net.state_dict().items()})
         out = sampling.onestep(bf, x, y)
     assert out.dtype == torch.float32 and (out - ref).abs().max() < 0.1
+
+
+def test_step_names_mean_one_thing_and_the_old_keywords_still_work(den):
+    """grid_size = points of the Karras grid, num_evals = network evaluations, heun_steps = Heun
+    steps; the old keywords give the same result with a DeprecationWarning naming the new one."""
+    from cm_core.editing import editors
+    from cm_core.sampling.generate import SampleSettings
+    x, y = sampling.initial_noise((1, 3, 32, 32), sampling.make_generators(0, 1)), torch.tensor([2])
+    g = lambda: sampling.make_generators(1, 1)  # noqa: E731
+    new = sampling.multistep(den, x, [0, 20, 39], grid_size=40, generator=g(), class_labels=y)
+    with pytest.warns(DeprecationWarning, match="steps= is deprecated: use grid_size="):
+        old = sampling.multistep(den, x, [0, 20, 39], steps=40, generator=g(), class_labels=y)
+    assert torch.equal(new, old)
+    with pytest.warns(DeprecationWarning, match="num_steps= is deprecated: use heun_steps="):
+        assert torch.equal(sampling.heun(den, x, num_steps=3, class_labels=y), sampling.heun(den, x, heun_steps=3, class_labels=y))
+    with pytest.warns(DeprecationWarning, match="use num_evals="):
+        assert torch.equal(editors.stroke_guided(den, x / 80, 2.0, num_steps=2, generator=g(), class_labels=y),
+                           editors.stroke_guided(den, x / 80, 2.0, num_evals=2, generator=g(), class_labels=y))
+    with pytest.warns(DeprecationWarning, match="use num_evals="):
+        assert schedule.pick_ts(num_steps=2, steps=40) == schedule.pick_ts(num_evals=2, grid_size=40) == [0, 20, 39]
+    with pytest.raises(TypeError, match="both"):
+        schedule.pick_ts(2, grid_size=40, steps=40)
+    with pytest.warns(DeprecationWarning, match="use num_evals="):
+        assert SampleSettings(steps=3, grid_steps=201) == SampleSettings(num_evals=3, grid_size=201)
+    with pytest.raises(ValueError, match="heun_steps >= 2"):  # no silent max(steps, 2)
+        sampling.heun(den, x, 1, y)

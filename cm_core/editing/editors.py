@@ -9,7 +9,7 @@ Every editor runs the same loop, :func:`edit_loop` (Algorithm 4 of Song et al. 2
         x  = x0 + z_i * sqrt(t_{i+1}^2 - sigma_min^2)     # z_i: one randn draw per step
     return clamp(x, -1, 1)
 
-``t_i`` is point ``ts[i]`` of a ``steps``-point Karras grid (rho 7, sigma_max -> sigma_min),
+``t_i`` is point ``ts[i]`` of a ``grid_size``-point Karras grid (rho 7, sigma_max -> sigma_min),
 ``t_{i+1}`` is clipped to [sigma_min, sigma_max], and ``z_i = torch.randn(x.shape, generator=g)``
 is drawn at every step, the last one included (its scale is 0), exactly as the original
 ``iterative_colorization`` / ``iterative_inpainting`` / ``iterative_superres``. ``generator`` is one
@@ -45,6 +45,7 @@ from typing import Any
 import torch
 
 from ..models.denoiser import Rng, noise_like
+from ..models.messages import old_keywords
 from ..sampling.loop import Callback, DenoiseFn, Replacement, sigma_range
 from ..sampling.runner import edit_loop, run_loop
 from ..sampling.schedule import karras_sigmas, ts_to_sigmas
@@ -74,8 +75,9 @@ def _finish(x: torch.Tensor, reference: torch.Tensor, return_reference: bool
     return (out, reference) if return_reference else out
 
 
+@old_keywords(steps="grid_size")
 @torch.no_grad()
-def colorize(den: DenoiseFn, images: torch.Tensor, x: torch.Tensor, ts: Sequence[int], steps: int,
+def colorize(den: DenoiseFn, images: torch.Tensor, x: torch.Tensor, ts: Sequence[int], grid_size: int,
              generator: Rng, class_labels: torch.Tensor | None = None, *, dropout_rng: Rng = None,
              callback: Callback | None = None, return_reference: bool = False
              ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +92,7 @@ def colorize(den: DenoiseFn, images: torch.Tensor, x: torch.Tensor, ts: Sequence
     _check_pair(images, x)
     repl = color_replacement(luminance_basis(images.device).to(images.dtype))
     ref = repl(images, torch.zeros_like(images))
-    out = edit_loop(den, x, ts, steps, generator,
+    out = edit_loop(den, x, ts, grid_size, generator,
                     Replacement(lambda x0, r: repl(r, x0), (ref,), "colorize"), class_labels,
                     dropout_rng=dropout_rng, callback=callback)
     return _finish(out, ref, return_reference)
@@ -117,9 +119,10 @@ def _check_mask(mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
     return full
 
 
+@old_keywords(steps="grid_size")
 @torch.no_grad()
 def inpaint(den: DenoiseFn, images: torch.Tensor, mask: torch.Tensor, x: torch.Tensor,
-            ts: Sequence[int], steps: int, generator: Rng, class_labels: torch.Tensor | None = None,
+            ts: Sequence[int], grid_size: int, generator: Rng, class_labels: torch.Tensor | None = None,
             *, dropout_rng: Rng = None, callback: Callback | None = None,
             return_reference: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
     """Inpainting (Algorithm 4 with A = identity; the original ``iterative_inpainting``).
@@ -131,14 +134,15 @@ def inpaint(den: DenoiseFn, images: torch.Tensor, mask: torch.Tensor, x: torch.T
     _check_pair(images, x)
     keep = _check_mask(mask, images)
     ref = keep_known(-torch.ones_like(images), images, keep)
-    out = edit_loop(den, x, ts, steps, generator, Replacement(keep_known, (ref, keep), "inpaint"),
+    out = edit_loop(den, x, ts, grid_size, generator, Replacement(keep_known, (ref, keep), "inpaint"),
                     class_labels, dropout_rng=dropout_rng, callback=callback)
     return _finish(out, ref, return_reference)
 
 
+@old_keywords(steps="grid_size")
 @torch.no_grad()
 def super_resolve(den: DenoiseFn, images: torch.Tensor, x: torch.Tensor, ts: Sequence[int],
-                  steps: int, generator: Rng, patch_size: int = 8,
+                  grid_size: int, generator: Rng, patch_size: int = 8,
                   class_labels: torch.Tensor | None = None, *, dropout_rng: Rng = None,
                   callback: Callback | None = None, return_reference: bool = False
                   ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
@@ -154,7 +158,7 @@ def super_resolve(den: DenoiseFn, images: torch.Tensor, x: torch.Tensor, ts: Seq
     check_patch_size(images, patch_size)
     repl = patch_replacement(patch_basis(patch_size, images.device).to(images.dtype), patch_size)
     ref = average_patches(images, patch_size)
-    out = edit_loop(den, x, ts, steps, generator,
+    out = edit_loop(den, x, ts, grid_size, generator,
                     Replacement(lambda x0, r: repl(r, x0), (ref,), f"super_resolve/{patch_size}"),
                     class_labels, dropout_rng=dropout_rng, callback=callback)
     return _finish(out, ref, return_reference)
@@ -192,9 +196,10 @@ def _repeat_labels(labels: torch.Tensor | None, k: int) -> torch.Tensor | None:
     return lab if lab.numel() == 1 else lab.repeat(k)
 
 
+@old_keywords(steps="grid_size")
 @torch.no_grad()
 def interpolate(den: DenoiseFn, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequence[float],
-                ts: Sequence[int], steps: int, generator: Rng,
+                ts: Sequence[int], grid_size: int, generator: Rng,
                 class_labels: torch.Tensor | None = None, *, dropout_rng: Rng = None,
                 callback: Callback | None = None, frame_batch: int | None = None) -> torch.Tensor:
     """Frames along the slerp path between two starting noises (paper Figure 6 / Section 6).
@@ -203,8 +208,8 @@ def interpolate(den: DenoiseFn, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequ
     ``slerp(z0, z1, alphas[k])`` and runs :func:`edit_loop` (no replacement) with the same ``ts`` and
     the SAME per-step noise for every frame: one draw of ``z0``'s shape per step from ``generator``,
     as :func:`cm_core.sampling.multistep` would make. So alpha 0 / 1 reproduce
-    ``multistep(den, z0 | z1, ts, steps, <generator with the same seed>)`` (and ``onestep`` when
-    ``ts = (0, steps - 1)``). ``class_labels`` are per image of the batch and shared by all frames.
+    ``multistep(den, z0 | z1, ts, grid_size, <generator with the same seed>)`` (and ``onestep``
+    when ``ts = (0, grid_size - 1)``). ``class_labels`` are per image of the batch and shared by all frames.
     Frames are evaluated ``frame_batch`` at a time (default: all at once).
     Returns [K, B, 3, H, W] (or [K, 3, H, W] for 3-D inputs) in [-1, 1], K = len(alphas).
     """
@@ -217,7 +222,7 @@ def interpolate(den: DenoiseFn, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequ
     if not alist:
         raise ValueError("alphas is empty: give e.g. torch.linspace(0, 1, 8).tolist()")
     smin, smax = sigma_range(den)
-    sig = ts_to_sigmas(ts, steps, sigma_min=smin, sigma_max=smax)
+    sig = ts_to_sigmas(ts, grid_size, sigma_min=smin, sigma_max=smax)
     noises = torch.stack([noise_like(a, generator) for _ in range(len(sig) - 1)])
     frames = torch.stack([slerp(a, b, al) for al in alist])
     k_all, bsz = frames.shape[:2]
@@ -234,22 +239,23 @@ def interpolate(den: DenoiseFn, z0: torch.Tensor, z1: torch.Tensor, alphas: Sequ
 
 
 # ----------------------------------------------------------------------------- denoise / SDEdit
-def _sub_schedule(den: Any, sigma: float, num_steps: int) -> list[float]:
-    """``num_steps + 1`` Karras levels (rho 7) from ``sigma`` (clipped to the model's range) down
-    to sigma_min: ``num_steps`` evaluations."""
-    if int(num_steps) != num_steps or num_steps < 1:
-        raise ValueError(f"num_steps must be an integer >= 1, got {num_steps!r}")
+def _sub_schedule(den: Any, sigma: float, num_evals: int) -> list[float]:
+    """``num_evals + 1`` Karras levels (rho 7) from ``sigma`` (clipped to the model's range) down
+    to sigma_min: ``num_evals`` evaluations."""
+    if int(num_evals) != num_evals or num_evals < 1:
+        raise ValueError(f"num_evals must be an integer >= 1, got {num_evals!r}")
     if not math.isfinite(float(sigma)) or float(sigma) < 0:
         raise ValueError(f"sigma must be a finite noise level >= 0, got {sigma!r}")
     smin, smax = sigma_range(den)
     start = min(max(float(sigma), smin), smax)
-    sig = karras_sigmas(int(num_steps) + 1, smin, start, append_zero=False)
+    sig = karras_sigmas(int(num_evals) + 1, smin, start, append_zero=False)
     return [start] + sig[1:-1] + [smin]  # the endpoints exactly, not up to float rounding
 
 
+@old_keywords(num_steps="num_evals")
 @torch.no_grad()
 def denoise(den: DenoiseFn, noisy: torch.Tensor, sigma: float, generator: Rng = None,
-            class_labels: torch.Tensor | None = None, *, num_steps: int = 1,
+            class_labels: torch.Tensor | None = None, *, num_evals: int = 1,
             dropout_rng: Rng = None, callback: Callback | None = None) -> torch.Tensor:
     """Denoise a noisy photo: ``noisy`` [B, 3, H, W] = clean + N(0, sigma^2) in [-1, 1] units
     (a noise std of s grey levels out of 255 is ``sigma = 2 s / 255``).
@@ -259,26 +265,27 @@ def denoise(den: DenoiseFn, noisy: torch.Tensor, sigma: float, generator: Rng = 
     continue Algorithm 4 on Karras levels from ``sigma`` to sigma_min (needs a ``generator``).
     Returns [B, 3, H, W] in [-1, 1].
     """
-    if num_steps != 1 and generator is None:
-        raise ValueError("denoise with num_steps > 1 adds noise between steps: pass a generator")
-    sig = _sub_schedule(den, sigma, num_steps)
+    if num_evals != 1 and generator is None:
+        raise ValueError("denoise with num_evals > 1 adds noise between steps: pass a generator")
+    sig = _sub_schedule(den, sigma, num_evals)
     out = run_loop(den, noisy, sig, generator, None, class_labels, dropout_rng=dropout_rng,
                    callback=callback)
     return out.clamp(-1, 1)
 
 
+@old_keywords(num_steps="num_evals")
 @torch.no_grad()
-def stroke_guided(den: DenoiseFn, strokes: torch.Tensor, sigma: float, num_steps: int,
+def stroke_guided(den: DenoiseFn, strokes: torch.Tensor, sigma: float, num_evals: int,
                   generator: Rng, class_labels: torch.Tensor | None = None, *,
                   dropout_rng: Rng = None, callback: Callback | None = None) -> torch.Tensor:
     """Stroke-guided generation (SDEdit, Meng et al. 2022, with a consistency model).
 
     ``strokes``: [B, 3, H, W] rough painting in [-1, 1]. ``x = strokes + sigma * z`` (the first draw
-    from ``generator``), then ``num_steps`` steps of Algorithm 4 without replacement on Karras levels
+    from ``generator``), then ``num_evals`` steps of Algorithm 4 without replacement on Karras levels
     from ``sigma`` to sigma_min (one more draw per step). Larger ``sigma`` follows the strokes less.
     Returns [B, 3, H, W] in [-1, 1].
     """
-    sig = _sub_schedule(den, sigma, num_steps)
+    sig = _sub_schedule(den, sigma, num_evals)
     x = strokes + noise_like(strokes, generator) * sig[0]
     out = run_loop(den, x, sig, generator, None, class_labels, dropout_rng=dropout_rng,
                    callback=callback)

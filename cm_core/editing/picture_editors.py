@@ -256,7 +256,7 @@ class Denoise(PictureEdit):
 
     def edit(self, den, y, gens, labels, callback):
         std = estimate_noise_std(_pil(y)) if self.noise_std is None else float(self.noise_std)
-        return editors.denoise(den, y, 2 * std / 255, gens, labels, num_steps=self.num_evals, callback=callback), y
+        return editors.denoise(den, y, 2 * std / 255, gens, labels, num_evals=self.num_evals, callback=callback), y
 
     def caption(self, spec: ModelSpec | None) -> str:
         what = "estimated noise" if self.noise_std is None else f"noise std {self.noise_std:g}/255"

@@ -33,7 +33,7 @@ def _grid_steps(source: str | os.PathLike, steps: int | None) -> int:
     if steps is not None:
         return steps
     spec = REGISTRY.get(str(source))
-    return spec.steps if spec else 40
+    return spec.grid_size if spec else 40
 
 
 def export_pipeline(source: str | os.PathLike, out: str | os.PathLike,

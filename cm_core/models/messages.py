@@ -5,13 +5,17 @@ data URL where a file path belongs). Every message that echoes input quotes it t
 :func:`quote` (at most :data:`QUOTE_CHARS` characters of it, and its full length), text fields are
 refused by length before they are parsed (:func:`check_length`), and whatever reaches a visitor or
 a log line is cut to :data:`MESSAGE_CHARS` by :func:`bound`. :func:`renamed` maps a deprecated
-keyword to its new name with a warning that says which.
+keyword to its new name with a warning that says which; :func:`old_keywords` does it for a function.
 """
 from __future__ import annotations
 
+import functools
 import reprlib
 import warnings
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 QUOTE_CHARS = 200  # characters of user input an error message may quote
 MESSAGE_CHARS = 1000  # the longest error message or log line
@@ -57,3 +61,13 @@ def renamed(kwargs: dict[str, Any], **old_to_new: str) -> dict[str, Any]:
             warnings.warn(f"{old}= is deprecated: use {new}=", DeprecationWarning, stacklevel=3)
             out[new] = out.pop(old)
     return out
+
+
+def old_keywords(**old_to_new: str) -> Callable[[F], F]:
+    """Decorator: ``fn`` also takes each deprecated keyword of ``old_to_new`` (see :func:`renamed`)."""
+    def wrap(fn: F) -> F:
+        @functools.wraps(fn)
+        def inner(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **renamed(kwargs, **old_to_new))
+        return inner  # type: ignore[return-value]
+    return wrap

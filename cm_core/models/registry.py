@@ -7,6 +7,8 @@ Every spec is a frozen dataclass. Architectures use the original implementation'
 """
 from __future__ import annotations
 
+import warnings
+
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -89,7 +91,7 @@ class ModelSpec:
     dataset: str
     method: str  # "CD-L2", "CD-LPIPS", "CT", "EDM teacher"
     ts: tuple[int, ...] = ()
-    steps: int = 40
+    grid_size: int = 40  # points of the Karras grid that ts index
     url: str | None = None
     hub_repo: str | None = None
     filename: str | None = None
@@ -109,15 +111,21 @@ class ModelSpec:
         return self.arch.image_size
 
     @property
+    def steps(self) -> int:
+        """Deprecated name of :attr:`grid_size`."""
+        warnings.warn("ModelSpec.steps is deprecated: use grid_size", DeprecationWarning, stacklevel=2)
+        return self.grid_size
+
+    @property
     def class_cond(self) -> bool:
         return self.arch.class_cond
 
 
 def _released(name: str, arch: ArchSpec, kind: Kind, dataset: str, method: str,
-              ts: tuple[int, ...], steps: int, note: str = "") -> ModelSpec:
+              ts: tuple[int, ...], grid_size: int, note: str = "") -> ModelSpec:
     hub = None if kind == "edm" else f"openai/diffusers-{name}"
     return ModelSpec(name=name, arch=arch, kind=kind, dataset=dataset, method=method, ts=ts,
-                     steps=steps, url=f"{BASE_URL}/{name}.pt", hub_repo=hub, filename=f"{name}.pt",
+                     grid_size=grid_size, url=f"{BASE_URL}/{name}.pt", hub_repo=hub, filename=f"{name}.pt",
                      note=note)
 
 
@@ -149,17 +157,17 @@ DIGIT_NAMES = tuple(str(i) for i in range(10))
 
 _EMBEDDED = [
     ModelSpec(name="cd_digits32", arch=DIGITS32, kind="cm", dataset="digits 32 (built-in)",
-              method="CD-PH", ts=(0, 22, 39), steps=40, filename="cd_digits32.safetensors",
+              method="CD-PH", ts=(0, 22, 39), grid_size=40, filename="cd_digits32.safetensors",
               embedded=True, class_names=DIGIT_NAMES, edit_steps=9,
               note="distilled here from edm_digits32 with a pseudo-Huber loss, N=18, mu=0.95 "
                    "(see checkpoints/embedded/TRAINING.md)"),
     ModelSpec(name="ct_digits32", arch=DIGITS32, kind="cm", dataset="digits 32 (built-in)",
-              method="CT", ts=(0, 22, 39), steps=40, filename="ct_digits32.safetensors",
+              method="CT", ts=(0, 22, 39), grid_size=40, filename="ct_digits32.safetensors",
               embedded=True, class_names=DIGIT_NAMES, edit_steps=9,
               note="consistency training here, pseudo-Huber loss, initialised from edm_digits32's "
                    "weights (ECT-style; see checkpoints/embedded/TRAINING.md)"),
     ModelSpec(name="edm_digits32", arch=DIGITS32, kind="edm", dataset="digits 32 (built-in)",
-              method="EDM teacher", ts=(0, 39), steps=40, filename="edm_digits32.safetensors",
+              method="EDM teacher", ts=(0, 39), grid_size=40, filename="edm_digits32.safetensors",
               embedded=True, class_names=DIGIT_NAMES, heun_steps=18,
               note="EDM teacher trained here (see checkpoints/embedded/TRAINING.md)"),
 ]

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import InitVar, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,32 +16,43 @@ import torch
 
 from ..accel.fast import FastDenoiser
 from ..models.denoiser import Denoiser
+from ..models.messages import renamed
 from ..models.network import MCDropout
 from ..models.registry import ModelSpec
 from .runner import run_loop
 from .samplers import heun, initial_noise, make_generators, multistep, onestep
-from .schedule import is_sigmas, parse_sigmas, parse_ts, pick_ts, validate_ts
+from .schedule import pick_ts, validate_ts
 
 _LABEL_STREAM = 0x2545F4914F6CDD1D  # random class labels: a stream apart from the noise seeds
 
 
 @dataclass(frozen=True)
 class SampleSettings:
-    """What to sample: ``steps`` evaluations (Heun steps for EDM), explicit ``ts`` on ``grid_steps``,
-    or explicit noise levels ``sigmas`` (:func:`cm_core.sampling.schedule.parse_sigmas`: the
-    levels evaluated, then sigma_min)."""
+    """What to sample. Consistency models: ``num_evals`` network evaluations (1 = one-step) at
+    the registry's ``ts``, or explicit ``ts`` on a ``grid_size``-point Karras grid, or explicit
+    noise levels ``sigmas`` (:func:`cm_core.sampling.schedule.parse_sigmas`: the levels evaluated,
+    then sigma_min). EDM teachers: ``heun_steps`` Heun steps (None: the model's). ``steps`` and
+    ``grid_steps`` are the deprecated names of ``num_evals`` and ``grid_size``."""
 
-    steps: int = 1
+    num_evals: int = 1
     ts: tuple[int, ...] | None = None
-    grid_steps: int | None = None
+    grid_size: int | None = None
     dropout: float = 0.0
     sigmas: tuple[float, ...] | None = None
+    heun_steps: int | None = None
+    steps: InitVar[int | None] = None
+    grid_steps: InitVar[int | None] = None
+
+    def __post_init__(self, steps: int | None, grid_steps: int | None) -> None:
+        for new, value in renamed({k: v for k, v in (("steps", steps), ("grid_steps", grid_steps))
+                                   if v is not None}, steps="num_evals", grid_steps="grid_size").items():
+            object.__setattr__(self, new, value)
 
     def resolved_ts(self, spec: ModelSpec) -> tuple[list[int], int] | None:
         """(ts, grid) for multistep CM sampling, or None for one-step / Heun."""
-        if self.ts is None and (spec.kind == "edm" or self.steps == 1):
+        if self.ts is None and (spec.kind == "edm" or self.num_evals == 1):
             return None
-        ts, grid = model_ts(spec, self.steps, self.ts, self.grid_steps)
+        ts, grid = model_ts(spec, self.num_evals, self.ts, self.grid_size)
         return list(ts), grid
 
 
@@ -50,11 +61,11 @@ def model_ts(spec: ModelSpec | None, num_evals: int, ts: Sequence[int] | None = 
     """(ts, grid_size): explicit ``ts`` on a ``grid_size``-point Karras grid (default: the model's,
     40 without a registry entry), else ``num_evals`` evaluations at the registry's tuned ``ts``
     when it has that many (:func:`cm_core.sampling.schedule.pick_ts`)."""
-    grid = int(grid_size or (spec.steps if spec is not None else 40))
+    grid = int(grid_size or (spec.grid_size if spec is not None else 40))
     if ts is not None:
         validate_ts(ts, grid)
         return tuple(int(t) for t in ts), grid
-    return tuple(pick_ts(num_evals, grid, spec.ts if spec is not None and grid == spec.steps else ())), grid
+    return tuple(pick_ts(num_evals, grid, spec.ts if spec is not None and grid == spec.grid_size else ())), grid
 
 
 def labels_for(spec: ModelSpec, seeds: Sequence[int], class_label: int | None) -> torch.Tensor | None:
@@ -90,7 +101,7 @@ def sample_batch(den: Denoiser | FastDenoiser, spec: ModelSpec, seeds: Sequence[
     x_T = initial_noise((len(seeds), 3, r, r), gens, sigmas[0] if sigmas else spec.sigma_max, device=dev)
     labels = labels.to(dev) if labels is not None and not isinstance(den, FastDenoiser) else labels
     if spec.kind == "edm":
-        return heun(den, x_T, max(settings.steps, 2), labels, drop, callback)
+        return heun(den, x_T, settings.heun_steps or spec.heun_steps, labels, drop, callback)
     if sigmas is not None:  # Algorithm 1 over the given levels, from noise at the first one
         return run_loop(den, x_T, sigmas, gens, None, labels, dropout_rng=drop, callback=callback).clamp(-1, 1)
     plan = settings.resolved_ts(spec)
@@ -114,48 +125,6 @@ def save_grid(images: np.ndarray, path: str | Path) -> None:
     for i, im in enumerate(images):
         grid[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
     Image.fromarray(grid).save(path)
-
-
-def run_sample_command(model: str, checkpoint: str | None, steps: int, ts: str | None,
-                       grid_steps: int | None, seed: int, class_label: int | None, num: int,
-                       num_samples: int | None, batch_size: int, dropout: float, device: str | None,
-                       dtype: str, out: str, fast: bool | None = None,
-                       compile: bool | None = None) -> None:
-    """The ``sample`` CLI command; under ``torchrun`` each rank samples its share of the seeds.
-
-    Image ``i`` (0 <= i < total) has seed ``seed + i`` and goes to rank ``i % world``; rank 0
-    gathers the uint8 images in chunks and writes them in seed order, so the file does not
-    depend on the number of processes or the batch size. ``fast``: use :func:`cm_core.accel.entry.optimize`
-    (default: on CUDA only; it then picks its own dtype, ``dtype`` is used when not float32);
-    ``compile``: torch.compile in fast mode (default: on CUDA only).
-    """
-    from ..accel.distributed import gather_strided, local_device, rank_world
-    from ..models.checkpoints import load_denoiser, pick_device
-    from ..models.registry import get_spec
-    spec = get_spec(model)
-    total = num_samples or num
-    if total < 1 or batch_size < 1:
-        raise ValueError("--n/--num-samples and --batch-size must be >= 1")
-    if is_sigmas(ts):  # "sigmas: 80, 40, 20, 10, 5"
-        settings = SampleSettings(sigmas=parse_sigmas(str(ts), spec.sigma_min, spec.sigma_max), dropout=dropout)
-    else:
-        ts_v, grid = parse_ts(ts, grid_steps or spec.steps)  # "0,22,39" or "0,106,200/201"
-        settings = SampleSettings(steps=steps, ts=ts_v, grid_steps=grid, dropout=dropout)
-    rank, world = rank_world()
-    dev = local_device(pick_device(device))
-    fast = dev.type == "cuda" if fast is None else fast
-    den = load_denoiser(checkpoint or model, arch=spec.arch, kind=spec.kind, device=dev,
-                        dtype=torch.float32 if fast else getattr(torch, dtype))
-    if fast:
-        from ..accel.entry import optimize
-        den = optimize(den, dtype="auto" if dtype == "float32" else dtype,
-                       compile="auto" if compile is None else compile,
-                       warm_buckets=(batch_size,))
-    imgs, labs = sample_shard(den, spec, seed, range(rank, total, world), settings,
-                              class_label, batch_size, progress=rank == 0)
-    arr, lab = gather_strided(imgs, labs, total, rank, world)
-    if rank == 0:
-        _write(out, arr, lab)
 
 
 def sample_shard(den: Denoiser | FastDenoiser, spec: ModelSpec, seed: int, indices: Sequence[int],
@@ -188,7 +157,7 @@ def sample_shard(den: Denoiser | FastDenoiser, spec: ModelSpec, seed: int, indic
     return imgs, labs
 
 
-def _write(out: str, arr: np.ndarray, lab: np.ndarray) -> None:
+def write_samples(out: str, arr: np.ndarray, lab: np.ndarray) -> None:
     """``.npz`` in OpenAI's evaluation layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) or a PNG grid,
     written atomically: a temporary file beside ``out`` (same suffix, so numpy and PIL keep the
     format), renamed once complete, so a killed run never leaves a file that looks finished."""

@@ -21,6 +21,7 @@ import torch
 
 from ..accel.fast import FastDenoiser
 from ..models.denoiser import Rng
+from ..models.messages import old_keywords
 from ..models.network import dropout_rate
 from .loop import (
     Callback,
@@ -95,16 +96,17 @@ def run_loop(den: DenoiseFn, x: torch.Tensor, sigmas: Sequence[float], generator
                        noise.to(device=x.device, dtype=x.dtype), *rt, callback=callback, sigmas=sig[:-1])
 
 
-def edit_loop(den: DenoiseFn, x: torch.Tensor, ts: Sequence[int], steps: int, generator: Rng,
+@old_keywords(steps="grid_size")
+def edit_loop(den: DenoiseFn, x: torch.Tensor, ts: Sequence[int], grid_size: int, generator: Rng,
               replace: ReplaceFn | None = None, class_labels: torch.Tensor | None = None, *,
               dropout_rng: Rng = None, callback: Callback | None = None,
               noise: torch.Tensor | None = None) -> torch.Tensor:
-    """Algorithm 4 with grid indices ``ts`` on a ``steps``-point Karras grid (:func:`run_loop`).
+    """Algorithm 4 with grid indices ``ts`` on a ``grid_size``-point Karras grid (:func:`run_loop`).
 
     With ``replace=None`` this is exactly :func:`cm_core.sampling.multistep` before its final clamp.
     Returns the final ``x`` [B, C, H, W], not clamped (callers clamp).
     """
     smin, smax = sigma_range(den)
-    sig = ts_to_sigmas(ts, steps, sigma_min=smin, sigma_max=smax)
+    sig = ts_to_sigmas(ts, grid_size, sigma_min=smin, sigma_max=smax)
     return run_loop(den, x, sig, generator, replace, class_labels, dropout_rng=dropout_rng,
                     callback=callback, noise=noise)

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 
 from ..models.denoiser import SIGMA_MAX, DenoiseFn, Rng, noise_like
+from ..models.messages import old_keywords
 from .loop import Callback, clamped_denoise
 from .runner import edit_loop, graphable, run_graphed, run_loop
 from .schedule import karras_sigmas
@@ -32,34 +33,36 @@ def onestep(den: DenoiseFn, x_T: torch.Tensor, class_labels: torch.Tensor | None
                     callback=callback).clamp(-1, 1)
 
 
-def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], steps: int,
+@old_keywords(steps="grid_size")
+def multistep(den: DenoiseFn, x_T: torch.Tensor, ts: Sequence[int], grid_size: int,
               generator: Rng, class_labels: torch.Tensor | None = None,
               dropout_rng: Rng = None, callback: Callback | None = None) -> torch.Tensor:
     """Multistep consistency sampling (paper Algorithm 1), the original ``stochastic_iterative_sampler``.
 
-    ``ts`` are indices into a ``steps``-point Karras grid (rho 7, sigma_max -> sigma_min). For each
+    ``ts`` are indices into a ``grid_size``-point Karras grid (rho 7, sigma_max -> sigma_min). For each
     consecutive pair (t_i, t_{i+1}): ``x0 = clamp(D(x, t_i))``, then
     ``x = x0 + randn * sqrt(t_{i+1}^2 - sigma_min^2)`` (one draw per step, also for the last
     pair, whose scale is 0). ``len(ts) - 1`` network evaluations; result clamped to [-1, 1].
     This is Algorithm 4's loop (:func:`cm_core.sampling.runner.edit_loop`) with nothing replaced.
     """
-    return edit_loop(den, x_T, ts, steps, generator, None, class_labels, dropout_rng=dropout_rng,
+    return edit_loop(den, x_T, ts, grid_size, generator, None, class_labels, dropout_rng=dropout_rng,
                      callback=callback).clamp(-1, 1)
 
 
-def heun(den: DenoiseFn, x_T: torch.Tensor, num_steps: int,
+@old_keywords(num_steps="heun_steps")
+def heun(den: DenoiseFn, x_T: torch.Tensor, heun_steps: int,
          class_labels: torch.Tensor | None = None, dropout_rng: Rng = None,
          callback: Callback | None = None) -> torch.Tensor:
     """Deterministic Heun sampler of the PF ODE for EDM teachers (Karras et al. 2022, Alg. 1).
 
-    ``num_steps`` Karras sigmas (sigma_max -> sigma_min, rho 7) then 0: Heun steps between them and a
-    final Euler step to 0, so ``2 * num_steps - 1`` evaluations (40 steps = 79). On a
+    ``heun_steps`` Karras sigmas (sigma_max -> sigma_min, rho 7) then 0: Heun steps between them and a
+    final Euler step to 0, so ``2 * heun_steps - 1`` evaluations (40 steps = 79). On a
     CUDA-graphed fast denoiser (no dropout; no callback, or a
     :class:`~cm_core.sampling.runner.ProgressOnly` one) the whole loop is one graph replay.
     """
-    if num_steps < 2:
-        raise ValueError(f"heun needs num_steps >= 2, got {num_steps}")
-    sig = karras_sigmas(num_steps, den.sigma_min, den.sigma_max)
+    if heun_steps < 2:
+        raise ValueError(f"heun needs heun_steps >= 2, got {heun_steps}")
+    sig = karras_sigmas(heun_steps, den.sigma_min, den.sigma_max)
     if not graphable(den, None, callback, dropout_rng):
         return _heun_steps(den, x_T, sig, class_labels, dropout_rng, callback).clamp(-1, 1)
     out = run_graphed(den, ("heun", tuple(sig)), lambda x, labels: _heun_steps(den, x, sig, labels, None, None),

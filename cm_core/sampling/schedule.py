@@ -9,24 +9,24 @@ from collections.abc import Sequence
 
 
 from ..models.denoiser import SIGMA_MAX, SIGMA_MIN
-from ..models.messages import check_length, quote
+from ..models.messages import check_length, old_keywords, quote
 
 MAX_TS_CHARS = 4000  # a ts text of 201 three-digit indices is about 800 characters
 
 RHO = 7.0
 
 
-def karras_sigma(index: float, steps: int, sigma_min: float = SIGMA_MIN,
+def karras_sigma(index: float, grid_size: int, sigma_min: float = SIGMA_MIN,
                  sigma_max: float = SIGMA_MAX, rho: float = RHO) -> float:
-    """Sigma of grid point ``index`` on a ``steps``-point Karras grid (EDM eq. 5), as a float.
+    """Sigma of point ``index`` on a ``grid_size``-point Karras grid (EDM eq. 5), as a float.
 
-    ``sigma_i = (sigma_max^(1/rho) + i/(steps-1) * (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho``;
-    index 0 is ``sigma_max`` and index ``steps-1`` is ``sigma_min``.
+    ``sigma_i = (sigma_max^(1/rho) + i/(N-1) * (sigma_min^(1/rho) - sigma_max^(1/rho)))^rho`` with
+    N = ``grid_size``; index 0 is ``sigma_max`` and index N-1 is ``sigma_min``.
     """
-    if steps < 2:
-        raise ValueError(f"a Karras grid needs at least 2 points, got steps={steps}")
+    if grid_size < 2:
+        raise ValueError(f"a Karras grid needs at least 2 points, got grid_size={grid_size}")
     hi, lo = sigma_max ** (1.0 / rho), sigma_min ** (1.0 / rho)
-    return (hi + index / (steps - 1) * (lo - hi)) ** rho
+    return (hi + index / (grid_size - 1) * (lo - hi)) ** rho
 
 
 def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA_MAX,
@@ -36,23 +36,26 @@ def karras_sigmas(n: int, sigma_min: float = SIGMA_MIN, sigma_max: float = SIGMA
     return sig + [0.0] if append_zero else sig
 
 
-def ts_to_sigmas(ts: Sequence[int], steps: int, sigma_min: float = SIGMA_MIN,
+@old_keywords(steps="grid_size")
+def ts_to_sigmas(ts: Sequence[int], grid_size: int, sigma_min: float = SIGMA_MIN,
                  sigma_max: float = SIGMA_MAX, rho: float = RHO) -> list[float]:
-    """Map step indices ``ts`` on a ``steps``-point grid to sigmas, clipped to [sigma_min, sigma_max]."""
-    validate_ts(ts, steps)
-    return [min(max(karras_sigma(t, steps, sigma_min, sigma_max, rho), sigma_min), sigma_max)
+    """Map indices ``ts`` on a ``grid_size``-point grid to sigmas, clipped to [sigma_min, sigma_max]."""
+    validate_ts(ts, grid_size)
+    return [min(max(karras_sigma(t, grid_size, sigma_min, sigma_max, rho), sigma_min), sigma_max)
             for t in ts]
 
 
-def validate_ts(ts: Sequence[int], steps: int) -> None:
-    """Check that ``ts`` are at least two strictly increasing integer indices in ``[0, steps-1]``."""
-    if steps < 2:
-        raise ValueError(f"steps must be >= 2 (the number of grid points), got {steps}")
+@old_keywords(steps="grid_size")
+def validate_ts(ts: Sequence[int], grid_size: int) -> None:
+    """Check that ``ts`` are at least two strictly increasing integer indices in ``[0, grid_size-1]``."""
+    if grid_size < 2:
+        raise ValueError(f"a grid needs at least 2 points, got a {grid_size}-point grid")
     ts = list(ts)
     if len(ts) < 2:
-        raise ValueError(f"ts needs at least two indices (e.g. 0,{steps - 1}); got {quote(ts)}")
-    if any(int(t) != t for t in ts) or any(t < 0 or t > steps - 1 for t in ts):
-        raise ValueError(f"ts must be integer indices in [0, {steps - 1}] for steps={steps}; got {quote(ts)}")
+        raise ValueError(f"ts needs at least two indices (e.g. 0,{grid_size - 1}); got {quote(ts)}")
+    if any(int(t) != t for t in ts) or any(t < 0 or t > grid_size - 1 for t in ts):
+        raise ValueError(f"ts must be integer indices in [0, {grid_size - 1}] on a {grid_size}-point grid; "
+                         f"got {quote(ts)}")
     if any(b <= a for a, b in zip(ts, ts[1:])):
         raise ValueError(f"ts must be strictly increasing; got {quote(ts)}")
 
@@ -92,14 +95,14 @@ def parse_sigmas(text: str, sigma_min: float = SIGMA_MIN, sigma_max: float = SIG
     return (*levels, sigma_min)
 
 
-def parse_ts(text: str | Sequence[int] | None, steps: int) -> tuple[tuple[int, ...] | None, int]:
-    """Explicit step indices from text: ``"0,22,39"`` on a ``steps``-point grid, or ``"0,106,200/201"``.
+def parse_ts(text: str | Sequence[int] | None, grid_size: int) -> tuple[tuple[int, ...] | None, int]:
+    """Explicit step indices from text: ``"0,22,39"`` on a ``grid_size``-point grid, or ``"0,106,200/201"``.
 
-    Returns ``(ts, grid)``; ``(None, steps)`` for empty input. A sequence of ints passes through.
+    Returns ``(ts, grid)``; ``(None, grid_size)`` for empty input. A sequence of ints passes through.
     Raises ``ValueError`` naming the expected form, and the :func:`validate_ts` errors.
     """
     if text is None or (isinstance(text, str) and not text.strip()):
-        return None, steps
+        return None, grid_size
     check_length("ts", text, MAX_TS_CHARS)
     if is_sigmas(text):
         raise ValueError("noise levels ('sigmas: ...') are taken by generation only; here give grid "
@@ -110,26 +113,27 @@ def parse_ts(text: str | Sequence[int] | None, steps: int) -> tuple[tuple[int, .
         body, _, g = text.replace(" ", "").partition("/")
         try:
             ts = tuple(int(t) for t in body.split(",") if t)
-            steps = int(g) if g else steps
+            grid_size = int(g) if g else grid_size
         except ValueError:
             raise ValueError("ts must be comma-separated integers like 0,22,39, optionally followed by "
                              f"/N for an N-point grid (e.g. 0,106,200/201); got {quote(text)}") from None
-    validate_ts(ts, steps)
-    return ts, steps
+    validate_ts(ts, grid_size)
+    return ts, grid_size
 
 
-def pick_ts(num_steps: int, steps: int, default_ts: Sequence[int] = ()) -> list[int]:
-    """Indices for ``num_steps`` network evaluations on a ``steps``-point grid.
+@old_keywords(num_steps="num_evals", steps="grid_size")
+def pick_ts(num_evals: int, grid_size: int, default_ts: Sequence[int] = ()) -> list[int]:
+    """Indices for ``num_evals`` network evaluations on a ``grid_size``-point grid.
 
     The original sampler evaluates the network at every index but the last (whose sigma is
-    sigma_min and adds no noise), so ``num_steps`` evaluations need ``num_steps + 1`` indices.
+    sigma_min and adds no noise), so ``num_evals`` evaluations need ``num_evals + 1`` indices.
     The registry's tuned ``default_ts`` is used when it has the right length; otherwise the
-    indices are spread evenly from 0 to ``steps - 1``.
+    indices are spread evenly from 0 to ``grid_size - 1``.
     """
-    if num_steps < 1:
-        raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-    if num_steps > steps - 1:
-        raise ValueError(f"at most {steps - 1} steps on a {steps}-point grid, got {num_steps}")
-    if len(default_ts) == num_steps + 1:
+    if num_evals < 1:
+        raise ValueError(f"num_evals must be >= 1, got {num_evals}")
+    if num_evals > grid_size - 1:
+        raise ValueError(f"at most {grid_size - 1} evaluations on a {grid_size}-point grid, got {num_evals}")
+    if len(default_ts) == num_evals + 1:
         return [int(t) for t in default_ts]
-    return [round(i * (steps - 1) / num_steps) for i in range(num_steps + 1)]
+    return [round(i * (grid_size - 1) / num_evals) for i in range(num_evals + 1)]

@@ -52,9 +52,9 @@ def common(spec: ModelSpec, seed: Any, class_label: Any) -> dict[str, Any]:
 
 def scheduled(spec: ModelSpec, steps: Any, ts: Any) -> dict[str, Any]:
     """The checked ``ts`` and ``grid_size``: explicit ``ts`` text, else ``steps`` evaluations."""
-    tsv, grid = parse_ts(ts, spec.steps)
+    tsv, grid = parse_ts(ts, spec.grid_size)
     if tsv is None:
-        n = _int("steps", steps if steps not in (None, "") else spec.edit_steps, 1, spec.steps - 1)
+        n = _int("steps", steps if steps not in (None, "") else spec.edit_steps, 1, spec.grid_size - 1)
         tsv, grid = model_ts(spec, n)
     return {"ts": tsv, "grid_size": grid}
 

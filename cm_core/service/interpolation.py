@@ -65,7 +65,7 @@ def interpolate(model: str, *, mode: str = "seeds", seed_a: Any = 0, seed_b: Any
     elif mode == "images":
         xa, xb = (fit_image(picture(im, what), spec.resolution) for im, what in ((image_a, "image A"), (image_b, "image B")))
         n = len(sched["ts"]) - 1
-        run = functools.partial(_interp_images, xa=xa, xb=xb, k=k, label=lab, num_steps=n, sigma=sigma)
+        run = functools.partial(_interp_images, xa=xa, xb=xb, k=k, label=lab, num_evals=n, sigma=sigma)
         desc = f"two images noised to sigma {sigma:g}, {n} step(s) per frame"
     else:
         raise ValueError(f"mode must be 'seeds' or 'images', got {quote(mode)}")
@@ -75,9 +75,9 @@ def interpolate(model: str, *, mode: str = "seeds", seed_a: Any = 0, seed_b: Any
 
 
 def _interp_images(den: Denoiser, spec: ModelSpec, *, xa: Image.Image, xb: Image.Image, k: int,
-                   label: int | None, num_steps: int, sigma: float, callback: Callable | None
+                   label: int | None, num_evals: int, sigma: float, callback: Callable | None
                    ) -> list[Image.Image]:
-    """Frame j: ``lerp(x_a, x_b, a_j) + sigma * slerp(e_a, e_b, a_j)``, then ``num_steps`` steps.
+    """Frame j: ``lerp(x_a, x_b, a_j) + sigma * slerp(e_a, e_b, a_j)``, then ``num_evals`` steps.
 
     Every frame draws the same per-step noise (one generator per frame, all with one seed), so the
     frames form a smooth path and run ``max_batch()`` at a time without changing the result."""
@@ -92,7 +92,7 @@ def _interp_images(den: Denoiser, spec: ModelSpec, *, xa: Image.Image, xb: Image
     eb = torch.randn(tb.shape, generator=g[1], device=dev)
     alphas = np.linspace(0.0, 1.0, k)
     x = torch.cat([(1 - a) * ta + a * tb + sigma * editing.slerp(ea, eb, float(a)) for a in alphas])
-    sig = karras_sigmas(num_steps + 1, den.sigma_min, min(sigma, den.sigma_max), append_zero=False)
+    sig = karras_sigmas(num_evals + 1, den.sigma_min, min(sigma, den.sigma_max), append_zero=False)
     labels = None if not spec.class_cond else torch.full(
         (k,), label if label is not None else 0, dtype=torch.long, device=dev)
     out, n = [], max_batch()

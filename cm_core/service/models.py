@@ -25,7 +25,7 @@ TABLE_HEADERS = ["model", "on disk", "size", "kind", "dataset", "resolution", "c
 def sampling_summary(spec: ModelSpec) -> str:
     if spec.kind == "edm":
         return f"Heun, {spec.heun_steps} steps ({2 * spec.heun_steps - 1} evaluations)"
-    return f"1 step; multistep ts {','.join(map(str, spec.ts))} on {spec.steps}"
+    return f"1 step; multistep ts {','.join(map(str, spec.ts))} on {spec.grid_size}"
 
 
 def model_rows() -> list[list[Any]]:
@@ -53,7 +53,7 @@ def model_info(name: str) -> dict[str, Any]:
         "size": human_size(model_bytes(spec, on_disk_only=False)), "path": str(local_path(spec)),
         "fetch_command": None if here else fetch_command(spec), "fetchable": bool(spec.url),
         "auto_fetch": bool(spec.url) and auto_fetch_enabled(),
-        "steps": spec.steps, "ts": list(spec.ts), "heun_steps": spec.heun_steps, "note": spec.note,
+        "steps": spec.grid_size, "ts": list(spec.ts), "heun_steps": spec.heun_steps, "note": spec.note,
         "loaded": name in cache(),
     }
 

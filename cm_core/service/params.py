@@ -115,7 +115,7 @@ def _sampling(spec: ModelSpec, req: GenerateRequest, dropout: float) -> tuple[Sa
     if spec.kind == "edm":
         hs = _int("Heun steps", req.heun_steps if req.heun_steps not in (None, "") else spec.heun_steps,
                   2, MAX_HEUN_STEPS)
-        return SampleSettings(steps=hs, dropout=dropout), 2 * hs - 1, \
+        return SampleSettings(heun_steps=hs, dropout=dropout), 2 * hs - 1, \
             f"Heun sampler, {hs} steps = {2 * hs - 1} network evaluations"
     if schedule.is_sigmas(req.ts):
         sig = schedule.parse_sigmas(str(req.ts), spec.sigma_min, spec.sigma_max)
@@ -124,12 +124,12 @@ def _sampling(spec: ModelSpec, req: GenerateRequest, dropout: float) -> tuple[Sa
                              "per image are allowed")
         return SampleSettings(sigmas=sig, dropout=dropout), len(sig) - 1, \
             f"multistep over sigmas {', '.join(f'{v:g}' for v in sig[:-1])}"
-    ts, grid = parse_ts(req.ts, spec.steps)
+    ts, grid = parse_ts(req.ts, spec.grid_size)
     if ts is not None:
-        return SampleSettings(ts=ts, grid_steps=grid, dropout=dropout), len(ts) - 1, \
+        return SampleSettings(ts=ts, grid_size=grid, dropout=dropout), len(ts) - 1, \
             f"multistep, ts {','.join(map(str, ts))} on a {grid}-point grid"
-    steps = _int("steps", req.steps if req.steps not in (None, "") else 1, 1, spec.steps - 1)
-    settings = SampleSettings(steps=steps, dropout=dropout)
+    steps = _int("steps", req.steps if req.steps not in (None, "") else 1, 1, spec.grid_size - 1)
+    settings = SampleSettings(num_evals=steps, dropout=dropout)
     resolved = settings.resolved_ts(spec)
     return settings, steps, ("one-step generation" if resolved is None else
                              f"{steps}-step, ts {','.join(map(str, resolved[0]))} on a {resolved[1]}-point grid")

@@ -15,7 +15,7 @@ MAX_SEED = 2 ** 63 - 1
 MAX_HEUN_STEPS = 200
 MAX_TS_STEPS = 200  # network evaluations per image with explicit ts (the largest released grid has 201 points)
 
-MAX_STEPS = max(s.steps for s in REGISTRY.values()) - 1  # the largest grid's step count
+MAX_STEPS = max(s.grid_size for s in REGISTRY.values()) - 1  # the largest grid's step count
 
 
 def default_model() -> str:
