@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from cm_core import load_denoiser
 from cm_core.train import TrainConfig, run_training
 from cm_core.train.ct import num_scales, target_mu
-from cm_core.train.losses import get_distance, lpips_available, pseudo_huber
+from cm_core.train.losses import get_distance, pseudo_huber
 
 TINY = dict(data="digits", image_size=8, num_channels=32, channel_mult="1,1",
             attention_resolutions="", num_head_channels=32, batch_size=16, warmup=10, lr=1e-3,
@@ -92,16 +92,6 @@ def test_losses() -> None:
         get_distance("l1")
 
 
-def test_lpips_used_or_skipped_cleanly(tmp_path: Path) -> None:
-    if lpips_available():
-        d = get_distance("lpips")(torch.zeros(1, 3, 32, 32), torch.ones(1, 3, 32, 32))
-        assert d.shape == (1,)
-        return
-    result = CliRunner().invoke(_cli(), ["train", "ct", "--out", str(tmp_path / "x"), "--loss",
-                                         "lpips", "--steps", "1", "--quiet"])
-    assert result.exit_code != 0 and "LPIPS is unavailable" in result.output
-
-
 def test_cli_trains(tmp_path: Path) -> None:
     args = ["train", "edm", "--data", "digits", "--out", str(tmp_path / "cli"), "--steps", "3",
             "--image-size", "8", "--channel-mult", "1,1", "--attention-resolutions", "",
@@ -121,25 +111,3 @@ def _meta(path: Path) -> dict:
     from safetensors import safe_open
     with safe_open(str(path), framework="pt") as f:
         return f.metadata()
-
-
-def test_lpips_error_names_the_missing_weight_file(tmp_path: Path, monkeypatch) -> None:
-    """With the packages importable but the VGG-16 weights absent, the error names the file."""
-    import importlib.machinery
-    import importlib.util
-
-    from cm_core.train import losses
-    pkg = tmp_path / "lpips"
-    pkg.mkdir()
-    (pkg / "__init__.py").write_text("")
-    real = importlib.util.find_spec
-    fake = {"lpips": importlib.machinery.ModuleSpec("lpips", None, origin=str(pkg / "__init__.py")),
-            "torchvision": importlib.machinery.ModuleSpec("torchvision", None)}
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: fake.get(name) or real(name, *a))
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    monkeypatch.setattr(losses, "_LPIPS", [])
-    with pytest.raises(losses.LpipsUnavailable) as e:
-        losses.get_distance("lpips")
-    msg = str(e.value)
-    assert str(tmp_path / "hub" / "checkpoints" / "vgg16-397923af.pth") in msg
-    assert str(pkg / "weights" / "v0.1" / "vgg.pth") in msg and losses.VGG16_URL in msg

@@ -4,13 +4,13 @@ Every function takes two image batches [B, C, H, W] and returns per-sample dista
 """
 from __future__ import annotations
 
-import importlib.util
 import math
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+
+from .perceptual import LPIPS, lpips_224
 
 Distance = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 LOSSES = ("l2", "pseudo_huber", "lpips")
@@ -29,11 +29,11 @@ def pseudo_huber(a: torch.Tensor, b: torch.Tensor, c: float | None = None) -> to
 
 
 class LpipsUnavailable(RuntimeError):
-    """LPIPS needs the ``lpips`` package and its VGG/AlexNet backbone weights on disk."""
+    """LPIPS needs the VGG-16 ImageNet weights on disk (the linear layers ship with cm-studio)."""
 
 
 def lpips_available() -> bool:
-    """Whether LPIPS can run offline (package importable and backbone weights cached)."""
+    """Whether LPIPS can run offline (its weight files are on disk)."""
     try:
         _lpips_net()
     except LpipsUnavailable:
@@ -41,58 +41,37 @@ def lpips_available() -> bool:
     return True
 
 
-_LPIPS: list[torch.nn.Module] = []
-
-
+_LPIPS: list[LPIPS] = []  # the loaded network, once
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
+LINEAR_WEIGHTS = Path(__file__).with_name("lpips_vgg_v0.1.safetensors")  # the lpips package's, BSD-2
 
 
 def lpips_files() -> list[Path]:
-    """The files LPIPS(VGG) needs: torchvision's ImageNet VGG-16 in the torch hub cache and the
-    ``lpips`` package's linear-layer weights (``weights/v0.1/vgg.pth``, shipped in its wheel)."""
-    files = [Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG16_URL).name]
-    spec = importlib.util.find_spec("lpips")
-    if spec is not None and spec.origin:
-        files.append(Path(spec.origin).parent / "weights" / "v0.1" / "vgg.pth")
-    return files
+    """The files LPIPS(VGG) reads: torchvision's ImageNet VGG-16 in the torch hub cache and the
+    linear layers of LPIPS v0.1 (shipped here, from the lpips package's ``weights/v0.1/vgg.pth``)."""
+    return [Path(torch.hub.get_dir()) / "checkpoints" / Path(VGG16_URL).name, LINEAR_WEIGHTS]
 
 
-def _lpips_problem() -> str | None:
-    """Why LPIPS cannot run offline, or None."""
-    if importlib.util.find_spec("lpips") is None or importlib.util.find_spec("torchvision") is None:
-        return "the 'lpips' and 'torchvision' packages are not installed (pip install lpips torchvision)"
-    missing = [str(f) for f in lpips_files() if not f.is_file()]
-    if missing:
-        return (f"missing weight file(s): {', '.join(missing)} (VGG-16: download {VGG16_URL} into "
-                f"{Path(torch.hub.get_dir()) / 'checkpoints'}; vgg.pth comes with the lpips package)")
-    return None
-
-
-def _lpips_net() -> torch.nn.Module:
+def _lpips_net() -> LPIPS:
     if _LPIPS:
         return _LPIPS[0]
-    problem = _lpips_problem()
-    if problem:
-        raise LpipsUnavailable(f"LPIPS is unavailable: {problem}; or use --loss l2 / pseudo_huber")
+    missing = [str(f) for f in lpips_files() if not f.is_file()]
+    if missing:
+        raise LpipsUnavailable(f"LPIPS is unavailable: missing weight file(s) {', '.join(missing)} (VGG-16: "
+                               f"download {VGG16_URL} into {Path(torch.hub.get_dir()) / 'checkpoints'}); "
+                               "or use --loss l2 / pseudo_huber")
     try:
-        import lpips  # noqa: PLC0415
-        net = lpips.LPIPS(net="vgg", verbose=False).eval().requires_grad_(False)
-    except Exception as e:  # noqa: BLE001 - missing package or weights that cannot be downloaded
-        raise LpipsUnavailable(
-            "LPIPS is unavailable: install the 'lpips' package and make its VGG weights available "
-            f"offline (torchvision cache), or use --loss l2 / pseudo_huber ({type(e).__name__}: "
-            f"{str(e)[:160]})") from None
+        net = LPIPS.from_files(*lpips_files())
+    except (OSError, RuntimeError, ValueError) as e:
+        raise LpipsUnavailable(f"LPIPS is unavailable: its weights could not be read ({type(e).__name__}: "
+                               f"{str(e)[:160]}); or use --loss l2 / pseudo_huber") from None
     _LPIPS.append(net)
     return net
 
 
 def lpips_distance(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """LPIPS(VGG) after bilinear upsampling to 224x224, as in the paper -> [B]."""
-    net = _lpips_net().to(a.device)
-    if a.shape[-1] < 256:
-        a = F.interpolate(a, size=224, mode="bilinear", align_corners=False)
-        b = F.interpolate(b, size=224, mode="bilinear", align_corners=False)
-    return net(a, b).reshape(-1)
+    return lpips_224(_lpips_net(), a, b)
 
 
 def get_distance(name: str) -> Distance:
