@@ -26,7 +26,7 @@ import gradio as gr
 
 from cm_core import service as S
 
-from .handlers import _err, _progress
+from .events import progress_of, shows_errors
 
 #: the model that actually runs, when it is not the chosen one
 RUNS: dict[str, Callable[[str], str]] = {"compare_teacher": S.teacher_for}
@@ -48,7 +48,7 @@ def _on_gpu(fn: Callable, api_name: str) -> Callable:
 def _progress_arg(args: tuple, kwargs: dict) -> Callable[[float, str], None] | None:
     for a in (*args, *kwargs.values()):
         if isinstance(a, gr.Progress):
-            return _progress(a)
+            return progress_of(a)
     return None
 
 
@@ -93,11 +93,11 @@ def model_event(fn: Callable, api_name: str, batched: bool = False) -> Callable:
             progress = prepare(args, kwargs)
             with S.compute_slots().hold(progress):
                 return (yield from on_gpu(*args, **kwargs))
-        return _err(stream)
+        return shows_errors(stream)
 
     @functools.wraps(fn)
     def run(*args: Any, **kwargs: Any) -> Any:
         progress = prepare(args, kwargs)
         with S.compute_slots().hold(progress):  # after the download: it holds no slot
             return on_gpu(*args, **kwargs)
-    return _err(run)
+    return shows_errors(run)

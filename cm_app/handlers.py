@@ -1,14 +1,12 @@
 """Event handlers: thin adapters from Gradio inputs to :mod:`cm_core.service` and back.
 
 Each model-running handler is also a public API endpoint (its api_name is set in
-:mod:`cm_app.layout`); the library's user errors become ``gr.Error`` messages.
+:mod:`cm_app.layout`); the library's user errors become ``gr.Error`` messages
+(:mod:`cm_app.events`). The model picker and the registry's endpoints are in :mod:`cm_app.picker`.
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
-import functools
-import inspect
 import queue
 import random
 import threading
@@ -21,39 +19,7 @@ from cm_core.models.messages import bound
 from cm_core.models.registry import get_spec
 
 from . import editor_values
-from .clients import client_alive
-
-
-@contextlib.contextmanager
-def _as_messages() -> Iterator[None]:
-    """Raise the library's user errors as ``gr.Error`` messages; ``S.Cancelled`` (nobody is left
-    to read it) as an invisible one, with no traceback in the log. A ``gr.Error`` passes as it is
-    (it is a ValueError: ``str()`` of it would add quotes)."""
-    try:
-        yield
-    except gr.Error:
-        raise
-    except S.Cancelled:
-        raise gr.Error("cancelled", visible=False, print_exception=False) from None
-    except S.USER_ERRORS as e:
-        raise gr.Error(bound(str(e)), print_exception=False) from None
-
-
-def _err(fn):
-    """Show the library's user errors (bad input, missing checkpoint) as a message, not a crash
-    (for a generator handler too: its errors come while it is iterated)."""
-    if inspect.isgeneratorfunction(fn):
-        @functools.wraps(fn)
-        def streamed(*args, **kwargs):
-            with _as_messages():
-                return (yield from fn(*args, **kwargs))
-        return streamed
-
-    @functools.wraps(fn)
-    def wrapped(*args, **kwargs):
-        with _as_messages():
-            return fn(*args, **kwargs)
-    return wrapped
+from .events import progress_of, shows_errors
 
 
 def _streamed(run) -> Iterator[tuple[int, int, list]]:
@@ -77,112 +43,8 @@ def _streamed(run) -> Iterator[tuple[int, int, list]]:
         yield value
 
 
-def _progress(progress: gr.Progress) -> S.Progress:
-    """``progress`` as the library's callback; it raises ``S.Cancelled`` once the client has left
-    (:func:`cm_app.clients.client_alive`), which stops the work between network evaluations."""
-    alive = client_alive()
-
-    def report(frac: float, desc: str) -> None:
-        if not alive():
-            raise S.Cancelled("the client left")
-        progress(frac, desc=desc)
-    return report
-
-
 def _gallery(result: S.GenerateResult) -> list:
     return list(zip(result.images, result.captions))
-
-
-# ----------------------------------------------------------------------------- model picker
-def pick_model(name: str, active: str, tabs: dict, model_md, fetch_btn, active_box) -> dict:
-    """What picking ``name`` changes. A model that can run here (on disk, or fetched on use)
-    becomes the one the tabs use, with its classes and step ranges (``tabs``: the components
-    :func:`model_updates` takes); another one only gets a message under the picker, and the tabs
-    keep ``active``: nothing else changes, no component shows an error."""
-    keep = f"The tabs keep using **{active}**."
-    try:
-        runs = S.runnable(name)
-    except S.USER_ERRORS as e:
-        return {model_md: f"**{bound(str(e))}**\n\n{keep}"}
-    if not runs:  # the Fetch button where it can be downloaded (a registry URL)
-        return {model_md: S.model_markdown(name) + f"\n\n**{name} cannot run here until it is downloaded.** {keep}",
-                fetch_btn: gr.update(visible=bool(get_spec(name).url))}
-    out = model_updates(name, model_md=model_md, fetch_btn=fetch_btn, **tabs)
-    out[active_box] = name
-    return out
-
-
-def model_updates(name: str, cls: list, steps: list, g_ts, g_heun, gen_btn, gen_steps_btn,
-                  cmp_btn, model_md, fetch_btn) -> dict:
-    """What changes when another model is picked: info, fetch button, classes, step ranges."""
-    spec = get_spec(name)
-    info = S.model_info(name)
-    choices = S.class_choices(spec)
-    edm = spec.kind == "edm"
-    out = {model_md: S.model_markdown(name),
-           fetch_btn: gr.update(visible=info["fetchable"] and not (info["available"] or info["auto_fetch"])),
-           g_ts: gr.update(placeholder=",".join(map(str, spec.ts)), value="", visible=not edm),
-           g_heun: gr.update(value=spec.heun_steps, visible=edm),
-           gen_btn: gr.update(visible=not edm), gen_steps_btn: gr.update(visible=edm),
-           cmp_btn: gr.update(visible=not edm)}
-    for c in cls:
-        out[c] = gr.update(choices=choices or [S.RANDOM_CLASS], value=S.RANDOM_CLASS, visible=bool(choices))
-    for i, st in enumerate(steps):
-        e = spec.edit_steps
-        out[st] = gr.update(maximum=spec.grid_size - 1, value=(1, e, e, e, 1)[i], visible=not (edm and i == 0))
-    return out
-
-
-@_err
-def model_info(model: str) -> dict:
-    """What the registry and this machine know of one model: kind, method, dataset, resolution,
-    size, whether it is on disk or fetched on use, its default sampling (an API endpoint). The
-    file it loads from is ``local_file`` (a ``path`` key would make gradio_client download it)."""
-    info = S.model_info(model)
-    info["local_file"] = info.pop("path")
-    return info
-
-
-@_err
-def model_table():
-    return S.model_rows()
-
-
-def fetch_model(model: str) -> str:
-    """Download a released model (an API endpoint); where it now is, or an error message."""
-    return _err(S.fetch_model)(model)
-
-
-def _fetch_failed(model: str, e: Exception) -> tuple:
-    """The picker's outputs after a failed download: a message; the table, the labels and the
-    model in use stay as they were."""
-    return f"**Fetching {model} failed**: {bound(str(e))}", gr.skip(), gr.skip(), gr.skip()
-
-
-def _fetched(model: str, done: str) -> tuple:
-    """The picker's outputs after ``model`` arrived: info, table, labels, the model in use."""
-    return (S.model_markdown(model) + done, S.model_rows(), gr.update(choices=S.model_choices()), model)
-
-
-def fetch_in_page(model: str, progress=gr.Progress()):
-    """The Fetch button: download with a progress bar. A failure is a message under the picker
-    (the table and the model in use stay as they were: no component turns into an error)."""
-    try:
-        path = S.fetch_model(model, _progress(progress))
-    except S.USER_ERRORS as e:
-        return _fetch_failed(model, e)
-    return _fetched(model, f"\n\nFetched to `{path}`.")
-
-
-def fetch_on_choice(model: str, progress=gr.Progress()):
-    """Where fetching on choice is allowed (a Space, ``CM_AUTO_FETCH=1``), download the chosen
-    model now, with a progress bar; elsewhere, or when it is on disk, change nothing."""
-    try:
-        if not S.ensure_model(model, _progress(progress)):
-            return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-    except S.USER_ERRORS as e:
-        return _fetch_failed(model, e)
-    return _fetched(model, "")
 
 
 def random_seed() -> int:
@@ -251,14 +113,14 @@ def _generate_per_model(reqs: list, errors: list[str | None]) -> list:
     return results
 
 
-@_err
+@shows_errors
 def generate_steps(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps,
                    progress=gr.Progress()):
     """One request with a progress bar (multistep and Heun sampling). The gallery shows each
     step's denoised estimates as they come (a generator: the API returns its last output)."""
     req = _request(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps)
     S.plan(req)  # a bad request fails before the worker starts
-    r = yield from _previews(_streamed(lambda preview: S.generate(req, _progress(progress), preview)))
+    r = yield from _previews(_streamed(lambda preview: S.generate(req, progress_of(progress), preview)))
     yield _gallery(r), r.summary()
 
 
@@ -281,7 +143,7 @@ def generate_live(model, steps, ts, seed, batch_size, dropout, class_label, heun
         return gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
     # no step previews: nobody would see them, and they keep the sampler off its graphed fast path
     r = S.generate(_request(model, steps, ts, seed, batch_size, dropout, class_label, heun_steps),
-                   _progress(progress))
+                   progress_of(progress))
     return _gallery(r), r.summary(), *remember(seed, batch_size, class_label)
 
 
@@ -295,12 +157,12 @@ def remember(seed, batch_size, class_label):
     return seed, batch_size, class_label
 
 
-@_err
+@shows_errors
 def compare_teacher(model, seed, batch_size, class_label, heun_steps, progress=gr.Progress()):
     """The same seeds and classes on the EDM teacher (Heun), to set beside the one-step samples."""
     req = S.GenerateRequest(model=model, seed=seed, batch_size=batch_size, class_label=class_label,
                             heun_steps=heun_steps if get_spec(model).kind == "edm" else None)
-    r = S.compare_with_teacher(req, _progress(progress))
+    r = S.compare_with_teacher(req, progress_of(progress))
     return _gallery(r), f"Teacher {S.teacher_for(model)}: {r.summary()}"
 
 
@@ -310,26 +172,26 @@ def _edit_outputs(r: S.EditResult):
     return (r.input, r.output), r.reference, r.summary()
 
 
-@_err
+@shows_errors
 def colorize(model, image, steps, ts, seed, class_label, progress=gr.Progress()):
     return _edit_outputs(S.colorize(model, image, steps=steps, ts=ts, seed=seed,
-                                    class_label=class_label, progress=_progress(progress)))
+                                    class_label=class_label, progress=progress_of(progress)))
 
 
-@_err
+@shows_errors
 def inpaint(model, editor, steps, ts, seed, class_label, progress=gr.Progress()):
     """``editor``: an ImageEditor value (the upload and the painted layers)."""
     image, mask = editor_values.background(editor, "an image to inpaint"), editor_values.painted_mask(editor)
     return _edit_outputs(S.inpaint(model, image, mask, steps=steps, ts=ts, seed=seed,
-                                   class_label=class_label, progress=_progress(progress)))
+                                   class_label=class_label, progress=progress_of(progress)))
 
 
-@_err
+@shows_errors
 def super_resolve(model, image, is_low_res, patch_size, steps, ts, seed, class_label,
                   progress=gr.Progress()):
     return _edit_outputs(S.super_resolve(model, image, low_res=is_low_res, patch_size=patch_size,
                                          steps=steps, ts=ts, seed=seed, class_label=class_label,
-                                         progress=_progress(progress)))
+                                         progress=progress_of(progress)))
 
 
 def interpolation_inputs(mode: str):
@@ -337,12 +199,12 @@ def interpolation_inputs(mode: str):
     return gr.update(visible=mode != "images"), gr.update(visible=mode == "images")
 
 
-@_err
+@shows_errors
 def interpolate(model, mode, seed_a, seed_b, image_a, image_b, frames, steps, ts, class_label,
                 progress=gr.Progress()):
     r = S.interpolate(model, mode=mode, seed_a=seed_a, seed_b=seed_b, image_a=image_a,
                       image_b=image_b, frames=frames, steps=steps, ts=ts, class_label=class_label,
-                      progress=_progress(progress))
+                      progress=progress_of(progress))
     return list(zip(r.frames, r.captions)), r.gif_path, r.summary()
 
 
@@ -351,15 +213,15 @@ def interpolate_seeds(model, mode, seed_a, seed_b, frames, steps, ts, class_labe
     return interpolate(model, mode, seed_a, seed_b, None, None, frames, steps, ts, class_label, progress)
 
 
-@_err
+@shows_errors
 def denoise(model, image, noise_level, add_noise, steps, seed, class_label, progress=gr.Progress()):
     return _edit_outputs(S.denoise(model, image, noise_level=noise_level, add_noise=add_noise,
                                    steps=steps, seed=seed, class_label=class_label,
-                                   progress=_progress(progress)))
+                                   progress=progress_of(progress)))
 
 
-@_err
+@shows_errors
 def stroke_guided(model, editor, sigma, steps, seed, class_label, progress=gr.Progress()):
     painting = editor_values.painting(editor, "a rough painting")
     return _edit_outputs(S.stroke_guided(model, painting, sigma=sigma, steps=steps, seed=seed,
-                                         class_label=class_label, progress=_progress(progress)))
+                                         class_label=class_label, progress=progress_of(progress)))

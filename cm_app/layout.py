@@ -11,6 +11,7 @@ from cm_core import service as S
 from cm_core.models.registry import get_spec
 
 from . import handlers as H
+from . import picker as P
 from . import tabs as T
 from .components import _gpu
 from .ranges import install_range_messages, live_js, raw_numbers_js
@@ -80,7 +81,7 @@ def _model_events(demo: gr.Blocks, model: gr.Dropdown, active: gr.Textbox, model
                   tabs: list[T.Tab]) -> None:
     """Picking a model that can run updates the model in use, the info, the class dropdowns and
     step sliders of ``tabs`` (the generate tab first), the generate buttons; one that cannot only
-    says so (:func:`cm_app.handlers.pick_model`). Fetch and refresh the table."""
+    says so (:func:`cm_app.picker.pick_model`). Fetch and refresh the table."""
     g = gen.extra
     parts = dict(cls=[t.cls for t in tabs], steps=[t.steps for t in tabs if t.steps is not None],
                  g_ts=g["ts"], g_heun=g["heun"], gen_btn=gen.button, gen_steps_btn=g["gen_steps_btn"],
@@ -89,19 +90,19 @@ def _model_events(demo: gr.Blocks, model: gr.Dropdown, active: gr.Textbox, model
               g["gen_steps_btn"], g["cmp_btn"]]
 
     def on_model_change(model: str, in_use: str):
-        return H.pick_model(model, in_use, parts, model_md, fetch_btn, active)
+        return P.pick_model(model, in_use, parts, model_md, fetch_btn, active)
     fetching = dict(concurrency_id="fetch", concurrency_limit=None)  # each bounded by its deadline
     fetched = [model_md, table, model, active]
     model.change(on_model_change, [model, active], picked, api_name=False, queue=False).then(
-        H.fetch_on_choice, model, fetched, api_name=False, **fetching)  # a Space: download now
+        P.fetch_on_choice, model, fetched, api_name=False, **fetching)  # a Space: download now
     for ev in (gen.steps.change, g["ts"].change):
         ev(H.on_steps_change, [active, gen.steps, g["ts"]], [gen.button, g["gen_steps_btn"]], api_name=False,
            queue=False, preprocess=False)  # any value typed: the run itself refuses one out of range
-    fetch_btn.click(H.fetch_in_page, model, fetched, api_name=False, **fetching)
-    gr.api(H.fetch_model, api_name="fetch_model", **fetching)
+    fetch_btn.click(P.fetch_in_page, model, fetched, api_name=False, **fetching)
+    gr.api(P.fetch_model, api_name="fetch_model", **fetching)
     demo.load(on_model_change, [model, active], picked, api_name=False, queue=False)
-    refresh.click(H.model_table, None, table, api_name="model_table", queue=False)
-    gr.api(H.model_info, api_name="model_info", queue=False)  # one named JSON output
+    refresh.click(P.model_table, None, table, api_name="model_table", queue=False)
+    gr.api(P.model_info, api_name="model_info", queue=False)  # one named JSON output
 
 
 def _run_events(gen: T.Tab, edits: dict[str, T.Tab]) -> None:

@@ -227,18 +227,18 @@ def test_an_edm_teacher_is_fetched_as_its_original_pt(space, monkeypatch):
 
 
 def test_a_plain_machine_does_not_fetch_and_keeps_the_button(space, remote, monkeypatch):
-    from cm_app import handlers as H
+    from cm_app import picker as P
     hub = StandInHub(space, {"openai/diffusers-cd_imagenet64_lpips": remote})
     monkeypatch.setattr(hub_fetch, "CLIENT", hub)
     monkeypatch.delenv("SPACE_ID")
     assert not hub_fetch.auto_fetch_enabled() and not S.ensure_model("cd_imagenet64_lpips")
     assert hub.downloads == [] and "fetch_checkpoints.sh" in S.model_markdown("cd_imagenet64_lpips")
     button = object()
-    updates = H.model_updates("cd_imagenet64_lpips", [], [], *[object() for _ in range(6)], button)
+    updates = P.model_updates("cd_imagenet64_lpips", [], [], *[object() for _ in range(6)], button)
     assert updates[button]["visible"] is True
     monkeypatch.setenv("CM_AUTO_FETCH", "1")  # allowed explicitly: fetched, button hidden
     assert S.model_markdown("cd_imagenet64_lpips").count("first use") == 1
-    updates = H.model_updates("cd_imagenet64_lpips", [], [], *[object() for _ in range(6)], button)
+    updates = P.model_updates("cd_imagenet64_lpips", [], [], *[object() for _ in range(6)], button)
     assert updates[button]["visible"] is False
     monkeypatch.setenv("SPACE_ID", "someone/cm-studio")
     monkeypatch.setenv("CM_AUTO_FETCH", "0")  # and a Space can turn it off
@@ -355,7 +355,7 @@ def test_the_picker_orders_by_state_and_a_failed_fetch_is_a_message(space, remot
     the registry table, the labels and the model in use are left as they were."""
     import gradio as gr
 
-    from cm_app import handlers as H
+    from cm_app import picker as P
     from cm_core.models.checkpoints import CheckpointError
     monkeypatch.delenv("SPACE_ID")
     names = [n for _, n in S.model_choices()]
@@ -363,14 +363,14 @@ def test_the_picker_orders_by_state_and_a_failed_fetch_is_a_message(space, remot
     assert states == sorted(states) and names[0] == "cd_digits32"
     assert S.model_choices()[-1][0].endswith("needs a download: 2.11 GB")
     md, fetch_btn, active = object(), object(), object()
-    out = H.pick_model("cd_imagenet64_lpips", "ct_digits32", {}, md, fetch_btn, active)
+    out = P.pick_model("cd_imagenet64_lpips", "ct_digits32", {}, md, fetch_btn, active)
     assert set(out) == {md, fetch_btn} and "The tabs keep using **ct_digits32**" in out[md]
-    out = H.pick_model("no_such_model", "ct_digits32", {}, md, fetch_btn, active)
+    out = P.pick_model("no_such_model", "ct_digits32", {}, md, fetch_btn, active)
     assert set(out) == {md} and "unknown model" in out[md].lower()
 
     def offline(name, progress=None):
         raise CheckpointError("the Hub cannot be reached (offline)")
     monkeypatch.setattr(S, "fetch_model", offline)
-    msg, *rest = H.fetch_in_page("cd_imagenet64_lpips")
+    msg, *rest = P.fetch_in_page("cd_imagenet64_lpips")
     assert "Fetching cd_imagenet64_lpips failed" in msg and "offline" in msg
     assert all(isinstance(r, type(gr.skip())) for r in rest)

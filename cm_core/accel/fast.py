@@ -45,7 +45,7 @@ from pathlib import Path
 
 import torch
 
-from ..models.denoiser import Denoiser, Rng
+from ..models.denoiser import Denoiser, Rng, check_labels
 from ..models.network import dropout_rate
 from .compile_cache import (
     BackgroundCompiler,
@@ -307,21 +307,9 @@ class FastDenoiser(torch.nn.Module):
         return bucket_for(n, self.buckets) if self.pad else n
 
     def check_labels(self, labels: torch.Tensor | int | None, n: int) -> torch.Tensor | None:
-        """Labels [n] long on the device; range-checked on the host when given on the CPU (a
-        check of device labels would synchronise, so those are trusted)."""
-        if not self.class_cond:
-            return None
-        if labels is None:
-            raise ValueError(f"this model is class-conditional: pass class_labels in "
-                             f"[0, {self.num_classes - 1}] (one per image)")
-        lab = torch.as_tensor(labels).long().reshape(-1)
-        if lab.numel() == 1 and n > 1:
-            lab = lab.expand(n)
-        if lab.numel() != n:
-            raise ValueError(f"got {lab.numel()} class labels for a batch of {n}")
-        if lab.device.type == "cpu" and (lab.min() < 0 or lab.max() >= self.num_classes):
-            raise ValueError(f"class labels must be in [0, {self.num_classes - 1}], got {lab.tolist()}")
-        return lab.to(self.device, non_blocking=True).contiguous()
+        """:func:`cm_core.models.denoiser.check_labels` on this model's device, contiguous."""
+        lab = check_labels(labels, n, self.num_classes, self.device)
+        return None if lab is None else lab.contiguous()
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
                 class_labels: torch.Tensor | None = None, dropout_rng: Rng = None) -> torch.Tensor:

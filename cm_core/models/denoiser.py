@@ -97,22 +97,6 @@ class Denoiser(torch.nn.Module):
         """Network time input ``1000 * 0.25 * log(sigma + 1e-44)``."""
         return 1000 * 0.25 * torch.log(sigma + 1e-44)
 
-    def _labels(self, class_labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor | None:
-        if not self.class_cond:
-            return None
-        if class_labels is None:
-            raise ValueError(f"this model is class-conditional: pass class_labels in "
-                             f"[0, {self.num_classes - 1}] (one per image)")
-        labels = torch.as_tensor(class_labels, device=x.device).long().reshape(-1)
-        if labels.numel() == 1 and x.shape[0] > 1:
-            labels = labels.expand(x.shape[0])
-        if labels.numel() != x.shape[0]:
-            raise ValueError(f"got {labels.numel()} class labels for a batch of {x.shape[0]}")
-        if labels.min() < 0 or labels.max() >= self.num_classes:
-            raise ValueError(f"class labels must be in [0, {self.num_classes - 1}], "
-                             f"got {labels.tolist()}")
-        return labels
-
     def forward(self, x: torch.Tensor, sigma: torch.Tensor | float,
                 class_labels: torch.Tensor | None = None, dropout_rng: Rng = None) -> torch.Tensor:
         sig = torch.as_tensor(sigma, device=x.device, dtype=torch.float32).reshape(-1)
@@ -125,12 +109,32 @@ class Denoiser(torch.nn.Module):
             # time input in float32 (diffusers casts its embedding to the net's dtype): in fp16,
             # 250 log 80 = 1095.5 would round to 1096 (5.8e-2 off after clamping, measured)
             out = self.net(x_in, self.time_input(sig),
-                           class_labels=self._labels(class_labels, x)).sample
+                           class_labels=check_labels(class_labels, x.shape[0], self.num_classes, x.device)).sample
         return (c_out * out.float() + c_skip * x.float()).to(x.dtype)
 
     def extra_repr(self) -> str:
         return (f"name={self.name!r}, kind={self.kind}, sigma_min={self.sigma_min}, "
                 f"sigma_max={self.sigma_max}, sigma_data={self.sigma_data}, dropout={self._dropout}")
+
+
+def check_labels(labels: torch.Tensor | int | None, n: int, num_classes: int | None,
+                 device: torch.device | str) -> torch.Tensor | None:
+    """The class labels of a batch of ``n``: [n] long on ``device`` (one label is repeated), None
+    for an unconditional model (``num_classes`` falsy). Checked on the host when given there; a
+    check of labels already on an accelerator would synchronise, so those are trusted."""
+    if not num_classes:
+        return None
+    if labels is None:
+        raise ValueError(f"this model is class-conditional: pass class_labels in [0, {num_classes - 1}] "
+                         "(one per image)")
+    lab = torch.as_tensor(labels).long().reshape(-1)
+    if lab.numel() == 1 and n > 1:
+        lab = lab.expand(n)
+    if lab.numel() != n:
+        raise ValueError(f"got {lab.numel()} class labels for a batch of {n}")
+    if lab.device.type == "cpu" and (lab.min() < 0 or lab.max() >= num_classes):
+        raise ValueError(f"class labels must be in [0, {num_classes - 1}], got {lab.tolist()}")
+    return lab.to(device, non_blocking=True)
 
 
 def noise_like(x: torch.Tensor, generator: Rng) -> torch.Tensor:

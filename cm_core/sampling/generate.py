@@ -69,14 +69,13 @@ def model_ts(spec: ModelSpec | None, num_evals: int, ts: Sequence[int] | None = 
 
 
 def labels_for(spec: ModelSpec, seeds: Sequence[int], class_label: int | None) -> torch.Tensor | None:
-    """Class labels: ``class_label`` for all images, else one drawn from each image's own seed."""
+    """Class labels: ``class_label`` for all images (its range is the network's to check), else one
+    drawn from each image's own seed."""
     if not spec.class_cond:
         return None
     n = spec.arch.num_classes
     if class_label is not None:
-        if not 0 <= class_label < n:
-            raise ValueError(f"class label must be in [0, {n - 1}], got {class_label}")
-        return torch.full((len(seeds),), class_label, dtype=torch.long)
+        return torch.full((len(seeds),), int(class_label), dtype=torch.long)
     gens = [torch.Generator().manual_seed((s + _LABEL_STREAM) % 2 ** 63) for s in seeds]
     return torch.tensor([int(torch.randint(n, (1,), generator=g)) for g in gens], dtype=torch.long)
 
