@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 # layer of each top-level part: a module may import its own layer or a lower one
 LAYERS = {"cm_core.models": 0, "cm_core.accel": 1, "cm_core.sampling": 2, "cm_core.editing": 3,
-          "cm_core.train": 4, "cm_core.service": 5, "cm_core.cli": 6, "cm_core.__main__": 6,
+          "cm_core.train": 4, "cm_core.evaluation": 4, "cm_core.service": 5, "cm_core.cli": 6, "cm_core.__main__": 6,
           "cm_app": 7, "app": 7}
 FACADE = "cm_core"  # the package top re-exports the public API; nothing inside may import it
 

@@ -1,0 +1,7 @@
+"""Sample quality as the paper measures it: FID, sFID, Inception Score, precision and recall
+(:mod:`.metrics`, on feature arrays, as OpenAI's ``evaluations/evaluator.py`` defines them)."""
+from __future__ import annotations
+
+from .metrics import frechet_distance, inception_score, manifold_radii, precision_recall, statistics
+
+__all__ = ["statistics", "frechet_distance", "inception_score", "precision_recall", "manifold_radii"]
