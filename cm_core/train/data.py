@@ -173,12 +173,10 @@ class DigitClassifier:
 
 
 def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to features ``a`` [N, D] and ``b`` [M, D]:
-    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``."""
-    from scipy import linalg
-    mu_a, mu_b = a.mean(0), b.mean(0)
-    eps = 1e-6 * np.eye(a.shape[1])  # dead ReLU units make the covariances singular
-    sa, sb = np.cov(a, rowvar=False) + eps, np.cov(b, rowvar=False) + eps
-    covmean = linalg.sqrtm(sa @ sb)
-    covmean = np.real(covmean)
-    return float(((mu_a - mu_b) ** 2).sum() + np.trace(sa + sb - 2 * covmean))
+    """Frechet distance between Gaussians fitted to features ``a`` [N, D] and ``b`` [M, D]
+    (:func:`cm_core.evaluation.metrics.frechet_distance`), with 1e-6 always on both covariances'
+    diagonals: the digits classifier's dead ReLU units make them singular."""
+    from ..evaluation.metrics import frechet_distance as fd, statistics
+    (mu_a, sa), (mu_b, sb) = statistics(a), statistics(b)
+    eps = 1e-6 * np.eye(a.shape[1])
+    return fd(mu_a, sa + eps, mu_b, sb + eps)
