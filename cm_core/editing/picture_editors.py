@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..models.messages import renamed
+from ..models.messages import old_keywords
 from ..models.registry import ModelSpec
 from ..sampling import initial_noise, make_generators
 from ..sampling.generate import labels_for, model_ts
@@ -42,6 +42,13 @@ Callback = Callable[[dict], None]
 Reference = torch.Tensor | Image.Image
 SpecOrSize = ModelSpec | int
 EDITING_NEEDS_A_CM = "editing needs a consistency model (a cd_* or ct_* model); EDM teachers are not one-step denoisers"
+
+
+def _spec_and_size(spec_or_size: SpecOrSize) -> tuple[ModelSpec | None, int]:
+    """(registry entry or None, resolution) of a model given by its entry or its resolution."""
+    if isinstance(spec_or_size, ModelSpec):
+        return spec_or_size, spec_or_size.resolution
+    return None, int(spec_or_size)
 
 
 def describe_schedule(ts: Sequence[int], grid_size: int, spec: ModelSpec | None) -> str:
@@ -104,7 +111,7 @@ class ScheduledEdit(PictureEdit):
     verb: ClassVar[str] = "edited"
 
     def resolved(self, spec_or_size: SpecOrSize) -> ScheduledEdit:
-        spec = spec_or_size if isinstance(spec_or_size, ModelSpec) else None
+        spec, _ = _spec_and_size(spec_or_size)
         ts, grid = model_ts(spec, spec.edit_steps if spec is not None else 2, self.ts, self.grid_size)
         return replace(self, ts=ts, grid_size=grid)
 
@@ -131,8 +138,7 @@ def run_edit(den: editors.DenoiseFn, spec_or_size: SpecOrSize, request: PictureE
 
 def _target(den: editors.DenoiseFn, spec_or_size: SpecOrSize) -> tuple[ModelSpec | None, int, torch.device]:
     """(registry entry or None, resolution, device) of an edit on ``den``."""
-    spec = spec_or_size if isinstance(spec_or_size, ModelSpec) else None
-    size = spec.resolution if spec is not None else int(spec_or_size)
+    spec, size = _spec_and_size(spec_or_size)
     if getattr(den, "kind", "cm") != "cm":
         raise ImageEditError(EDITING_NEEDS_A_CM)
     if getattr(den, "image_size", None) not in (None, size):
@@ -204,7 +210,7 @@ class SuperResolve(ScheduledEdit):
     label: ClassVar[str] = "super-resolution step"
 
     def resolved(self, spec_or_size: SpecOrSize) -> SuperResolve:
-        size = spec_or_size.resolution if isinstance(spec_or_size, ModelSpec) else int(spec_or_size)
+        _, size = _spec_and_size(spec_or_size)
         p = self.patch_size or (8 if size >= 256 else 4)
         if p < 1 or size % p:
             raise ImageEditError(f"patch_size must divide the model size {size}; got {self.patch_size} "
@@ -278,11 +284,12 @@ class StrokeGuided(PictureEdit):
         return f"stroke-guided (SDEdit) from sigma {self.sigma:g}, {self.num_evals} step(s)"
 
 
+@old_keywords(num_steps="num_evals", steps="grid_size")
 def interpolate_images(den: editors.DenoiseFn, spec_or_size: SpecOrSize, seed0: int, seed1: int, *,
                        num_frames: int = 8, alphas: Sequence[float] | None = None, num_evals: int | None = None,
                        ts: Sequence[int] | None = None, grid_size: int | None = None,
                        class_label: int | None = None, callback: Callback | None = None,
-                       frame_batch: int | None = None, **deprecated: int) -> list[Image.Image]:
+                       frame_batch: int | None = None) -> list[Image.Image]:
     """Frames between the samples of ``seed0`` and ``seed1`` (slerp of their starting noises).
 
     All frames share seed0's per-step noise and class, so frame 0 is what generation with
@@ -290,12 +297,8 @@ def interpolate_images(den: editors.DenoiseFn, spec_or_size: SpecOrSize, seed0: 
     ``num_frames`` points evenly spaced in [0, 1]; ``frame_batch`` frames run at a time (default
     all). ``num_steps`` / ``steps``: deprecated names of ``num_evals`` / ``grid_size``.
     """
-    old = renamed(deprecated, num_steps="num_evals", steps="grid_size")
     spec, size, dev = _target(den, spec_or_size)
-    n = old.pop("num_evals", num_evals) or (spec.edit_steps if spec is not None else 2)
-    ts, grid = model_ts(spec, n, ts, old.pop("grid_size", grid_size))
-    if old:
-        raise TypeError(f"interpolate_images() got unexpected keyword(s) {sorted(old)}")
+    ts, grid = model_ts(spec, num_evals or (spec.edit_steps if spec is not None else 2), ts, grid_size)
     if alphas is None and num_frames < 2:
         raise ImageEditError(f"num_frames must be >= 2, got {num_frames}")
     gens = make_generators(int(seed0), 1, dev)

@@ -8,7 +8,6 @@ Every spec is a frozen dataclass. Architectures use the original implementation'
 from __future__ import annotations
 
 import warnings
-
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal

@@ -44,8 +44,8 @@ class SampleSettings:
     grid_steps: InitVar[int | None] = None
 
     def __post_init__(self, steps: int | None, grid_steps: int | None) -> None:
-        for new, value in renamed({k: v for k, v in (("steps", steps), ("grid_steps", grid_steps))
-                                   if v is not None}, steps="num_evals", grid_steps="grid_size").items():
+        given = {k: v for k, v in (("steps", steps), ("grid_steps", grid_steps)) if v is not None}
+        for new, value in renamed(given, steps="num_evals", grid_steps="grid_size").items():
             object.__setattr__(self, new, value)
 
     def resolved_ts(self, spec: ModelSpec) -> tuple[list[int], int] | None:

@@ -32,15 +32,6 @@ class LpipsUnavailable(RuntimeError):
     """LPIPS needs the VGG-16 ImageNet weights on disk (the linear layers ship with cm-studio)."""
 
 
-def lpips_available() -> bool:
-    """Whether LPIPS can run offline (its weight files are on disk)."""
-    try:
-        _lpips_net()
-    except LpipsUnavailable:
-        return False
-    return True
-
-
 _LPIPS: list[LPIPS] = []  # the loaded network, once
 VGG16_URL = "https://download.pytorch.org/models/vgg16-397923af.pth"
 LINEAR_WEIGHTS = Path(__file__).with_name("lpips_vgg_v0.1.safetensors")  # the lpips package's, BSD-2
