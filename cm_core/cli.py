@@ -137,9 +137,32 @@ def sample_cmd(**kw) -> None:
 @main.command("fetch")
 @click.argument("names", nargs=-1)
 @click.option("--hub", is_flag=True, help="fetch the openai/diffusers-* Hub repo instead of the .pt")
+@click.option("--ref", "refs", multiple=True, metavar="NAME",
+              help=f"fetch an evaluation file instead: {', '.join([*registry.REFERENCES, 'inception'])} (repeatable)")
 @click.option("--dir", "dest", type=click.Path(), default=None, help="target folder ($CM_CHECKPOINT_DIR)")
-def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
-    """Download released checkpoints (NAMES, or 'all'): resumable, verified, atomic."""
+def fetch_cmd(names: tuple[str, ...], hub: bool, refs: tuple[str, ...], dest: str | None) -> None:
+    """Download released checkpoints (NAMES, or 'all') or, with --ref, reference batches and the
+    Inception weights: resumable, verified, atomic."""
+    from .models.checkpoints import CheckpointError
+    try:
+        wanted = [registry.get_data_file(r) for r in refs] if refs else \
+            [s for s in registry.REGISTRY.values() if not s.embedded] if not names or names == ("all",) else \
+            [registry.get_spec(n) for n in names]
+    except registry.UnknownModelError as e:
+        raise click.ClickException(str(e)) from None
+    failed = []
+    for spec in wanted:
+        try:
+            _fetch_one(spec, hub and not refs, dest)
+        except CheckpointError as e:
+            failed.append(spec.name)
+            click.echo(f"error: {spec.name}: {e}", err=True)
+    if failed:
+        raise click.ClickException(f"{len(failed)} of {len(wanted)} failed: {', '.join(failed)}")
+
+
+def _fetch_one(spec: registry.ModelSpec | registry.DataFile, hub: bool, dest: str | None) -> None:
+    """One checkpoint (its .pt, or its Hub repo with ``hub``) or evaluation file, with a progress bar."""
     from pathlib import Path
 
     from tqdm import tqdm
@@ -147,36 +170,22 @@ def fetch_cmd(names: tuple[str, ...], hub: bool, dest: str | None) -> None:
     from .models.checkpoints import CheckpointError
     from .models.download import describe, fetch_original
     from .models.hub_fetch import ensure_local
-    wanted = [s for s in registry.REGISTRY.values() if not s.embedded]
-    if names and names != ("all",):
-        try:
-            wanted = [registry.get_spec(n) for n in names]
-        except registry.UnknownModelError as e:
-            raise click.ClickException(str(e)) from None
-    failed = []
-    for spec in wanted:
-        try:
-            if hub:
-                if not spec.hub_repo:
-                    raise CheckpointError(f"{spec.name} has no diffusers Hub repo (EDM teachers are only "
-                                          "published as original .pt files): fetch the .pt instead")
-                ensure_local(spec)
-                click.echo(f"{spec.name}: {spec.hub_repo} in the Hub cache")
-                continue
-            with tqdm(desc=spec.name, unit="B", unit_scale=True, delay=1.0) as bar:
+    if hub and isinstance(spec, registry.ModelSpec):
+        if not spec.hub_repo:
+            raise CheckpointError(f"{spec.name} has no diffusers Hub repo (EDM teachers are only "
+                                  "published as original .pt files): fetch the .pt instead")
+        ensure_local(spec)
+        click.echo(f"{spec.name}: {spec.hub_repo} in the Hub cache")
+        return
+    with tqdm(desc=spec.name, unit="B", unit_scale=True, delay=1.0) as bar:
 
-                def progress(done: int, total: int | None, bar=bar) -> None:
-                    bar.total = total
-                    bar.n = done
-                    bar.refresh()
+        def progress(done: int, total: int | None) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
 
-                path = fetch_original(spec, Path(dest) if dest else None, progress)
-            click.echo(describe(path))
-        except CheckpointError as e:
-            failed.append(spec.name)
-            click.echo(f"error: {spec.name}: {e}", err=True)
-    if failed:
-        raise click.ClickException(f"{len(failed)} of {len(wanted)} failed: {', '.join(failed)}")
+        path = fetch_original(spec, Path(dest) if dest else None, progress)
+    click.echo(describe(path))
 
 
 @main.command("export")
@@ -205,6 +214,12 @@ def export_cmd(model: str, out: str, arch_json: str | None, steps: int | None, u
         raise click.ClickException(str(e)) from None
 
 
+def _register_evaluation() -> None:
+    from .evaluation.cli import eval_cmd, evaluate_cmd
+    main.add_command(eval_cmd)
+    main.add_command(evaluate_cmd)
+
+
 def _register_optional() -> None:
     try:
         from .train.cli import train  # noqa: PLC0415
@@ -213,6 +228,7 @@ def _register_optional() -> None:
     main.add_command(train)
 
 
+_register_evaluation()
 _register_optional()
 
 if __name__ == "__main__":  # pragma: no cover

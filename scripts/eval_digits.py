@@ -28,7 +28,8 @@ from cm_core import load_denoiser  # noqa: E402
 from cm_core.models.denoiser import Denoiser  # noqa: E402
 from cm_core.models.registry import REGISTRY  # noqa: E402
 from cm_core.sampling import heun, initial_noise, make_generators, multistep, onestep  # noqa: E402
-from cm_core.train.data import DigitClassifier, frechet_distance, load_digits32  # noqa: E402
+from cm_core.evaluation.digits import DigitClassifier, digit_frechet_distance as frechet_distance  # noqa: E402
+from cm_core.train.data import load_digits32  # noqa: E402
 
 
 @dataclass

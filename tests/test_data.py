@@ -1,15 +1,14 @@
-"""The built-in colour digits, image folders, the quality classifier and the Frechet distance."""
+"""The built-in colour digits, image folders, and the digits quality classifier and Frechet distance."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
+from cm_core.evaluation.digits import DigitClassifier, digit_frechet_distance
 from cm_core.train.data import (
-    DigitClassifier,
     digit_colours,
     digit_split,
-    frechet_distance,
     load_dataset,
     load_digits32,
     load_image_folder,
@@ -61,5 +60,5 @@ def test_classifier_recognises_real_digits() -> None:
     ds = load_digits32("train", epoch=7)
     assert (clf.predict(ds.images) == ds.labels.numpy()).mean() > 0.93
     noise = torch.rand(200, 3, 32, 32) * 2 - 1
-    assert frechet_distance(clf.features(noise), clf.features(ds.images)) > \
-        5 * frechet_distance(clf.features(load_digits32("heldout").images), clf.features(ds.images))
+    assert digit_frechet_distance(clf.features(noise), clf.features(ds.images)) > \
+        5 * digit_frechet_distance(clf.features(load_digits32("heldout").images), clf.features(ds.images))

@@ -75,3 +75,13 @@ def test_checksum_mismatch_is_refused(server, tmp_path):
 def test_offline_is_a_clear_error(tmp_path):
     with pytest.raises(CheckpointError, match="offline"):
         fetch_original(_spec("http://127.0.0.1:9/none.pt"), tmp_path, timeout=2)
+
+
+def test_evaluation_files_fetch_the_same_way_and_check_the_hash_their_name_carries(server, tmp_path):
+    from cm_core.models.registry import INCEPTION_WEIGHTS
+    bad = dataclasses.replace(INCEPTION_WEIGHTS, url=server, sha256_prefix="00000000")
+    with pytest.raises(CheckpointError, match="fetch --ref inception"):
+        fetch_original(bad, tmp_path)
+    assert not (tmp_path / INCEPTION_WEIGHTS.filename).exists()
+    good = dataclasses.replace(bad, sha256_prefix=hashlib.sha256(PAYLOAD).hexdigest()[:8])
+    assert fetch_original(good, tmp_path).read_bytes() == PAYLOAD

@@ -8,7 +8,8 @@ import torch
 from cm_core import DEFAULT_MODEL, REGISTRY, load_denoiser
 from cm_core.models.checkpoints import local_path, sha256_file
 from cm_core.sampling import initial_noise, make_generators, multistep, onestep
-from cm_core.train.data import DigitClassifier, load_digits32
+from cm_core.evaluation.digits import DigitClassifier
+from cm_core.train.data import load_digits32
 
 EMBEDDED = ("cd_digits32", "ct_digits32", "edm_digits32")
 EDIT_TS, EDIT_GRID = (0, 6, 10, 14, 18, 22, 26, 30, 34, 39), 40  # 9 steps: the generated part must blend with the kept one
@@ -67,7 +68,7 @@ def test_onestep_and_twostep_samples_have_the_requested_class(cd, clf) -> None:
         one = onestep(cd, x_t, labels)
         two = multistep(cd, x_t, REGISTRY["cd_digits32"].ts, REGISTRY["cd_digits32"].grid_size,
                         make_generators(7, len(labels)), labels)
-    # here 0.925 and 0.95 on 40 samples; benchmark (scripts/eval_digits.py): 0.920 and 0.942 on 500
+    # here 0.925 and 0.95 on 40 samples; benchmark (bench/QUALITY.md): 0.920 and 0.942 on 500
     assert _accuracy(clf, one, labels) >= 0.85
     assert _accuracy(clf, two, labels) >= 0.85
 

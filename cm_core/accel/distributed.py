@@ -53,15 +53,15 @@ def shard_size(total: int, rank: int, world: int) -> int:
 def gather_strided(images: np.ndarray, labels: np.ndarray, total: int, rank: int, world: int,
                    chunk: int = CHUNK) -> tuple[np.ndarray, np.ndarray]:
     """Reassemble strided shards on rank 0: returns ([total, ...] images, [total] labels) in
-    global index order there; other ranks get their own shard back. ``images``: [n_rank, H, W, C]
-    uint8, ``labels``: [n_rank] int64, where ``n_rank = shard_size(total, rank, world)``."""
+    global index order there; other ranks get their own shard back. ``images``: [n_rank, ...]
+    (uint8 NHWC images, or any numeric rows such as features), ``labels``: [n_rank] int64, where ``n_rank = shard_size(total, rank, world)``."""
     if not _ensure_group(world):
         return images, labels
     shape = images.shape[1:]
     full = np.empty((total, *shape), images.dtype) if rank == 0 else None
     full_lab = np.zeros(total, np.int64) if rank == 0 else None
     for start in range(0, shard_size(total, 0, world), chunk):
-        img = torch.zeros((chunk, *shape), dtype=torch.uint8)
+        img = torch.zeros((chunk, *shape), dtype=torch.from_numpy(images[:0]).dtype)
         lab = torch.zeros(chunk, dtype=torch.int64)
         mine = images[start:start + chunk]
         img[:len(mine)] = torch.from_numpy(np.ascontiguousarray(mine))

@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from .denoiser import Denoiser
 from .network import build_unet, convert_state_dict, install_seeded_dropout, load_converted
-from .registry import EMBEDDED_DIR, REGISTRY, ArchSpec, ModelSpec, get_spec
+from .registry import EMBEDDED_DIR, REGISTRY, ArchSpec, DataFile, ModelSpec, get_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FETCH_CMD = "bash checkpoints/fetch_checkpoints.sh"
@@ -72,13 +72,15 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def verify(path: Path, spec: ModelSpec) -> None:
-    """Check size and sha256 where the registry records them."""
+def verify(path: Path, spec: ModelSpec | DataFile) -> None:
+    """Check size and sha256 (or the sha256 prefix a file name carries) where the registry records them."""
+    again = spec.fetch_command if isinstance(spec, DataFile) else f"{FETCH_CMD} {spec.name}"
     if spec.size_bytes is not None and path.stat().st_size != spec.size_bytes:
         raise CheckpointError(f"{path}: size {path.stat().st_size} bytes, expected {spec.size_bytes}; "
-                              f"the file is truncated or wrong: delete it and run {FETCH_CMD} {spec.name}")
-    if spec.sha256 is not None and sha256_file(path) != spec.sha256:
-        raise CheckpointError(f"{path}: sha256 mismatch; delete it and run {FETCH_CMD} {spec.name}")
+                              f"the file is truncated or wrong: delete it and run {again}")
+    want = spec.sha256 or (spec.sha256_prefix if isinstance(spec, DataFile) else None)
+    if want is not None and not sha256_file(path).startswith(want):
+        raise CheckpointError(f"{path}: sha256 mismatch; delete it and run {again}")
 
 
 def first_line(e: BaseException) -> str:

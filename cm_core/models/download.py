@@ -13,8 +13,8 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoints import CheckpointError, local_path, sha256_file, verify
-from .registry import ModelSpec
+from .checkpoints import CheckpointError, checkpoint_dir, local_path, sha256_file, verify
+from .registry import DataFile, ModelSpec
 
 Progress = Callable[[int, int | None], None]  # (bytes done, total bytes or None)
 CHUNK = 1 << 20
@@ -52,29 +52,36 @@ def _stream(resp, part: Path, start: int, progress: Progress | None) -> int:
     return done
 
 
-def fetch_original(spec: ModelSpec, dest_dir: Path | None = None, progress: Progress | None = None,
+def fetch_original(spec: ModelSpec | DataFile, dest_dir: Path | None = None, progress: Progress | None = None,
                    timeout: float = 60.0) -> Path:
-    """Download ``spec.url`` to ``dest_dir/<name>.pt`` (resume, verify, then rename atomically)."""
+    """Download ``spec.url`` to ``dest_dir/<filename>`` (default: the checkpoint directory): resume,
+    verify, then rename atomically, holding a file lock so two processes never write one file."""
+    from filelock import FileLock
     if not spec.url:
         raise CheckpointError(f"{spec.name} has no download URL (embedded models ship with the repo)")
-    final = (dest_dir / str(spec.filename)) if dest_dir else local_path(spec)
-    if final.is_file():
-        verify(final, spec)
-        return final
+    final = (dest_dir / str(spec.filename)) if dest_dir else _default_path(spec)
     final.parent.mkdir(parents=True, exist_ok=True)
-    part = final.with_name(final.name + ".part")
-    start = part.stat().st_size if part.is_file() else 0
-    resp = _open(spec.url, start, timeout)
-    if resp is not None:
-        with resp:
-            _stream(resp, part, start, progress)
-    try:
-        verify(part, spec)
-    except CheckpointError:
-        part.unlink(missing_ok=True)  # complete but wrong: the next run starts over
-        raise
-    os.replace(part, final)
+    with FileLock(str(final.with_name(final.name + ".lock"))):
+        if final.is_file():
+            verify(final, spec)
+            return final
+        part = final.with_name(final.name + ".part")
+        start = part.stat().st_size if part.is_file() else 0
+        resp = _open(spec.url, start, timeout)
+        if resp is not None:
+            with resp:
+                _stream(resp, part, start, progress)
+        try:
+            verify(part, spec)
+        except CheckpointError:
+            part.unlink(missing_ok=True)  # complete but wrong: the next run starts over
+            raise
+        os.replace(part, final)
     return final
+
+
+def _default_path(spec: ModelSpec | DataFile) -> Path:
+    return checkpoint_dir() / spec.filename if isinstance(spec, DataFile) else local_path(spec)
 
 
 def describe(path: Path) -> str:

@@ -187,3 +187,61 @@ def get_spec(name: str) -> ModelSpec:
         return REGISTRY[name]
     except (KeyError, TypeError):  # TypeError: an unhashable value from an API client
         raise UnknownModelError(f"unknown model {quote(name)}; valid names: {', '.join(REGISTRY)}") from None
+
+
+REF_URL = "https://openaipublic.blob.core.windows.net/diffusion/jul-2021/ref_batches"
+
+
+@dataclass(frozen=True)
+class DataFile:
+    """A file fetched into the checkpoint directory beside the models: a reference batch of real
+    images (OpenAI's evaluation layout, with precomputed statistics) or the Inception weights.
+    ``sha256_prefix``: the leading hex digits of the sha256 that the file name carries."""
+
+    name: str
+    url: str
+    filename: str
+    description: str
+    dataset: str = ""
+    resolution: int | None = None
+    size_bytes: int | None = None
+    sha256: str | None = None
+    sha256_prefix: str | None = None
+
+    @property
+    def fetch_command(self) -> str:
+        return f"python -m cm_core fetch --ref {self.name}"
+
+
+def _ref(name: str, path: str, dataset: str, resolution: int) -> DataFile:
+    return DataFile(name, f"{REF_URL}/{path}", path.rsplit("/", 1)[-1],
+                    f"OpenAI's reference batch for {dataset}", dataset, resolution)
+
+
+REFERENCES: dict[str, DataFile] = {r.name: r for r in (
+    _ref("imagenet64", "imagenet/64/VIRTUAL_imagenet64_labeled.npz", "ImageNet 64", 64),
+    _ref("bedroom256", "lsun/bedroom/VIRTUAL_lsun_bedroom256.npz", "LSUN bedroom 256", 256),
+    _ref("cat256", "lsun/cat/VIRTUAL_lsun_cat256.npz", "LSUN cat 256", 256),
+)}
+INCEPTION_WEIGHTS = DataFile(
+    "inception", "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/"
+    "weights-inception-2015-12-05-6726825d.pth", "weights-inception-2015-12-05-6726825d.pth",
+    "TF Inception v3 (2015-12-05) converted to a PyTorch state dict by torch-fidelity",
+    sha256_prefix="6726825d")
+DIGITS_REFERENCE = "digits32"  # built in: the real digits, nothing to fetch
+
+
+def get_data_file(name: str) -> DataFile:
+    """A reference batch or ``inception`` by name; unknown names list the valid ones."""
+    files = {**REFERENCES, INCEPTION_WEIGHTS.name: INCEPTION_WEIGHTS}
+    if name not in files:
+        raise UnknownModelError(f"unknown reference {quote(name)}; valid names: {', '.join(files)}"
+                                f" ({DIGITS_REFERENCE} is built in)")
+    return files[name]
+
+
+def reference_for(spec: ModelSpec) -> str | None:
+    """The reference batch name of a model's dataset (``digits32`` for the embedded models)."""
+    if spec.embedded:
+        return DIGITS_REFERENCE
+    return next((r.name for r in REFERENCES.values() if r.dataset == spec.dataset), None)

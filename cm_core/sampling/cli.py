@@ -5,9 +5,19 @@ import torch
 
 from ..accel.distributed import gather_strided, local_device, rank_world
 from ..models.checkpoints import load_denoiser, pick_device
-from ..models.registry import get_spec
+from ..models.registry import ModelSpec, get_spec
 from .generate import SampleSettings, sample_shard, write_samples
 from .schedule import is_sigmas, parse_sigmas, parse_ts
+
+
+def settings_from_options(spec: ModelSpec, num_evals: int, ts: str | None, grid_size: int | None,
+                          heun_steps: int | None, dropout: float) -> SampleSettings:
+    """The sampling settings of the command-line options: ``--ts`` as step indices
+    ("0,22,39" or "0,106,200/201") or noise levels ("sigmas: 80, 40, 20, 10, 5"), else ``num_evals``."""
+    if is_sigmas(ts):
+        return SampleSettings(sigmas=parse_sigmas(str(ts), spec.sigma_min, spec.sigma_max), dropout=dropout)
+    ts_v, grid = parse_ts(ts, grid_size or spec.grid_size)
+    return SampleSettings(num_evals=num_evals, ts=ts_v, grid_size=grid, heun_steps=heun_steps, dropout=dropout)
 
 
 def run_sample_command(model: str, checkpoint: str | None, num_evals: int, ts: str | None,
@@ -27,12 +37,7 @@ def run_sample_command(model: str, checkpoint: str | None, num_evals: int, ts: s
     total = num_samples or num
     if total < 1 or batch_size < 1:
         raise ValueError("--n/--num-samples and --batch-size must be >= 1")
-    if is_sigmas(ts):  # "sigmas: 80, 40, 20, 10, 5"
-        settings = SampleSettings(sigmas=parse_sigmas(str(ts), spec.sigma_min, spec.sigma_max), dropout=dropout)
-    else:
-        ts_v, grid = parse_ts(ts, grid_size or spec.grid_size)  # "0,22,39" or "0,106,200/201"
-        settings = SampleSettings(num_evals=num_evals, ts=ts_v, grid_size=grid, heun_steps=heun_steps,
-                                  dropout=dropout)
+    settings = settings_from_options(spec, num_evals, ts, grid_size, heun_steps, dropout)
     rank, world = rank_world()
     dev = local_device(pick_device(device))
     fast = dev.type == "cuda" if fast is None else fast

@@ -5,7 +5,8 @@ inside the package, so no download), upsampled to 32x32 (bilinear) and rendered 
 ``i`` gets a foreground and a background RGB colour drawn from a generator seeded by
 ``(seed, epoch, i)``, so the set is deterministic and colourization is meaningful. Labels are the
 digits (class-conditional). A fixed split holds out a quarter of the digits (``i % 4 == 0``) for
-the quality classifier (:class:`DigitClassifier`), which generative models never see.
+the quality classifier (:class:`cm_core.evaluation.digits.DigitClassifier`), which generative
+models never see.
 
 All images are float tensors [N, 3, H, W] in [-1, 1].
 """
@@ -128,55 +129,3 @@ def load_dataset(data: str, size: int = 32, seed: int = 0) -> ImageDataset:
     if not Path(data).is_dir():
         raise ValueError(f"--data must be 'digits' or an existing folder of images, got {data!r}")
     return load_image_folder(data, size)
-
-
-# ---------------------------------------------------------------- quality classifier
-
-
-def digit_features(images: torch.Tensor) -> np.ndarray:
-    """Colour-invariant 8x8 ink maps [N, 64] (0..16) of images [N, 3, H, W] in [-1, 1].
-
-    The background colour is the median of the border pixels; ink is each pixel's RGB distance
-    to it, normalised by the image's maximum and average-pooled to 8x8.
-    """
-    x = (images.detach().cpu().float().clamp(-1, 1) + 1) / 2
-    border = torch.cat([x[:, :, 0], x[:, :, -1], x[:, :, :, 0], x[:, :, :, -1]], dim=2)
-    bg = border.median(dim=2).values[:, :, None, None]
-    ink = (x - bg).norm(dim=1, keepdim=True)
-    ink = ink / ink.amax(dim=(2, 3), keepdim=True).clamp_min(1e-3)
-    return (F.adaptive_avg_pool2d(ink, 8).flatten(1) * 16).numpy()
-
-
-class DigitClassifier:
-    """Classifier of colour digits, trained only on the held-out real digits (450 images).
-
-    ``predict(images) -> [N]``: an RBF SVM on :func:`digit_features` (about 97% on the 1,347
-    training-split digits it never saw). ``features(images) -> [N, hidden]``: the hidden ReLU
-    activations of an MLP trained on the same data, the space of the Frechet distance.
-    """
-
-    def __init__(self, seed: int = 0, hidden: int = 128) -> None:
-        from sklearn.neural_network import MLPClassifier
-        from sklearn.svm import SVC
-        ds = load_digits32("heldout", seed=seed, epoch=1000)
-        x, y = digit_features(ds.images), ds.labels.numpy()
-        self.svm = SVC(gamma=0.002, C=10.0).fit(x, y)
-        self.mlp = MLPClassifier(hidden_layer_sizes=(hidden,), alpha=1.0, max_iter=2000,
-                                 random_state=seed).fit(x, y)
-
-    def predict(self, images: torch.Tensor) -> np.ndarray:
-        return self.svm.predict(digit_features(images))
-
-    def features(self, images: torch.Tensor) -> np.ndarray:
-        h = digit_features(images) @ self.mlp.coefs_[0] + self.mlp.intercepts_[0]
-        return np.maximum(h, 0.0)
-
-
-def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
-    """Frechet distance between Gaussians fitted to features ``a`` [N, D] and ``b`` [M, D]
-    (:func:`cm_core.evaluation.metrics.frechet_distance`), with 1e-6 always on both covariances'
-    diagonals: the digits classifier's dead ReLU units make them singular."""
-    from ..evaluation.metrics import frechet_distance as fd, statistics
-    (mu_a, sa), (mu_b, sb) = statistics(a), statistics(b)
-    eps = 1e-6 * np.eye(a.shape[1])
-    return fd(mu_a, sa + eps, mu_b, sb + eps)
