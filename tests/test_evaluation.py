@@ -109,12 +109,18 @@ def test_missing_weights_and_unknown_references_say_what_to_do(tmp_path, monkeyp
     np.savez(tmp_path / "r.npz", _images(4, size=64))
     res = run_cli("eval", str(tmp_path / "s.npz"), str(tmp_path / "r.npz"))
     assert res.returncode == 1 and "fetch --ref inception" in res.stderr
-    res = run_cli("eval", str(tmp_path / "s.npz"), "imagenet"),
-    assert res[0].returncode == 1 and "imagenet64, bedroom256, cat256, digits32" in res[0].stderr
+    res = run_cli("eval", str(tmp_path / "s.npz"), "imagenet")
+    assert res.returncode == 1 and "imagenet64, bedroom256, cat256, digits32" in res.stderr
     res = run_cli("eval", str(tmp_path / "s.npz"), "imagenet64")
     assert res.returncode == 1 and "fetch --ref imagenet64" in res.stderr
     res = run_cli("eval", str(tmp_path / "s.npz"), "digits32")
     assert res.returncode == 1 and "reference is 32x32" in res.stderr
+    res = run_cli("evaluate", "cd_digits32", "--num-samples", "1")
+    assert res.returncode == 1 and "--num-samples must be >= 2" in res.stderr
+    res = run_cli("evaluate", "cd_digits", "--num-samples", "8")
+    assert res.returncode == 1 and "valid names" in res.stderr and "cd_digits32" in res.stderr
+    res = run_cli("fetch", "--ref", "imagenet")
+    assert res.returncode == 1 and "imagenet64, bedroom256, cat256, inception" in res.stderr
 
 
 def test_evaluate_resumes_after_a_kill_and_matches_the_sample_command(tmp_path, monkeypatch):

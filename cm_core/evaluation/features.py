@@ -85,6 +85,6 @@ def batch_features(batch: ImageBatchFile | ArrayBatch, extractor: Extractor, bat
                 padded = np.concatenate([mine, np.repeat(mine[-1:], batch_size - k, axis=0)]) if k < batch_size else mine
                 out[done:done + k] = extractor.fn(padded)[:k]
             done += k
-            bar.update(k * world)
+            bar.update(len(block))
     feats, _ = gather_strided(out, np.zeros(n, np.int64), batch.count, rank, world)
     return feats if rank == 0 else None

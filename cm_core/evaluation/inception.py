@@ -12,7 +12,15 @@ parameter names, so its converted weights ``weights-inception-2015-12-05-6726825
 state dict) load here unchanged. It is restated rather than imported because the package imports
 torchvision at import time, reads its weights with ``torch.load(weights_only=False)`` and does not
 expose ``mixed_6/conv``; here the weights load with ``weights_only=True`` and the spatial tap is
-``Mixed_6d.branch1x1`` (TF's ``mixed_6/conv``, after its ReLU).
+``Mixed_6d.branch1x1`` (TF's ``mixed_6/conv``, after its ReLU). With the same random weights,
+this module's pool_3 and logits equal torch-fidelity 0.4.0's bit for bit (max abs difference 0.0
+on a CPU), and so does its resize.
+
+Alternatives measured: pytorch-fid resizes with ``F.interpolate`` (half-pixel centres), which
+feeds the network different pixels than the graph does: 3.2 grey levels mean and 38 max absolute
+difference on 32px digits upsampled to 299 (33 mean on random 64px images), so its FIDs differ
+from the paper's by design. clean-fid's ``legacy_tensorflow`` mode and EDM's
+``inception-2015-12-05.pkl`` load TorchScript or pickled code, which this project never loads.
 """
 from __future__ import annotations
 

@@ -123,6 +123,9 @@ def evaluate_model(model: str, settings: SampleSettings, num_samples: int, out: 
     init_group(dev)
     if not _complete(samples, num_samples):
         den = load_denoiser(checkpoint or model, arch=spec.arch, kind=spec.kind, device=dev)
+        if dev.type == "cuda":  # the fast path, as the sample command takes it there
+            from ..accel.entry import optimize
+            den = optimize(den, warm_buckets=(batch_size,))
         parts = sample_chunks(den, spec, settings, seed, num_samples, batch_size, folder, class_label, CHUNK)
         if rank == 0:
             merge_parts(parts, samples)
