@@ -185,6 +185,13 @@ def _fetch_one(spec: registry.ModelSpec | registry.DataFile, hub: bool, dest: st
             bar.refresh()
 
         path = fetch_original(spec, Path(dest) if dest else None, progress)
+    if isinstance(spec, registry.DataFile) and spec.resolution:  # a reference batch: is it one?
+        from .evaluation.samples import SampleFileError, open_batch
+        try:
+            open_batch(path, resolution=spec.resolution)
+        except SampleFileError as e:
+            path.unlink(missing_ok=True)
+            raise CheckpointError(f"{e} (deleted; run {spec.fetch_command} again)") from None
     click.echo(describe(path))
 
 

@@ -85,3 +85,13 @@ def test_evaluation_files_fetch_the_same_way_and_check_the_hash_their_name_carri
     assert not (tmp_path / INCEPTION_WEIGHTS.filename).exists()
     good = dataclasses.replace(bad, sha256_prefix=hashlib.sha256(PAYLOAD).hexdigest()[:8])
     assert fetch_original(good, tmp_path).read_bytes() == PAYLOAD
+
+
+def test_a_fetched_reference_batch_that_is_not_one_is_deleted(server, tmp_path, monkeypatch):
+    from cm_core.models import registry
+    from run_cli import run_cli
+    monkeypatch.setitem(registry.REFERENCES, "imagenet64",
+                        dataclasses.replace(registry.REFERENCES["imagenet64"], url=server))
+    res = run_cli("fetch", "--ref", "imagenet64", "--dir", str(tmp_path))
+    assert res.returncode == 1 and "not a readable .npz" in res.stderr and "fetch --ref imagenet64" in res.stderr
+    assert not (tmp_path / "VIRTUAL_imagenet64_labeled.npz").exists()
