@@ -10,12 +10,14 @@ from ..models.registry import ArchSpec
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; ``method`` is ``"edm"``, ``"cd"`` or ``"ct"``.
+    """Everything a run needs; ``method`` is ``"edm"``, ``"cd"``, ``"ct"`` or ``"ict"``.
 
     Architecture fields use the original UNet flag names. Schedules (paper Sec. 3-5, Table 3):
     EDM samples ``ln sigma ~ N(p_mean, p_std^2)``; CD uses an ``num_scales``-point Karras grid,
     one Heun step of the teacher and a target EMA ``target_ema``; CT grows the grid from
-    ``start_scales`` to ``end_scales`` with ``mu(k) = exp(s0 ln(start_ema) / N(k))``.
+    ``start_scales`` to ``end_scales`` with ``mu(k) = exp(s0 ln(start_ema) / N(k))``; iCT doubles
+    its grid from ``ict_start_scales`` to ``ict_end_scales`` and draws lognormal pairs
+    (``ict_p_mean``, ``ict_p_std``), see :mod:`cm_core.train.ict`.
     """
 
     method: str = "edm"
@@ -72,6 +74,11 @@ class TrainConfig:
     start_scales: int = 2
     end_scales: int = 150
     start_ema: float = 0.9
+    # iCT (Song & Dhariwal 2023): lognormal noise-level pairs, a doubling curriculum, no EMA target
+    ict_p_mean: float = -1.1
+    ict_p_std: float = 2.0
+    ict_start_scales: int = 10
+    ict_end_scales: int = 1280
 
     def arch(self) -> ArchSpec:
         """The network's :class:`ArchSpec`."""
@@ -94,7 +101,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the valid choices for any unknown enum-like field."""
-        choices = {"method": ("edm", "cd", "ct"), "rng": ("position", "step"),
+        choices = {"method": ("edm", "cd", "ct", "ict"), "rng": ("position", "step"),
                    "precision": ("fp32", "bf16", "fp16"), "optimizer": ("adam", "radam")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
