@@ -95,3 +95,43 @@ def test_lsun_urls_fetch_and_export(tmp_path: Path) -> None:
     assert isinstance(src, LmdbSource) and len(src) == 3 and src.image(0, 0)[0].shape == (32, 32, 3)
     assert lsun.export(got, tmp_path / "png", 64, limit=2) == 2
     assert all(Image.open(p).size == (64, 64) for p in (tmp_path / "png").iterdir())
+
+
+CIFAR_NAMES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
+
+def _cifar_archive(path: Path, per_batch: int = 3) -> tuple[Path, np.ndarray, np.ndarray]:
+    """A small archive in the format of cifar-10-binary.tar.gz: (path, train labels, train images)."""
+    rng = np.random.default_rng(0)
+    labels, images = [], []
+    with tarfile.open(path, "w:gz") as t:
+        _add(t, "cifar-10-batches-bin/batches.meta.txt", ("\n".join(CIFAR_NAMES) + "\n\n").encode())
+        for name in [f"data_batch_{i}.bin" for i in range(1, 6)] + ["test_batch.bin"]:
+            y = rng.integers(0, 10, per_batch, dtype=np.uint8)
+            x = rng.integers(0, 256, (per_batch, 32, 32, 3), dtype=np.uint8)
+            planes = x.transpose(0, 3, 1, 2).reshape(per_batch, -1)  # R, G, B planes, rows in order
+            _add(t, f"cifar-10-batches-bin/{name}", np.concatenate([y[:, None], planes], 1).tobytes())
+            if name != "test_batch.bin":
+                labels.append(y)
+                images.append(x)
+    return path, np.concatenate(labels), np.concatenate(images)
+
+
+def test_cifar10_binary_archive_becomes_class_folders(tmp_path: Path) -> None:
+    cifar = _script("cifar10")
+    archive, labels, images = _cifar_archive(tmp_path / "cifar-10-binary.tar.gz")
+    assert cifar.prepare(archive, tmp_path / "train") == 15
+    for i, (y, x) in enumerate(zip(labels, images)):  # bytes decoded exactly, into its class folder
+        png = tmp_path / "train" / f"{y}_{CIFAR_NAMES[y]}" / f"train_{i:05d}.png"
+        assert np.array_equal(np.asarray(Image.open(png)), x)
+    src = open_source(str(tmp_path / "train"), 32, 0)
+    assert isinstance(src, FolderSource) and src.class_names == sorted(f"{y}_{CIFAR_NAMES[y]}" for y in set(labels))
+    assert cifar.prepare(archive, tmp_path / "test", split="test") == 3
+    (tmp_path / "cut.tar.gz").write_bytes(b"")
+    with tarfile.open(tmp_path / "cut.tar.gz", "w:gz") as t:
+        _add(t, "cifar-10-batches-bin/batches.meta.txt", b"airplane\n")
+        _add(t, "cifar-10-batches-bin/test_batch.bin", b"\x00" * 100)
+    with pytest.raises(SystemExit, match="not a whole number"):
+        cifar.prepare(tmp_path / "cut.tar.gz", tmp_path / "bad", split="test")
+    with pytest.raises(SystemExit, match="no data_batch_1.bin"):
+        cifar.prepare(tmp_path / "cut.tar.gz", tmp_path / "bad")
