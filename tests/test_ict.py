@@ -89,3 +89,28 @@ def test_ict_loss_is_finite_and_falls_on_the_digits(tmp_path: Path):
     assert after < 0.97 * before, (before, after)
     assert _held_out_loss(res["model"], _cfg(tmp_path, "ict", 30, **fixed)) < 0.93 * denoise_before
     assert load_denoiser(res["model"], device="cpu").kind == "cm"
+
+
+def test_each_sample_draws_from_its_own_position_so_the_split_does_not_matter():
+    """What makes ranks agree: the loss of 8 samples is the mean of the losses of any split of
+    them (as two ranks or two accumulation steps compute it), dropout included."""
+    from cm_core.train.common import build_model
+    from cm_core.train.dropout import install_train_dropout, position_dropout
+    from cm_core.train.rng import PositionRng
+    cfg = TrainConfig(method="ict", image_size=8, channel_mult="1,1", attention_resolutions="", dropout=0.3,
+                      device="cpu")
+    torch.manual_seed(0)
+    model = build_model(cfg, torch.device("cpu"))
+    install_train_dropout(model.net, cfg.dropout)
+    obj, pos = ICTObjective(cfg), list(range(100, 108))
+    x, labels = torch.rand(8, 3, 8, 8) * 2 - 1, torch.arange(8) % 10
+
+    def loss(idx: slice) -> torch.Tensor:
+        with position_dropout(model.net, cfg.seed, pos[idx]):
+            return obj.loss(model, x[idx], labels[idx], PositionRng(cfg.seed, pos[idx]), step=40)
+
+    whole = loss(slice(0, 8))
+    torch.testing.assert_close(whole, (loss(slice(0, 4)) + loss(slice(4, 8))) / 2, rtol=1e-5, atol=1e-6)
+    with position_dropout(model.net, cfg.seed, pos):
+        other_seed = obj.loss(model, x, labels, PositionRng(cfg.seed + 1, pos), step=40)
+    assert not torch.equal(whole, other_seed)  # the draws do come from the positions' streams
