@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from cm_core.evaluation.digits import DigitClassifier, digit_frechet_distance
+from cm_core.evaluation.digits import digit_frechet_distance, shared_classifier
 from cm_core.train.data import (
     digit_colours,
     digit_split,
@@ -56,7 +56,7 @@ def test_image_folder(tmp_path) -> None:
 
 
 def test_classifier_recognises_real_digits() -> None:
-    clf = DigitClassifier()
+    clf = shared_classifier()
     ds = load_digits32("train", epoch=7)
     assert (clf.predict(ds.images) == ds.labels.numpy()).mean() > 0.93
     noise = torch.rand(200, 3, 32, 32) * 2 - 1

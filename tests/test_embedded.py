@@ -8,7 +8,7 @@ import torch
 from cm_core import DEFAULT_MODEL, REGISTRY, load_denoiser
 from cm_core.models.checkpoints import local_path, sha256_file
 from cm_core.sampling import initial_noise, make_generators, multistep, onestep
-from cm_core.evaluation.digits import DigitClassifier
+from cm_core.evaluation.digits import DigitClassifier, shared_classifier
 from cm_core.train.data import load_digits32
 
 EMBEDDED = ("cd_digits32", "ct_digits32", "edm_digits32")
@@ -22,7 +22,7 @@ def _need(name: str) -> None:
 
 @pytest.fixture(scope="module")
 def clf() -> DigitClassifier:
-    return DigitClassifier()
+    return shared_classifier()
 
 
 @pytest.fixture(scope="module")

@@ -56,8 +56,8 @@ def inception_extractor(weights: str | Path, device: torch.device) -> Extractor:
 
 def digits_extractor() -> Extractor:
     """The digits classifier's hidden features (128), class probabilities (10) and class (1)."""
-    from .digits import HIDDEN, DigitClassifier
-    clf = DigitClassifier()
+    from .digits import HIDDEN, shared_classifier
+    clf = shared_classifier()
 
     def fn(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1

@@ -1,4 +1,4 @@
-"""``python -m cm_core train edm|cd|ct|ict --data digits --out DIR [options]``."""
+"""``python -m cm_core train edm|cd|ct|ict|ect --data digits --out DIR [options]``."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -17,7 +17,9 @@ _HELP = {
     "target_ema": "CD: target-network decay mu",
     "num_scales": "CD: points of the Karras grid N",
     "start_scales": "CT: s0 of N(k)", "end_scales": "CT: s1 of N(k)", "start_ema": "CT: mu0 of mu(k)",
-    "ict_p_mean": "iCT: mean of the lognormal over noise levels", "ict_p_std": "iCT: its std",
+    "ict_p_mean": "iCT and ECT: mean of the lognormal over noise levels", "ict_p_std": "iCT and ECT: its std",
+    "ect_double": "ECT: steps per stage (t - r halves each stage)", "ect_q": "ECT: q of r(t)",
+    "ect_k": "ECT: k of r(t)", "ect_b": "ECT: b of r(t)", "ect_c": "ECT: pseudo-Huber c (0: L2 norm)",
     "ict_start_scales": "iCT: s0 of the doubling N(k)", "ict_end_scales": "iCT: s1 of the doubling N(k)",
     "init": "start from these network weights: a released .pt, a Hub repo id, a registry name "
             "or our .safetensors (fine-tuning; or an EDM teacher for ECT-style CT)",
@@ -53,7 +55,7 @@ def _options(f):  # noqa: ANN001, ANN202 - click decorator plumbing
 
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("method", type=click.Choice(["ct", "ict", "cd", "edm"]), required=False)
+@click.argument("method", type=click.Choice(["ct", "ict", "ect", "cd", "edm"]), required=False)
 @click.option("--data", default=None, help=_HELP["data"] + " [default: digits]")
 @click.option("--out", default=None, type=click.Path(), help=_HELP["out"])
 @click.option("--list-presets", is_flag=True, help="print the paper's recipes and exit")
@@ -63,8 +65,8 @@ def _options(f):  # noqa: ANN001, ANN202 - click decorator plumbing
 @_options
 def train(method: str | None, data: str | None, out: str | None, list_presets: bool, resume: bool,
           quiet: bool, **kw) -> None:
-    """Train an EDM teacher (edm), distil it (cd) or train a consistency model directly (ct, or
-    ict: improved consistency training).
+    """Train an EDM teacher (edm), distil it (cd), train a consistency model directly (ct, or
+    ict: improved consistency training) or tune a pretrained EDM network into one (ect, with --init).
 
     Under torchrun every process runs this command; --batch-size is the global batch.
     """
@@ -85,7 +87,7 @@ def train(method: str | None, data: str | None, out: str | None, list_presets: b
         raise click.UsageError(f"--preset {kw['preset']} is a {base['method']} recipe, not {method}")
     method = method or base.get("method")
     if method is None:
-        raise click.UsageError("give METHOD (edm, cd, ct or ict) or --preset NAME")
+        raise click.UsageError("give METHOD (edm, cd, ct, ict or ect) or --preset NAME")
     fields_ = {**base, **{k: v for k, v in kw.items() if v is not None},
                "method": method, "data": data or base.get("data", "digits"), "out": out}
     cfg = TrainConfig(**fields_)

@@ -55,6 +55,9 @@ def make_objective(cfg: TrainConfig, model: Denoiser, device: torch.device) -> O
     if cfg.method == "ict":
         from .ict import ICTObjective
         return ICTObjective(cfg)
+    if cfg.method == "ect":
+        from .ect import ECTObjective
+        return ECTObjective(cfg)
     if cfg.method == "cd":
         if not cfg.teacher:
             raise ValueError("cd needs --teacher (a registry name or a path to an EDM model)")
@@ -62,7 +65,7 @@ def make_objective(cfg: TrainConfig, model: Denoiser, device: torch.device) -> O
         if cfg.init_from_teacher and not cfg.init:
             _copy_weights(model, teacher, cfg.teacher)
         return CDObjective(cfg, model, teacher)
-    raise ValueError(f"method must be edm, cd, ct or ict, got {cfg.method!r}")
+    raise ValueError(f"method must be edm, cd, ct, ict or ect, got {cfg.method!r}")
 
 
 def load_weights(source: str, cfg: TrainConfig, kind: str | None, device: torch.device) -> Denoiser:

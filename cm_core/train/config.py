@@ -10,14 +10,15 @@ from ..models.registry import ArchSpec
 
 @dataclass
 class TrainConfig:
-    """Everything a run needs; ``method`` is ``"edm"``, ``"cd"``, ``"ct"`` or ``"ict"``.
+    """Everything a run needs; ``method`` is ``"edm"``, ``"cd"``, ``"ct"``, ``"ict"`` or ``"ect"``.
 
     Architecture fields use the original UNet flag names. Schedules (paper Sec. 3-5, Table 3):
     EDM samples ``ln sigma ~ N(p_mean, p_std^2)``; CD uses an ``num_scales``-point Karras grid,
     one Heun step of the teacher and a target EMA ``target_ema``; CT grows the grid from
     ``start_scales`` to ``end_scales`` with ``mu(k) = exp(s0 ln(start_ema) / N(k))``; iCT doubles
     its grid from ``ict_start_scales`` to ``ict_end_scales`` and draws lognormal pairs
-    (``ict_p_mean``, ``ict_p_std``), see :mod:`cm_core.train.ict`.
+    (``ict_p_mean``, ``ict_p_std``; ECT draws its ``t`` from the same lognormal), see
+    :mod:`cm_core.train.ict` and :mod:`cm_core.train.ect`.
     """
 
     method: str = "edm"
@@ -79,6 +80,12 @@ class TrainConfig:
     ict_p_std: float = 2.0
     ict_start_scales: int = 10
     ict_end_scales: int = 1280
+    # ECT (Geng et al. 2024): r(t) = t (1 - q^-(stage+1) (1 + k sigmoid(-b t))), a stage per ect_double steps
+    ect_double: int = 500
+    ect_q: float = 2.0
+    ect_k: float = 8.0
+    ect_b: float = 1.0
+    ect_c: float = 0.0
 
     def arch(self) -> ArchSpec:
         """The network's :class:`ArchSpec`."""
@@ -101,7 +108,7 @@ class TrainConfig:
 
     def check(self) -> None:
         """Raise ``ValueError`` naming the valid choices for any unknown enum-like field."""
-        choices = {"method": ("edm", "cd", "ct", "ict"), "rng": ("position", "step"),
+        choices = {"method": ("edm", "cd", "ct", "ict", "ect"), "rng": ("position", "step"),
                    "precision": ("fp32", "bf16", "fp16"), "optimizer": ("adam", "radam")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
