@@ -145,9 +145,12 @@ def fetch_cmd(names: tuple[str, ...], hub: bool, refs: tuple[str, ...], dest: st
     Inception weights: resumable, verified, atomic."""
     from .models.checkpoints import CheckpointError
     try:
-        wanted = [registry.get_data_file(r) for r in refs] if refs else \
-            [s for s in registry.REGISTRY.values() if not s.embedded] if not names or names == ("all",) else \
-            [registry.get_spec(n) for n in names]
+        if refs:
+            wanted = [registry.get_data_file(r) for r in refs]
+        elif names and names != ("all",):
+            wanted = [registry.get_spec(n) for n in names]
+        else:
+            wanted = [s for s in registry.REGISTRY.values() if not s.embedded]
     except registry.UnknownModelError as e:
         raise click.ClickException(str(e)) from None
     failed = []

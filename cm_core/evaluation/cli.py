@@ -5,12 +5,11 @@ import json
 
 import click
 
-from ..models.checkpoints import CheckpointError
-from ..models.registry import DIGITS_REFERENCE, REFERENCES, REGISTRY, UnknownModelError
+from ..models.registry import DIGITS_REFERENCE, REFERENCES, REGISTRY
 from .evaluate import FEATURES
-from .samples import SampleFileError
 
-_ERRORS = (SampleFileError, CheckpointError, UnknownModelError, ValueError, RuntimeError)
+# bad input: ValueError covers SampleFileError and UnknownModelError, RuntimeError CheckpointError
+_ERRORS = (ValueError, RuntimeError)
 _REF_HELP = f"an .npz, or a fetched reference ({', '.join(REFERENCES)}) or {DIGITS_REFERENCE} (built in)"
 _FEATURES_HELP = ("inception (its weights fetched with fetch --ref inception), digits (the built-in "
                   "digits classifier, 32px), or auto: inception when its weights are on disk, else digits")

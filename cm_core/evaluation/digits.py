@@ -59,11 +59,16 @@ class DigitClassifier:
         return self.svm.predict(digit_features(images))
 
     def features(self, images: torch.Tensor) -> np.ndarray:
-        h = digit_features(images) @ self.mlp.coefs_[0] + self.mlp.intercepts_[0]
-        return np.maximum(h, 0.0)
+        return self.outputs(images)[0]
 
     def probabilities(self, images: torch.Tensor) -> np.ndarray:
         return self.mlp.predict_proba(digit_features(images))
+
+    def outputs(self, images: torch.Tensor) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(features [N, 128], probabilities [N, 10], class [N]) from one pass of :func:`digit_features`."""
+        ink = digit_features(images)
+        hidden = np.maximum(ink @ self.mlp.coefs_[0] + self.mlp.intercepts_[0], 0.0)
+        return hidden, self.mlp.predict_proba(ink), self.svm.predict(ink)
 
 
 @functools.lru_cache(maxsize=1)

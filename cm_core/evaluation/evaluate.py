@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..accel.distributed import init_group, local_device, rank_world
-from ..models.checkpoints import CheckpointError, checkpoint_dir, pick_device
+from ..models.checkpoints import CheckpointError, local_path, pick_device
 from ..models.registry import DIGITS_REFERENCE, INCEPTION_WEIGHTS, REFERENCES
 from . import metrics
 from .features import Extractor, batch_features, digits_extractor, inception_extractor
@@ -33,7 +33,7 @@ def open_reference(ref: str | os.PathLike) -> ImageBatchFile | ArrayBatch:
         return ArrayBatch(DIGITS_REFERENCE, images, labels)
     if name in REFERENCES:
         spec = REFERENCES[name]
-        path = checkpoint_dir() / spec.filename
+        path = local_path(spec)
         if not path.is_file():
             raise CheckpointError(f"reference batch {name} is not on disk ({path}); fetch it with: "
                                   f"{spec.fetch_command}")
@@ -44,16 +44,12 @@ def open_reference(ref: str | os.PathLike) -> ImageBatchFile | ArrayBatch:
     return open_batch(name)
 
 
-def inception_weights_path() -> Path:
-    return checkpoint_dir() / INCEPTION_WEIGHTS.filename
-
-
 def pick_extractor(features: str, resolution: int, device: torch.device) -> Extractor:
     """``inception`` (weights must be on disk), ``digits`` (32px only), or ``auto``: Inception when
     its weights are on disk, else the digits features for 32px images."""
     if features not in FEATURES:
         raise ValueError(f"unknown features {features!r}; choose one of {', '.join(FEATURES)}")
-    weights = inception_weights_path()
+    weights = local_path(INCEPTION_WEIGHTS)
     if features == "digits" or (features == "auto" and not weights.is_file() and resolution == 32):
         return digits_extractor()
     if not weights.is_file():

@@ -61,8 +61,8 @@ def digits_extractor() -> Extractor:
 
     def fn(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        cls = clf.predict(x).astype(np.float32)[:, None]
-        return np.concatenate([clf.features(x), clf.probabilities(x), cls], axis=1).astype(np.float32)
+        hidden, probs, cls = clf.outputs(x)
+        return np.concatenate([hidden, probs, cls[:, None]], axis=1).astype(np.float32)
 
     return Extractor("digits", (("pool", HIDDEN), ("probs", 10), ("class", 1)), fn, resolution=32)
 

@@ -52,9 +52,10 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device("cpu")
 
 
-def local_path(spec: ModelSpec) -> Path:
-    """Where the file of ``spec`` is (or would be) on disk."""
-    if spec.embedded:
+def local_path(spec: ModelSpec | DataFile) -> Path:
+    """Where the file of ``spec`` (a model, or a reference batch or the Inception weights) is or
+    would be on disk."""
+    if isinstance(spec, ModelSpec) and spec.embedded:
         return Path(os.environ.get("CM_EMBEDDED_DIR", EMBEDDED_DIR)) / str(spec.filename)
     return checkpoint_dir() / str(spec.filename)
 

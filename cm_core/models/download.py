@@ -13,7 +13,7 @@ import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
-from .checkpoints import CheckpointError, checkpoint_dir, local_path, sha256_file, verify
+from .checkpoints import CheckpointError, local_path, sha256_file, verify
 from .registry import DataFile, ModelSpec
 
 Progress = Callable[[int, int | None], None]  # (bytes done, total bytes or None)
@@ -59,7 +59,7 @@ def fetch_original(spec: ModelSpec | DataFile, dest_dir: Path | None = None, pro
     from filelock import FileLock
     if not spec.url:
         raise CheckpointError(f"{spec.name} has no download URL (embedded models ship with the repo)")
-    final = (dest_dir / str(spec.filename)) if dest_dir else _default_path(spec)
+    final = (dest_dir / str(spec.filename)) if dest_dir else local_path(spec)
     final.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(str(final.with_name(final.name + ".lock"))):
         if final.is_file():
@@ -78,10 +78,6 @@ def fetch_original(spec: ModelSpec | DataFile, dest_dir: Path | None = None, pro
             raise
         os.replace(part, final)
     return final
-
-
-def _default_path(spec: ModelSpec | DataFile) -> Path:
-    return checkpoint_dir() / spec.filename if isinstance(spec, DataFile) else local_path(spec)
 
 
 def describe(path: Path) -> str:
