@@ -17,8 +17,10 @@ def golden_dir() -> Path:
     return Path(os.environ.get("CM_GOLDEN_DIR", ROOT.parent / "shared" / "golden"))
 
 
-@pytest.fixture(scope="session")
-def golden() -> Path:
+def require_golden() -> Path:
+    """The reference vectors' folder; without them a test fails under CI (``$CI`` 1/true/yes),
+    so the tests that pin us to the original implementation never pass by being skipped, and
+    is skipped on a local run."""
     d = golden_dir()
     if not (d / "cases.json").is_file():
         msg = f"reference vectors not found at {d} (set CM_GOLDEN_DIR)"
@@ -26,6 +28,11 @@ def golden() -> Path:
             pytest.fail(f"{msg}: CI must compare against the original implementation", pytrace=False)
         pytest.skip(msg)
     return d
+
+
+@pytest.fixture(scope="session")
+def golden() -> Path:
+    return require_golden()
 
 
 @pytest.fixture(scope="session")

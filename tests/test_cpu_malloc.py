@@ -22,14 +22,8 @@ print(json.dumps({"tuned": cpu_malloc.tune_allocator(), "err": err}))
 """
 
 
-_PROBE_OFF = """
-import json
-from cm_core.accel import cpu_malloc
-print(json.dumps({"tuned": cpu_malloc.tune_allocator()}))
-"""
-
-
 def _probe(env_value: str | None, probe: str = _PROBE) -> dict:
+    """Run ``probe`` in a fresh process (the allocator is tuned once per process)."""
     import json
     import os
     env = dict(os.environ)
@@ -45,7 +39,20 @@ def test_optimize_tunes_glibc_once_and_stays_exact():
     has_glibc = sys.platform.startswith("linux") and hasattr(ctypes.CDLL(None), "mallopt")
     res = _probe(None)
     assert res["tuned"] is has_glibc and res["err"] < 1e-4
-    assert _probe("0", _PROBE_OFF)["tuned"] is False
+
+
+def test_cm_cpu_malloc_0_turns_it_off(monkeypatch):
+    """With CM_CPU_MALLOC=0 nothing is called (mallopt would raise here)."""
+    class Refuses:
+        def __init__(self, *_):
+            raise AssertionError("mallopt was reached with CM_CPU_MALLOC=0")
+    monkeypatch.setenv("CM_CPU_MALLOC", "0")
+    monkeypatch.setattr(cpu_malloc.ctypes, "CDLL", Refuses)
+    cpu_malloc.tune_allocator.cache_clear()
+    try:
+        assert cpu_malloc.tune_allocator() is False
+    finally:
+        cpu_malloc.tune_allocator.cache_clear()
 
 
 def test_without_mallopt_nothing_happens(monkeypatch):

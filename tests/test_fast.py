@@ -74,8 +74,10 @@ def test_cpu_default_is_exact(den, inputs, ref):
 
 @pytest.mark.parametrize("dtype,bound", [("fp16", 1e-2), ("bf16", 5e-2)])
 def test_half_precision_error(den, inputs, ref, dtype, bound):
-    """fp16 (the CUDA default) stays within 1e-2; bf16 is reported (~2e-2 on this random net)."""
-    fast = optimize(den, dtype=dtype, copy=True)
+    """fp16 (the CUDA default) stays within 1e-2; bf16 is reported (~2e-2 on this random net).
+    In channels_last, where CPUs have half-precision kernels (the contiguous fp16 convolution
+    is a slow fallback: 9 s against 1 s for the first call's 16-image self-check on Zen 3)."""
+    fast = optimize(den, dtype=dtype, copy=True, channels_last=True)
     err = (sampling.onestep(fast, *inputs) - ref).abs().max().item()
     print(f"{dtype} fast vs fp32 exact max abs: {err:.2e}")
     assert err < bound

@@ -1,5 +1,6 @@
-"""Training at scale: 2 gloo ranks under torchrun equal 1 rank (and resume across world sizes),
-accumulation / checkpointing / workers do not change a run, checkpoints survive a kill mid-save."""
+"""Training at scale: 2 gloo ranks under torchrun equal 1 rank for edm, ict and ect (and resume
+across world sizes), accumulation / checkpointing / workers do not change a run, checkpoints
+survive a kill mid-save."""
 from __future__ import annotations
 
 import os
@@ -35,14 +36,30 @@ def _run(out: Path, steps: int, method: str = "edm", **kw) -> dict:
                         resume=True, progress=False)
 
 
-def _torchrun(out: Path, steps: int, nproc: int = 2) -> subprocess.CompletedProcess:
+def _torchrun(*args: str, nproc: int = 2) -> subprocess.CompletedProcess:
+    """``torchrun --standalone --nproc_per_node nproc ARGS`` on gloo, one thread per rank."""
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
-           str(nproc), "-m", "cm_core", "train", "edm", "--out", str(out), "--steps", str(steps),
-           *CLI_TINY]
+           str(nproc), *args]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180, cwd=ROOT)
     assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-4000:]
     return res
+
+
+def _torchrun_cli(out: Path, steps: int) -> subprocess.CompletedProcess:
+    """``torchrun ... -m cm_core train edm`` with the tiny settings, as a user starts a run."""
+    return _torchrun("-m", "cm_core", "train", "edm", "--out", str(out), "--steps", str(steps), *CLI_TINY)
+
+
+METHODS = ("edm", "ict", "ect")  # compared across world sizes
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory) -> Path:
+    """Each of METHODS trained 4 steps on 2 gloo ranks (one launch): ``folder / method``."""
+    out = tmp_path_factory.mktemp("two_ranks")
+    _torchrun(str(ROOT / "tests" / "train_ranks.py"), str(out), "4", *METHODS)
+    return out
 
 
 def _log_losses(out: Path) -> list[float]:
@@ -71,15 +88,16 @@ def _outputs(state: Path | None) -> torch.Tensor:
         return model(x, sigma, torch.arange(16) % 10)
 
 
-def test_two_gloo_ranks_equal_one_rank_and_resume_on_one(tmp_path: Path) -> None:
+def test_two_gloo_ranks_equal_one_rank_and_resume_on_one(tmp_path: Path, two_ranks: Path) -> None:
     one = _run(tmp_path / "one", 4)
-    res = _torchrun(tmp_path / "two", 4)
-    assert res.stdout.count("done: 4 steps") == 1  # rank 0 alone reports (and writes)
-    assert _log_losses(tmp_path / "two") == pytest.approx(one["losses"], abs=1e-5)
-    _close(tmp_path / "one" / "state.safetensors", tmp_path / "two" / "state.safetensors")
-    _close(tmp_path / "one" / "model.safetensors", tmp_path / "two" / "model.safetensors")
-    # a 2-rank run stopped after 2 steps, resumed on 1 rank, reproduces the unbroken run
-    _torchrun(tmp_path / "split", 2)
+    two = two_ranks / "edm"
+    assert _log_losses(two) == pytest.approx(one["losses"], abs=1e-5)
+    _close(tmp_path / "one" / "state.safetensors", two / "state.safetensors")
+    _close(tmp_path / "one" / "model.safetensors", two / "model.safetensors")
+    # a 2-rank run of the command line stopped after 2 steps, resumed on 1 rank, reproduces the
+    # unbroken run
+    res = _torchrun_cli(tmp_path / "split", 2)
+    assert res.stdout.count("done: 2 steps") == 1  # rank 0 alone reports (and writes)
     resumed = _run(tmp_path / "split", 4)
     assert len(resumed["losses"]) == 2
     assert resumed["losses"] == pytest.approx(one["losses"][2:], abs=1e-5)
@@ -88,7 +106,19 @@ def test_two_gloo_ranks_equal_one_rank_and_resume_on_one(tmp_path: Path) -> None
     # the same function
     trained, fresh = _outputs(tmp_path / "one" / "state.safetensors"), _outputs(None)
     assert float((trained - fresh).abs().max()) > 0.1
-    assert float((trained - _outputs(tmp_path / "two" / "state.safetensors")).abs().max()) < 1e-5
+    assert float((trained - _outputs(two / "state.safetensors")).abs().max()) < 1e-5
+
+
+@pytest.mark.parametrize("method", ["ict", "ect"])
+def test_two_gloo_ranks_equal_one_rank_for_ict_and_ect(tmp_path: Path, two_ranks: Path, method: str) -> None:
+    """The per-position noise-level draws, shared noise and dropout masks and the stop-gradient
+    target split across ranks exactly as within one process."""
+    one = _run(tmp_path / method, 4, method=method)
+    assert all(torch.isfinite(torch.tensor(one["losses"])))
+    assert _log_losses(two_ranks / method) == pytest.approx(one["losses"], abs=1e-5)
+    _close(tmp_path / method / "state.safetensors", two_ranks / method / "state.safetensors")
+    trained = _outputs(tmp_path / method / "state.safetensors")
+    assert float((trained - _outputs(None)).abs().max()) > 0.1
 
 
 def test_accumulation_and_checkpointing_do_not_change_the_run(tmp_path: Path) -> None:
