@@ -15,6 +15,7 @@ import torch
 
 from ..accel.distributed import init_group, local_device, rank_world
 from ..models.checkpoints import CheckpointError, local_path, pick_device
+from ..models.files import write_text_atomic
 from ..models.registry import DIGITS_REFERENCE, INCEPTION_WEIGHTS, REFERENCES
 from . import metrics
 from .features import Extractor, batch_features, digits_extractor, inception_extractor
@@ -123,9 +124,4 @@ def metrics_path(samples: str | os.PathLike) -> Path:
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.partial")
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")

@@ -9,7 +9,6 @@ depend on the number of processes.
 """
 from __future__ import annotations
 
-import os
 import zipfile
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import numpy as np
 
 from ..accel.distributed import gather_strided, init_group, local_device, rank_world
 from ..models.checkpoints import load_denoiser, pick_device
+from ..models.files import atomic_path
 from ..models.registry import ModelSpec, get_spec, reference_for
 from ..sampling.generate import SampleSettings, sample_shard, write_samples
 from .evaluate import evaluate_files, metrics_path, write_json_atomic
@@ -86,8 +86,7 @@ def merge_parts(parts: list[Path], dest: Path) -> Path:
     """Concatenate part files into one ``.npz`` (arr_0, arr_1), streamed, then renamed into place."""
     batches = [open_batch(p, min_count=1) for p in parts]
     total, r = sum(b.count for b in batches), batches[0].resolution
-    tmp = dest.with_name(f".{dest.stem}.{os.getpid()}.partial.npz")
-    try:
+    with atomic_path(dest) as tmp:
         with zipfile.ZipFile(tmp, "w", allowZip64=True) as zf:
             with zf.open("arr_0.npy", "w", force_zip64=True) as f:
                 np.lib.format.write_array_header_1_0(f, {"descr": "|u1", "fortran_order": False,
@@ -98,9 +97,6 @@ def merge_parts(parts: list[Path], dest: Path) -> Path:
             labels = [b.labels if b.labels is not None else np.zeros(b.count, np.int64) for b in batches]
             with zf.open("arr_1.npy", "w") as f:
                 np.lib.format.write_array(f, np.concatenate(labels).astype(np.int64))
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 

@@ -24,6 +24,7 @@ from typing import Any
 import torch
 
 from .checkpoints import CheckpointError, load_denoiser
+from .files import write_text_atomic
 from .registry import REGISTRY, ArchSpec
 
 CM_MODELS = tuple(n for n, s in REGISTRY.items() if s.kind == "cm")
@@ -71,9 +72,7 @@ def _annotate(config: Path, kind: str) -> None:
     diffusers ignores unknown keys starting with an underscore."""
     cfg: dict[str, Any] = json.loads(config.read_text())
     cfg["_cm_kind"] = kind
-    tmp = config.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, config)
+    write_text_atomic(config, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
 def push_to_hub(folder: str | os.PathLike, repo_id: str, private: bool = False,

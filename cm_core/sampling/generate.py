@@ -6,7 +6,6 @@ random class label), so results do not depend on the batch size or on how a run 
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import InitVar, dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ import torch
 
 from ..accel.fast import FastDenoiser
 from ..models.denoiser import Denoiser
+from ..models.files import atomic_path
 from ..models.messages import renamed
 from ..models.network import MCDropout
 from ..models.registry import ModelSpec
@@ -114,16 +114,21 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return ((images.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-def save_grid(images: np.ndarray, path: str | Path) -> None:
-    """Save uint8 NHWC images as a near-square PNG grid."""
-    from PIL import Image
+def grid_array(images: np.ndarray) -> np.ndarray:
+    """uint8 NHWC images -> one near-square uint8 HWC grid, row by row (black where none is left)."""
     n, h, w, c = images.shape
     cols = int(np.ceil(np.sqrt(n)))
     rows = int(np.ceil(n / cols))
     grid = np.zeros((rows * h, cols * w, c), dtype=np.uint8)
     for i, im in enumerate(images):
         grid[(i // cols) * h:(i // cols + 1) * h, (i % cols) * w:(i % cols + 1) * w] = im
-    Image.fromarray(grid).save(path)
+    return grid
+
+
+def save_grid(images: np.ndarray, path: str | Path) -> None:
+    """Save uint8 NHWC images as a near-square PNG grid (:func:`grid_array`)."""
+    from PIL import Image
+    Image.fromarray(grid_array(images)).save(path)
 
 
 def sample_shard(den: Denoiser | FastDenoiser, spec: ModelSpec, seed: int, indices: Sequence[int],
@@ -160,15 +165,9 @@ def write_samples(out: str, arr: np.ndarray, lab: np.ndarray) -> None:
     """``.npz`` in OpenAI's evaluation layout (``arr_0`` uint8 NHWC, ``arr_1`` labels) or a PNG grid,
     written atomically: a temporary file beside ``out`` (same suffix, so numpy and PIL keep the
     format), renamed once complete, so a killed run never leaves a file that looks finished."""
-    path = Path(out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.partial{path.suffix}")
-    try:
+    with atomic_path(out) as tmp:
         if out.endswith(".npz"):
             np.savez(tmp, arr_0=arr, arr_1=lab)
         else:
             save_grid(arr, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     print(f"wrote {len(arr)} images to {out}")
