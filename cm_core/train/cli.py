@@ -1,4 +1,5 @@
-"""``python -m cm_core train edm|cd|ct|ict|ect --data digits --out DIR [options]``."""
+"""``python -m cm_core train edm|cd|ct|ict|ect --data digits --out DIR [options]``, and
+``python -m cm_core train plot RUN`` (a run's log.csv as a PNG)."""
 from __future__ import annotations
 
 from dataclasses import fields
@@ -23,6 +24,7 @@ _HELP = {
     "ict_start_scales": "iCT: s0 of the doubling N(k)", "ict_end_scales": "iCT: s1 of the doubling N(k)",
     "init": "start from these network weights: a released .pt, a Hub repo id, a registry name "
             "or our .safetensors (fine-tuning; or an EDM teacher for ECT-style CT)",
+    "sample_every": "write a fixed-seed sample grid (OUT/samples, TensorBoard) every N steps; 0: none",
     "threads": "torch CPU threads", "device": "cuda, mps or cpu (default: best available)",
     "batch_size": "global batch, split across processes and --grad-accum micro-batches",
     "rng": "position: draws seeded by each sample's global position (any world size gives the "
@@ -55,7 +57,8 @@ def _options(f):  # noqa: ANN001, ANN202 - click decorator plumbing
 
 
 @click.command("train", context_settings={"help_option_names": ["-h", "--help"]})
-@click.argument("method", type=click.Choice(["ct", "ict", "ect", "cd", "edm"]), required=False)
+@click.argument("method", type=click.Choice(["ct", "ict", "ect", "cd", "edm", "plot"]), required=False)
+@click.argument("run", type=click.Path(), required=False)
 @click.option("--data", default=None, help=_HELP["data"] + " [default: digits]")
 @click.option("--out", default=None, type=click.Path(), help=_HELP["out"])
 @click.option("--list-presets", is_flag=True, help="print the paper's recipes and exit")
@@ -63,10 +66,11 @@ def _options(f):  # noqa: ANN001, ANN202 - click decorator plumbing
               help="continue from OUT/state.safetensors when present")
 @click.option("--quiet", is_flag=True, help="no progress bar")
 @_options
-def train(method: str | None, data: str | None, out: str | None, list_presets: bool, resume: bool,
-          quiet: bool, **kw) -> None:
+def train(method: str | None, run: str | None, data: str | None, out: str | None, list_presets: bool,
+          resume: bool, quiet: bool, **kw) -> None:
     """Train an EDM teacher (edm), distil it (cd), train a consistency model directly (ct, or
     ict: improved consistency training) or tune a pretrained EDM network into one (ect, with --init).
+    `train plot RUN` draws the run folder's log.csv as RUN/log.png.
 
     Under torchrun every process runs this command; --batch-size is the global batch.
     """
@@ -76,6 +80,9 @@ def train(method: str | None, data: str | None, out: str | None, list_presets: b
     from .presets import format_presets, preset_fields
     if list_presets:
         click.echo(format_presets())
+        return
+    if method == "plot" or run is not None:
+        _plot(method, run)
         return
     if out is None:
         raise click.UsageError("--out DIR is required")
@@ -99,3 +106,14 @@ def train(method: str | None, data: str | None, out: str | None, list_presets: b
         raise click.ClickException(str(e)) from None
     if rank_world()[0] == 0:
         click.echo(f"done: {res['step']} steps -> {res['model']}")
+
+
+def _plot(method: str | None, run: str | None) -> None:
+    """``train plot RUN``."""
+    from .plot import plot_run
+    if method != "plot" or run is None:
+        raise click.UsageError("RUN is for `train plot RUN`; a training run takes its folder as --out DIR")
+    try:
+        click.echo(f"wrote {plot_run(run)}")
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None

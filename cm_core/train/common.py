@@ -108,6 +108,7 @@ class StepLog:
         self._bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
                          desc=desc or f"train {cfg.method}", dynamic_ncols=True)
         self.t0 = self._last = time.time()
+        self.images_per_s = 0.0
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._bar)
@@ -117,6 +118,7 @@ class StepLog:
         self.losses.append(loss)
         now = time.time()
         ips, self._last = self.cfg.batch_size / max(now - self._last, 1e-9), now
+        self.images_per_s = ips
         recent = self.losses[-50:]
         self._bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", img_s=f"{ips:.0f}",
                               **{k: f"{v:.4g}" for k, v in objective.log(step).items()})

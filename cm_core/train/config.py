@@ -35,6 +35,7 @@ class TrainConfig:
     device: str | None = None
     threads: int | None = None
     save_every: int = 500
+    sample_every: int = 0  # a fixed-seed sample grid every N steps (0: none); see train/watch.py
     # scale-out (see cm_core/train/engine.py): per-position seeding, accumulation, precision
     rng: str = "position"  # "position" (world-size independent) or "step" (legacy, 1 process)
     grad_accum: int = 1

@@ -17,7 +17,14 @@ import torch
 from ..accel.distributed import init_group, local_device, rank_world
 from ..models.checkpoints import pick_device
 from ..models.denoiser import Denoiser
-from .common import Objective, StepLog, build_model, ema_decay, learning_rate, make_objective
+from .common import (
+    Objective,
+    StepLog,
+    build_model,
+    ema_decay,
+    learning_rate,
+    make_objective,
+)
 from .config import TrainConfig
 from .dropout import install_train_dropout, position_dropout
 from .loader import PositionDataset, StepBatches, make_loader
@@ -34,6 +41,7 @@ from .state import (
     save_state,
     state_meta,
 )
+from .watch import Watch
 
 
 class Trainer:
@@ -57,6 +65,7 @@ class Trainer:
         self.opt = _optimizer(cfg, self.model)
         self.scaler = torch.amp.GradScaler(self.device.type, init_scale=2.0 ** 20, growth_interval=1000,
                                            enabled=cfg.precision == "fp16")
+        self.grad_norm = 0.0  # of the last step, before clipping
         self.nets = {"online": self.model, "ema": self.ema,
                      **{f"ema_{i}": e for i, e in enumerate(self.emas)}, **self.objective.extra}
 
@@ -115,8 +124,9 @@ class Trainer:
         """Unscale, clip, step, and update the target and EMA networks (skipped on fp16 overflow)."""
         cfg = self.cfg
         self.scaler.unscale_(self.opt)
-        if cfg.grad_clip > 0:
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        # the norm is taken in every run (an infinite bound scales the gradients by exactly 1)
+        self.grad_norm = float(torch.nn.utils.clip_grad_norm_(
+            self.model.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else float("inf")))
         before = self.scaler.get_scale() if self.scaler.is_enabled() else 0.0
         self.scaler.step(self.opt)
         self.scaler.update()
@@ -163,10 +173,18 @@ def run_parallel(cfg: TrainConfig, resume: bool, progress: bool) -> dict:
 def _loop(tr: Trainer, ddp: torch.nn.Module, batches, start: int, progress: bool) -> list[float]:
     cfg = tr.cfg
     log = StepLog(cfg, tr.out, start, progress, write=tr.rank == 0, desc=f"train {cfg.method} x{tr.world}")
+    watch = Watch(cfg, tr.out, start, enabled=tr.rank == 0)
     for step in log:
         loss = tr.step(ddp, [next(batches) for _ in range(cfg.grad_accum)], step)
         now = log.record(step, loss, tr.objective)
+        watch.scalars(step, {"train/loss": loss, "train/lr": learning_rate(step, cfg),
+                             "train/grad_norm": tr.grad_norm, "train/images_per_s": log.images_per_s,
+                             **{f"curriculum/{k}": v for k, v in tr.objective.log(step).items()}})
+        if watch.samples_due(step):
+            watch.samples(step, tr.ema)
         if log.checkpoint_due(step):
             tr.checkpoint(step + 1, now - log.t0)
+            watch.flush()
     log.close()
+    watch.close()
     return log.losses

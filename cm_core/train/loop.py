@@ -15,7 +15,14 @@ import torch
 from ..accel.distributed import rank_world
 from ..models.checkpoints import pick_device
 from ..models.denoiser import Denoiser
-from .common import Objective, StepLog, build_model, ema_decay, learning_rate, make_objective
+from .common import (
+    Objective,
+    StepLog,
+    build_model,
+    ema_decay,
+    learning_rate,
+    make_objective,
+)
 from .config import TrainConfig
 from .data import ImageDataset, load_dataset
 from .rng import StepRng
@@ -36,13 +43,13 @@ def _epoch_of(step: int, cfg: TrainConfig, ds: ImageDataset) -> int:
 
 def _prepare(cfg: TrainConfig, resume: bool) -> TrainConfig:
     """Resuming takes the stored config (only ``steps``, ``device``, ``threads``, ``save_every``,
-    ``workers`` and ``grad_accum`` may change: none of them changes the result)."""
+    ``sample_every``, ``workers`` and ``grad_accum`` may change: none of them changes the result)."""
     stored = stored_config(Path(cfg.out)) if resume else None
     if stored is None:
         cfg.check()
         return cfg
     return replace(stored, steps=cfg.steps, device=cfg.device, threads=cfg.threads,
-                   save_every=cfg.save_every, out=cfg.out, workers=cfg.workers,
+                   save_every=cfg.save_every, sample_every=cfg.sample_every, out=cfg.out, workers=cfg.workers,
                    grad_accum=cfg.grad_accum)
 
 
