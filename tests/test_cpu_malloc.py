@@ -41,28 +41,29 @@ def test_optimize_tunes_glibc_once_and_stays_exact():
     assert res["tuned"] is has_glibc and res["err"] < 1e-4
 
 
+def _tune_with(monkeypatch, cdll: type) -> bool:
+    """``tune_allocator()`` afresh with ``ctypes.CDLL`` replaced by ``cdll``."""
+    monkeypatch.setattr(cpu_malloc.ctypes, "CDLL", cdll)
+    cpu_malloc.tune_allocator.cache_clear()
+    try:
+        return cpu_malloc.tune_allocator()
+    finally:
+        cpu_malloc.tune_allocator.cache_clear()
+
+
 def test_cm_cpu_malloc_0_turns_it_off(monkeypatch):
     """With CM_CPU_MALLOC=0 nothing is called (mallopt would raise here)."""
     class Refuses:
         def __init__(self, *_):
             raise AssertionError("mallopt was reached with CM_CPU_MALLOC=0")
     monkeypatch.setenv("CM_CPU_MALLOC", "0")
-    monkeypatch.setattr(cpu_malloc.ctypes, "CDLL", Refuses)
-    cpu_malloc.tune_allocator.cache_clear()
-    try:
-        assert cpu_malloc.tune_allocator() is False
-    finally:
-        cpu_malloc.tune_allocator.cache_clear()
+    assert _tune_with(monkeypatch, Refuses) is False
 
 
 def test_without_mallopt_nothing_happens(monkeypatch):
     class NoMallopt:
         def __init__(self, *_):
             pass
-    monkeypatch.setattr(cpu_malloc.ctypes, "CDLL", NoMallopt)
-    cpu_malloc.tune_allocator.cache_clear()
-    try:
-        assert cpu_malloc.tune_allocator() is False
-    finally:
-        cpu_malloc.tune_allocator.cache_clear()
+    monkeypatch.delenv("CM_CPU_MALLOC", raising=False)
+    assert _tune_with(monkeypatch, NoMallopt) is False
     assert set(cpu_malloc.MALLOC_SETTINGS) == {"arena_max", "mmap_threshold", "trim_threshold", "top_pad"}

@@ -17,14 +17,7 @@ import torch
 from ..accel.distributed import init_group, local_device, rank_world
 from ..models.checkpoints import pick_device
 from ..models.denoiser import Denoiser
-from .common import (
-    Objective,
-    StepLog,
-    build_model,
-    ema_decay,
-    learning_rate,
-    make_objective,
-)
+from .common import Objective, StepLog, build_model, ema_decay, learning_rate, make_objective
 from .config import TrainConfig
 from .dropout import install_train_dropout, position_dropout
 from .loader import PositionDataset, StepBatches, make_loader

@@ -15,14 +15,7 @@ import torch
 from ..accel.distributed import rank_world
 from ..models.checkpoints import pick_device
 from ..models.denoiser import Denoiser
-from .common import (
-    Objective,
-    StepLog,
-    build_model,
-    ema_decay,
-    learning_rate,
-    make_objective,
-)
+from .common import Objective, StepLog, build_model, ema_decay, learning_rate, make_objective
 from .config import TrainConfig
 from .data import ImageDataset, load_dataset
 from .rng import StepRng
