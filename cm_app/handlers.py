@@ -51,7 +51,7 @@ def random_seed() -> int:
     return random.randrange(0, 2 ** 31)
 
 
-def _flag_multistep(model: str, steps, ts: str | None) -> bool:
+def flag_multistep(model: str, steps, ts: str | None) -> bool:
     """Whether the UI should use the progress-reporting generate (multistep, Heun)."""
     try:
         return get_spec(model).kind == "edm" or bool(ts and str(ts).strip()) or int(steps or 1) > 1
@@ -60,7 +60,7 @@ def _flag_multistep(model: str, steps, ts: str | None) -> bool:
 
 
 def on_steps_change(model: str, steps, ts: str | None):
-    multi = _flag_multistep(model, steps, ts)
+    multi = flag_multistep(model, steps, ts)
     return gr.update(visible=not multi), gr.update(visible=multi)
 
 

@@ -45,7 +45,7 @@ def generate_tab(model: gr.Textbox, name: str, spec: ModelSpec) -> Tab:
                 batch = gr.Slider(1, S.max_batch(), value=4, step=1, label="Batch size")
                 drop = gr.Slider(0.0, 0.9, value=0.0, step=0.05, label="Dropout (inference)")
                 cls = _class_dd(spec)
-                multi = H._flag_multistep(name, 1, "")
+                multi = H.flag_multistep(name, 1, "")
                 gen_btn = gr.Button("Generate", variant="primary", visible=not multi, elem_id="generate-btn")
                 gen_steps_btn = gr.Button("Generate", variant="primary", visible=multi,
                                           elem_id="generate-steps-btn")
