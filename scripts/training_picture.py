@@ -20,13 +20,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from cm_core.train.plot import moving_mean  # noqa: E402
 
 
-def scalars(run: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """tag -> (steps, values) of every scalar in ``run/tb``."""
+def scalars(run: Path, until: int | None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """tag -> (steps, values) of every scalar in ``run/tb`` up to step ``until`` (a stopped run's
+    events past its last checkpoint stay in the files until a resume purges them)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(run / "tb"), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: (np.array([e.step for e in acc.Scalars(tag)]), np.array([e.value for e in acc.Scalars(tag)]))
-            for tag in acc.Tags()["scalars"]}
+    out = {}
+    for tag in acc.Tags()["scalars"]:
+        events = [e for e in acc.Scalars(tag) if until is None or e.step <= until]
+        out[tag] = (np.array([e.step for e in events]), np.array([e.value for e in events]))
+    return out
 
 
 def pick_grids(run: Path, count: int = 4) -> list[Path]:
@@ -44,7 +48,8 @@ def main(run: Path, out: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    s, grids = scalars(run), pick_grids(run)
+    grids = pick_grids(run)
+    s = scalars(run, int(grids[-1].stem.split("_")[1]) if grids else None)
     curriculum = [t for t in s if t.startswith("curriculum/")]
     fig = plt.figure(figsize=(11, 5.2), dpi=100)
     panels = fig.subfigures(1, 2, width_ratios=[1.1, 1])
