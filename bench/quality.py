@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 from cm_core.evaluation.digits import real_digits_uint8  # noqa: E402
 from cm_core.evaluation.evaluate import evaluate_files  # noqa: E402
-from cm_core.evaluation.run_model import evaluate_model, network_evals, settings_label  # noqa: E402
+from cm_core.evaluation.run_model import evaluate_model, settings_label  # noqa: E402
 from cm_core.models.registry import get_spec  # noqa: E402
 from cm_core.sampling.generate import SampleSettings  # noqa: E402
 
@@ -118,7 +118,7 @@ def main(num_samples: int, out: str, threads: int) -> None:
         label = settings_label(get_spec(model), settings)
         r = timed_run(model, settings, num_samples, f"{out}/{model}/{label}")
         rows.append(r)
-        print(f"{model} {label} ({network_evals(get_spec(model), settings)} evals): FD {r['fd']:.2f}, "
+        print(f"{model} {label} ({settings.evaluations(get_spec(model))} evals): FD {r['fd']:.2f}, "
               f"accuracy {r['class_accuracy']:.3f}", flush=True)
     real = real_row(num_samples)
     text = (f"# Sample quality of the embedded models\n\n"

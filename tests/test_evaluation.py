@@ -156,7 +156,9 @@ def test_evaluate_resumes_after_a_kill_and_matches_the_sample_command(tmp_path, 
 def test_settings_name_the_run_folder_and_count_network_evaluations():
     cd, edm = get_spec("cd_digits32"), get_spec("edm_digits32")
     two = settings_from_options(cd, 2, None, None, None, 0.0)
-    assert run_model.settings_label(cd, two) == "ts0-22-39of40" and run_model.network_evals(cd, two) == 2
-    assert run_model.settings_label(cd, SampleSettings()) == "onestep"
+    assert run_model.settings_label(cd, two) == "ts0-22-39of40" and two.evaluations(cd) == 2
+    assert run_model.settings_label(cd, SampleSettings()) == "onestep" and SampleSettings().evaluations(cd) == 1
     assert run_model.settings_label(edm, SampleSettings()) == "heun18"
-    assert run_model.network_evals(edm, SampleSettings()) == 35
+    assert SampleSettings().evaluations(edm) == 35
+    sig = settings_from_options(cd, 1, "sigmas: 80, 5", None, None, 0.0)  # 80, 5, then sigma_min
+    assert run_model.settings_label(cd, sig) == "sigmas80-5" and sig.evaluations(cd) == 2

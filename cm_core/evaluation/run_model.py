@@ -29,20 +29,10 @@ def settings_label(spec: ModelSpec, settings: SampleSettings) -> str:
     """A folder name for a sampling setting: ``heun18``, ``onestep``, ``ts0-22-39of40``, ``sigmas80-5``."""
     if spec.kind == "edm":
         return f"heun{settings.heun_steps or spec.heun_steps}"
-    if settings.sigmas is not None:
-        return "sigmas" + "-".join(f"{s:g}" for s in settings.sigmas)
+    if settings.sigmas is not None:  # the evaluated levels (the final sigma_min is implied)
+        return "sigmas" + "-".join(f"{s:g}" for s in settings.sigmas[:-1])
     plan = settings.resolved_ts(spec)
     return "onestep" if plan is None else "ts" + "-".join(map(str, plan[0])) + f"of{plan[1]}"
-
-
-def network_evals(spec: ModelSpec, settings: SampleSettings) -> int:
-    """Network evaluations per image (Heun: 2 per step but the last)."""
-    if spec.kind == "edm":
-        return 2 * (settings.heun_steps or spec.heun_steps) - 1
-    if settings.sigmas is not None:
-        return len(settings.sigmas)
-    plan = settings.resolved_ts(spec)
-    return 1 if plan is None else len(plan[0]) - 1
 
 
 def _complete(path: Path, count: int) -> bool:
@@ -133,6 +123,6 @@ def evaluate_model(model: str, settings: SampleSettings, num_samples: int, out: 
     result = evaluate_files(samples, ref, features, device=device, write_json=False)
     if result is not None:
         result = {"model": model, "setting": settings_label(spec, settings),
-                  "network_evals": network_evals(spec, settings), "seed": seed, **result}
+                  "network_evals": settings.evaluations(spec), "seed": seed, **result}
         write_json_atomic(metrics_path(samples), result)
     return result

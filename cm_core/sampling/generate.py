@@ -55,6 +55,16 @@ class SampleSettings:
         ts, grid = model_ts(spec, self.num_evals, self.ts, self.grid_size)
         return list(ts), grid
 
+    def evaluations(self, spec: ModelSpec) -> int:
+        """Network evaluations per image: ``2 n - 1`` for ``n`` Heun steps (EDM teachers), else
+        one per noise level but the last (``sigmas`` and ``ts`` end on sigma_min, unevaluated)."""
+        if spec.kind == "edm":
+            return 2 * (self.heun_steps or spec.heun_steps) - 1
+        if self.sigmas is not None:
+            return len(self.sigmas) - 1
+        plan = self.resolved_ts(spec)
+        return 1 if plan is None else len(plan[0]) - 1
+
 
 def model_ts(spec: ModelSpec | None, num_evals: int, ts: Sequence[int] | None = None,
              grid_size: int | None = None) -> tuple[tuple[int, ...], int]:

@@ -109,30 +109,30 @@ def _dropout(value: Any) -> float:
     return dropout
 
 
-def _sampling(spec: ModelSpec, req: GenerateRequest, dropout: float) -> tuple[SampleSettings, int, str]:
-    """(settings, network evaluations per image, description) of a request's sampler: Heun for EDM
-    teachers; else explicit noise levels (``sigmas: ...``), explicit ``ts``, or ``steps``."""
+def _sampling(spec: ModelSpec, req: GenerateRequest, dropout: float) -> tuple[SampleSettings, str]:
+    """(settings, description) of a request's sampler: Heun for EDM teachers; else explicit noise
+    levels (``sigmas: ...``), explicit ``ts``, or ``steps``."""
     if spec.kind == "edm":
         hs = _int("Heun steps", req.heun_steps if req.heun_steps not in (None, "") else spec.heun_steps,
                   2, MAX_HEUN_STEPS)
-        return SampleSettings(heun_steps=hs, dropout=dropout), 2 * hs - 1, \
+        return SampleSettings(heun_steps=hs, dropout=dropout), \
             f"Heun sampler, {hs} steps = {2 * hs - 1} network evaluations"
     if schedule.is_sigmas(req.ts):
         sig = schedule.parse_sigmas(str(req.ts), spec.sigma_min, spec.sigma_max)
         if len(sig) - 1 > MAX_TS_STEPS:
             raise ValueError(f"sigmas has {len(sig) - 1} levels; at most {MAX_TS_STEPS} network evaluations "
                              "per image are allowed")
-        return SampleSettings(sigmas=sig, dropout=dropout), len(sig) - 1, \
+        return SampleSettings(sigmas=sig, dropout=dropout), \
             f"multistep over sigmas {', '.join(f'{v:g}' for v in sig[:-1])}"
     ts, grid = parse_ts(req.ts, spec.grid_size)
     if ts is not None:
-        return SampleSettings(ts=ts, grid_size=grid, dropout=dropout), len(ts) - 1, \
+        return SampleSettings(ts=ts, grid_size=grid, dropout=dropout), \
             f"multistep, ts {','.join(map(str, ts))} on a {grid}-point grid"
     steps = _int("steps", req.steps if req.steps not in (None, "") else 1, 1, spec.grid_size - 1)
     settings = SampleSettings(num_evals=steps, dropout=dropout)
     resolved = settings.resolved_ts(spec)
-    return settings, steps, ("one-step generation" if resolved is None else
-                             f"{steps}-step, ts {','.join(map(str, resolved[0]))} on a {resolved[1]}-point grid")
+    return settings, ("one-step generation" if resolved is None else
+                      f"{steps}-step, ts {','.join(map(str, resolved[0]))} on a {resolved[1]}-point grid")
 
 
 def plan(req: GenerateRequest) -> Plan:
@@ -142,5 +142,5 @@ def plan(req: GenerateRequest) -> Plan:
     seed = _int("seed", req.seed, 0, MAX_SEED - n)
     dropout = _dropout(req.dropout)
     label = parse_class(spec, req.class_label)
-    settings, evals, desc = _sampling(spec, req, dropout)
-    return Plan(spec, settings, tuple(range(seed, seed + n)), label, evals, desc)
+    settings, desc = _sampling(spec, req, dropout)
+    return Plan(spec, settings, tuple(range(seed, seed + n)), label, settings.evaluations(spec), desc)
