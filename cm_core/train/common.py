@@ -108,7 +108,8 @@ class StepLog:
         self._bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=not progress,
                          desc=desc or f"train {cfg.method}", dynamic_ncols=True)
         self.t0 = self._last = time.time()
-        self.images_per_s = 0.0
+        self.images_per_s = 0.0  # of the last recorded step
+        self.curriculum: dict[str, float] = {}  # the objective's log at the last recorded step
 
     def __iter__(self) -> Iterator[int]:
         return iter(self._bar)
@@ -118,10 +119,10 @@ class StepLog:
         self.losses.append(loss)
         now = time.time()
         ips, self._last = self.cfg.batch_size / max(now - self._last, 1e-9), now
-        self.images_per_s = ips
+        self.images_per_s, self.curriculum = ips, objective.log(step)
         recent = self.losses[-50:]
         self._bar.set_postfix(loss=f"{sum(recent) / len(recent):.4f}", img_s=f"{ips:.0f}",
-                              **{k: f"{v:.4g}" for k, v in objective.log(step).items()})
+                              **{k: f"{v:.4g}" for k, v in self.curriculum.items()})
         if self._writer is not None:
             self._writer.writerow([step + 1, f"{loss:.6f}", f"{learning_rate(step, self.cfg):.3g}", f"{ips:.1f}"])
         return now

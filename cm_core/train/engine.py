@@ -172,7 +172,7 @@ def _loop(tr: Trainer, ddp: torch.nn.Module, batches, start: int, progress: bool
         now = log.record(step, loss, tr.objective)
         watch.scalars(step, {"train/loss": loss, "train/lr": learning_rate(step, cfg),
                              "train/grad_norm": tr.grad_norm, "train/images_per_s": log.images_per_s,
-                             **{f"curriculum/{k}": v for k, v in tr.objective.log(step).items()}})
+                             **{f"curriculum/{k}": v for k, v in log.curriculum.items()}})
         if watch.samples_due(step):
             watch.samples(step, tr.ema)
         if log.checkpoint_due(step):
