@@ -14,6 +14,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..sampling.generate import to_uint8
 from ..train.data import load_digits32
 from .metrics import frechet_distance, statistics
 
@@ -89,6 +90,5 @@ def digit_frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
 def real_digits_uint8(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
     """The real digits of ``split`` as a reference batch: (uint8 [N, 32, 32, 3], labels [N])."""
     ds = load_digits32(split, epoch=REAL_EPOCH)  # type: ignore[arg-type]
-    x = ((ds.images + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
     assert ds.labels is not None
-    return x, ds.labels.numpy()
+    return to_uint8(ds.images), ds.labels.numpy()
