@@ -17,6 +17,7 @@ import torch
 
 from ..models.denoiser import Denoiser
 from .config import TrainConfig
+from .losses import pseudo_huber
 from .rng import BatchRng
 
 
@@ -49,9 +50,7 @@ class ECTObjective:
             at_r = model(x + r[:, None, None, None] * z, r.clamp(min=self.cfg.sigma_min), labels)
             target = torch.where((r > 0)[:, None, None, None], at_r, x)
         pred = model(x + t[:, None, None, None] * z, t, labels)
-        dist2 = (pred - target).pow(2).flatten(1).sum(1)
-        c = self.cfg.ect_c
-        return ((torch.sqrt(dist2 + c * c) - c) / (t - r)).mean()
+        return (pseudo_huber(pred, target, self.cfg.ect_c) / (t - r)).mean()
 
     def after_step(self, model: Denoiser, step: int) -> None:
         """Nothing: the target is the student itself."""
