@@ -3,7 +3,7 @@
 Loopback only, bounded in count (50) and time (a 60 s timeout per request, < 90 s in all): every
 request succeeds, or gets the clear error it was built to get, or a clear queue-full message;
 nothing waits forever, the server's RSS stays bounded, and the app still answers afterwards.
-The same burst, with its figures, is in ``scripts/reliability_report.py``.
+The same burst, with its figures, is in ``scripts/load_runs.py`` (reported by ``scripts/reliability_report.py``).
 """
 from __future__ import annotations
 
@@ -17,7 +17,8 @@ pytest.importorskip("gradio_client")
 pytest.importorskip("psutil")
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import reliability_report as RR  # noqa: E402
+import hostile_inputs as H  # noqa: E402
+import load_runs as L  # noqa: E402
 
 N = 50
 GiB = 2 ** 30
@@ -26,13 +27,13 @@ GiB = 2 ** 30
 @pytest.fixture(scope="module")
 def server(shared_app, tmp_path_factory):
     """The session's shared app server (``conftest.shared_app``) and the burst's uploads."""
-    return shared_app, RR.make_uploads(tmp_path_factory.mktemp("load") / "uploads")
+    return shared_app, H.make_uploads(tmp_path_factory.mktemp("load") / "uploads")
 
 
 def test_fifty_concurrent_mixed_requests(server):
     srv, files = server
     t = time.perf_counter()
-    b = RR.burst(srv.url, srv.proc.pid, files, n=N, timeout=60.0)
+    b = L.burst(srv.url, srv.proc.pid, files, n=N, timeout=60.0)
     wall = time.perf_counter() - t
     print(f"\n{N} requests in {b.wall:.1f} s: {dict(b.outcomes)}; p50 {b.pct(0.5):.2f} s, p95 {b.pct(0.95):.2f} s; "
           f"RSS {b.rss_baseline / 2 ** 20:.0f} -> peak {b.rss_peak / 2 ** 20:.0f} MiB")
@@ -48,7 +49,7 @@ def test_fifty_concurrent_mixed_requests(server):
 def test_app_still_answers_after_the_burst(server):
     from gradio_client import Client
     srv, _ = server
-    o = RR.run_case(Client(srv.url, verbose=False), RR.Case("recovery", "after", "/generate", lambda: RR._gen()))
+    o = H.run_case(Client(srv.url, verbose=False), H.Case("recovery", "after", "/generate", lambda: H.gen_args()))
     assert o.succeeded, o.message
 
 
@@ -56,10 +57,10 @@ def test_memory_goes_back_when_idle_and_the_soak_reports_each_round(server):
     """A short soak (the full one, 10 x 40 requests of 16 images, is the script's): the RSS
     after each round is back near the level before the burst, not at the burst's peak."""
     srv, _ = server
-    s = RR.soak(srv.url, srv.proc.pid, rounds=3, n=6, batch=8, timeout=120.0, settle=1.5)
+    s = L.soak(srv.url, srv.proc.pid, rounds=3, n=6, batch=8, timeout=120.0, settle=1.5)
     after = [r[0] for r in s.rounds]
     print(f"\nsoak RSS after each round: {[round(a / 2 ** 20) for a in after]} MiB, "
           f"peaks {[round(r[3] / 2 ** 20) for r in s.rounds]} MiB")
     assert not any(r[2] for r in s.rounds)
     assert s.last_spread(2) <= 0.10
-    assert "| round |" in RR.soak_markdown(s, 6, 8)
+    assert "| round |" in L.soak_markdown(s, 6, 8)

@@ -1,7 +1,7 @@
 """Reliability and security: hostile checkpoints, hostile uploads, parameter limits, faults.
 
 The API part starts the app once (random-weight embedded models, a checkpoint directory seeded
-with hostile files) and runs the hostile-input matrix of ``scripts/reliability_report.py``; the
+with hostile files) and runs the hostile-input matrix of ``scripts/hostile_inputs.py``; the
 rest runs the service in-process: injected CUDA out-of-memory errors, failed loads that must not
 be cached, limits, and a hypothesis property test of the user-level editors.
 """
@@ -30,7 +30,8 @@ from cm_core.service import model_cache
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "scripts"))
-import reliability_report as RR  # noqa: E402
+import hostile_inputs as H  # noqa: E402
+import load_runs as L  # noqa: E402
 
 MODEL = "cd_digits32"
 
@@ -49,10 +50,10 @@ def hostile_app(tmp_path_factory):
     pytest.importorskip("gradio_client")
     from app_server import AppServer
     tmp = tmp_path_factory.mktemp("reliability")
-    files = RR.make_uploads(tmp / "uploads")
-    RR.seed_checkpoints(tmp / "app" / "checkpoints")
+    files = H.make_uploads(tmp / "uploads")
+    H.seed_checkpoints(tmp / "app" / "checkpoints")
     # the queue check's settings: the matrix sends one request at a time, which they do not touch
-    srv = AppServer(tmp / "app", {"CM_CACHE_EXAMPLES": "0", **RR.queue_env(2)})
+    srv = AppServer(tmp / "app", {"CM_CACHE_EXAMPLES": "0", **L.queue_env(2)})
     yield srv, files, tmp / "app"
     srv.stop()
 
@@ -63,14 +64,14 @@ def test_hostile_input_matrix_through_the_api(hostile_app):
     from gradio_client import Client
     srv, files, app_dir = hostile_app
     client = Client(srv.url, verbose=False)
-    outcomes = [RR.run_case(client, c, timeout=60) for c in
-                RR.matrix(files, app_dir / "checkpoints", app_dir / "embedded")]
+    outcomes = [H.run_case(client, c, timeout=60) for c in
+                H.matrix(files, app_dir / "checkpoints", app_dir / "embedded")]
     bad = [f"{o.case.kind} / {o.case.name} via {o.case.api}: {o.message[:200]}"
            for o in outcomes if not o.as_expected]
     assert not bad, "\n".join(bad)
     kinds = {o.case.kind for o in outcomes}
     assert {"upload", "parameter", "checkpoint", "recovery"} <= kinds and len(outcomes) >= 50
-    assert not (app_dir / "checkpoints" / RR.PWNED).exists(), "the pickled callable ran"
+    assert not (app_dir / "checkpoints" / H.PWNED).exists(), "the pickled callable ran"
     assert srv.proc.poll() is None
     # no server path leaks into upload messages
     assert not any("/tmp/gradio" in o.message for o in outcomes if o.case.kind == "upload")
@@ -79,7 +80,7 @@ def test_hostile_input_matrix_through_the_api(hostile_app):
 def test_a_full_queue_is_a_clear_message(hostile_app):
     """With CM_QUEUE_SIZE=2 and no waiters, simultaneous requests beyond the queue are refused at
     once, clearly; the others are served."""
-    q = RR.queue_full_burst(hostile_app[0].url, n=12, timeout=60.0, steps=10, batch=4)
+    q = L.queue_full_burst(hostile_app[0].url, n=12, timeout=60.0, steps=10, batch=4)
     assert q["queue full"] >= 1 and q["ok"] >= 1, q
     assert set(q) <= {"ok", "queue full"}, q
 
@@ -188,7 +189,7 @@ def test_concurrent_requests_with_different_dropout_equal_the_same_requests_one_
 
 def test_failed_load_is_not_cached_and_other_models_keep_serving(service):
     good = (service / "ct_digits32.safetensors").read_bytes()
-    RR.lying_safetensors(service / "ct_digits32.safetensors")
+    H.lying_safetensors(service / "ct_digits32.safetensors")
     with pytest.raises(CheckpointError, match="ct_digits32.safetensors.*re-create or re-download"):
         S.generate(S.GenerateRequest(model="ct_digits32", batch_size=1))
     assert "ct_digits32" not in S.cache().names()
@@ -199,7 +200,7 @@ def test_failed_load_is_not_cached_and_other_models_keep_serving(service):
 
 
 def test_hostile_pt_files_through_the_service(service, tmp_path):
-    info = RR.seed_checkpoints(tmp_path / "checkpoints")
+    info = H.seed_checkpoints(tmp_path / "checkpoints")
     for name in info:
         if name == "cd_bedroom256_l2":
             continue  # the 0-byte file: test_empty_pt_is_a_clear_error_naming_the_file
@@ -207,7 +208,7 @@ def test_hostile_pt_files_through_the_service(service, tmp_path):
             S.generate(S.GenerateRequest(model=name, batch_size=1))
         assert f"{name}.pt" in str(e.value), str(e.value)
         assert name not in S.cache().names()
-    assert not (tmp_path / "checkpoints" / RR.PWNED).exists()
+    assert not (tmp_path / "checkpoints" / H.PWNED).exists()
     assert len(S.generate(S.GenerateRequest(model=MODEL, batch_size=1)).images) == 1
 
 
