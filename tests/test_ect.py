@@ -61,6 +61,9 @@ def test_the_target_is_the_student_under_stop_gradient_or_the_clean_image():
         dpred = (x + b(t) * z) * b(t)
         want = (((pred - target) * dpred).flatten(1).sum(1) / torch.sqrt(d2 + 0.01) / (t - r)).mean()
     torch.testing.assert_close(w.grad, want)
+    uniform = ECTObjective(TrainConfig(method="ect", ect_c=0.1, ect_weighting="uniform"))
+    loss_u = uniform.loss(f, x, None, StepRng(torch.Generator().manual_seed(5), 6), step=3 * cfg.ect_double)
+    torch.testing.assert_close(loss_u, (torch.sqrt(d2 + 0.01) - 0.1).mean().detach())
 
 
 def test_ect_loss_is_finite_and_falls_on_the_digits(tmp_path: Path):

@@ -9,7 +9,10 @@ smaller ``r`` whose gap to ``t`` halves at every stage (``--ect-double`` steps e
 Both points share the noise ``z`` and the dropout masks; the target ``f(x + r z, r)`` is the
 student under stop-gradient (``x`` itself where ``r = 0``), with no EMA. The loss is
 ``(sqrt(||f(x + t z, t) - target||^2 + c^2) - c) / (t - r)``: pseudo-Huber with ``--ect-c``
-(0: the plain L2 norm, the paper's adaptive weighting with p = 1/2), weighted by ``1 / (t - r)``.
+(0: the plain L2 norm, the paper's adaptive weighting with p = 1/2), weighted by ``1 / (t - r)``
+(``--ect-weighting inverse_gap``, the paper's) or by 1 (``uniform``). The paper's weight gives the
+draws above t = 10 about 1% of the total weight under ``--ict-p-mean 1``; one-step sampling starts
+at t = 80, so short runs learn that end slowly (see checkpoints/embedded/TRAINING.md).
 """
 from __future__ import annotations
 
@@ -50,7 +53,8 @@ class ECTObjective:
             at_r = model(x + r[:, None, None, None] * z, r.clamp(min=self.cfg.sigma_min), labels)
             target = torch.where((r > 0)[:, None, None, None], at_r, x)
         pred = model(x + t[:, None, None, None] * z, t, labels)
-        return (pseudo_huber(pred, target, self.cfg.ect_c) / (t - r)).mean()
+        weight = 1 / (t - r) if self.cfg.ect_weighting == "inverse_gap" else torch.ones_like(t)
+        return (pseudo_huber(pred, target, self.cfg.ect_c) * weight).mean()
 
     def after_step(self, model: Denoiser, step: int) -> None:
         """Nothing: the target is the student itself."""
