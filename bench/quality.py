@@ -10,6 +10,11 @@ evaluations). Needs matplotlib (``pip install matplotlib``) for the plot.
 
     python bench/quality.py                   # 2,000 samples per row, runs in evals/quality/
     python bench/quality.py --num-samples 500 # quicker
+    python bench/quality.py --candidate ect_digits32=runs/ect/model.safetensors
+
+``--candidate NAME=FILE`` adds a consistency model trained here (the embedded digits network) at 1
+and 2 evaluations, in a table of its own, checked against what a new default must show: one-step FD
+at least 25% below the default's, two-step FD below one-step, one-step class accuracy >= 0.97.
 """
 from __future__ import annotations
 
@@ -67,11 +72,14 @@ def real_row(num: int) -> dict:
     return {**out["heldout"], "class_accuracy": out["train"]["class_accuracy"]}
 
 
-def timed_run(model: str, settings: SampleSettings, num_samples: int, folder: str) -> dict:
-    """One evaluate run; its wall seconds are those of the run that sampled (kept beside it)."""
+def timed_run(model: str, settings: SampleSettings, num_samples: int, folder: str,
+              checkpoint: str | None = None) -> dict:
+    """One evaluate run (``checkpoint``: other weights for ``model``'s network); its wall seconds
+    are those of the run that sampled (kept beside it)."""
     clock = Path(folder) / "bench_seconds.json"
     t0 = time.perf_counter()
-    r = evaluate_model(model, settings, num_samples, folder, features="digits", batch_size=100, device="cpu")
+    r = evaluate_model(model, settings, num_samples, folder, features="digits", batch_size=100, device="cpu",
+                       checkpoint=checkpoint)
     if not clock.is_file():
         clock.write_text(json.dumps({"seconds": time.perf_counter() - t0}))
     return {**r, "seconds": json.loads(clock.read_text())["seconds"]}
@@ -86,6 +94,34 @@ def table(rows: list[dict], real: dict) -> str:
         lines.append(f"| {r['model']} | {r['setting']} | {r['network_evals']} | {r['fd']:.2f} | {r['class_accuracy']:.3f} "
                      f"| {r['precision']:.3f} | {r['recall']:.3f} | {r['score']:.2f} | {r['seconds']:.0f} |")
     return head + "\n".join(lines)
+
+
+def targets(name: str, rows: list[dict], default: dict) -> str:
+    """Whether candidate ``name`` (its rows at 1 and 2 evaluations) meets what a new default must
+    show against ``default`` (the default model's one-step row), and by how much it misses."""
+    one, two = (next(r for r in rows if r["model"] == name and r["network_evals"] == n) for n in (1, 2))
+    bound = 0.75 * default["fd"]
+    checks = [(f"one-step FD <= {bound:.2f} (25% below {default['model']}'s {default['fd']:.2f})",
+               one["fd"], one["fd"] <= bound, one["fd"] - bound),
+              (f"two-step FD < one-step FD ({one['fd']:.2f})", two["fd"], two["fd"] < one["fd"],
+               two["fd"] - one["fd"]),
+              ("one-step class accuracy >= 0.97", one["class_accuracy"], one["class_accuracy"] >= 0.97,
+               0.97 - one["class_accuracy"])]
+    lines = [f"| {what} | {value:.3f} | {'met' if ok else f'missed by {short:.3f}'} |"
+             for what, value, ok, short in checks]
+    return f"| {name}: target | measured | |\n| --- | --- | --- |\n" + "\n".join(lines)
+
+
+def candidates_text(cands: list[tuple[str, str]], rows: list[dict], real: dict) -> str:
+    """The section on candidate models: their rows and their targets."""
+    if not cands:
+        return ""
+    mine = [r for r in rows if r["model"] in dict(cands)]
+    default = next(r for r in rows if r["model"] == "cd_digits32" and r["network_evals"] == 1)
+    files = ", ".join(f"`{n}` = `{f}`" for n, f in cands)
+    return ("\n## Trained here, not shipped\n\nConsistency models trained on the built-in digits "
+            f"(`checkpoints/embedded/TRAINING.md`; {files}), evaluated as above:\n\n{table(mine, real)}\n\n"
+            + "\n\n".join(targets(n, rows, default) for n, _ in cands) + "\n")
 
 
 def plot(rows: list[dict], real: dict, path: Path) -> None:
@@ -111,14 +147,21 @@ def plot(rows: list[dict], real: dict, path: Path) -> None:
 @click.option("--num-samples", default=2000, show_default=True)
 @click.option("--out", default="evals/quality", show_default=True, help="run folders (resumed)")
 @click.option("--threads", default=2, show_default=True)
-def main(num_samples: int, out: str, threads: int) -> None:
+@click.option("--candidate", "candidate", multiple=True, metavar="NAME=FILE",
+              help="a consistency model trained here (digits network weights), checked against the default")
+def main(num_samples: int, out: str, threads: int, candidate: tuple[str, ...]) -> None:
     torch.set_num_threads(threads)
+    cands = [tuple(c.split("=", 1)) for c in candidate]
+    if any(len(c) != 2 or not Path(c[1]).is_file() for c in cands):
+        raise click.BadParameter(f"give NAME=FILE with an existing weights file, got {candidate}")
     rows = []
-    for model, settings in RUNS:
+    runs = [(m, s, None, m) for m, s in RUNS] + \
+           [("cd_digits32", SampleSettings(num_evals=n), f, name) for name, f in cands for n in (1, 2)]
+    for model, settings, checkpoint, name in runs:
         label = settings_label(get_spec(model), settings)
-        r = timed_run(model, settings, num_samples, f"{out}/{model}/{label}")
+        r = {**timed_run(model, settings, num_samples, f"{out}/{name}/{label}", checkpoint), "model": name}
         rows.append(r)
-        print(f"{model} {label} ({settings.evaluations(get_spec(model))} evals): FD {r['fd']:.2f}, "
+        print(f"{name} {label} ({settings.evaluations(get_spec(model))} evals): FD {r['fd']:.2f}, "
               f"accuracy {r['class_accuracy']:.3f}", flush=True)
     real = real_row(num_samples)
     text = (f"# Sample quality of the embedded models\n\n"
@@ -132,13 +175,13 @@ def main(num_samples: int, out: str, threads: int) -> None:
             "(at most 10). The first row evaluates real digits the same way: the held-out split against the "
             "training split, and class accuracy on the training split, which the SVM never saw. Sampling "
             "seconds: wall time of the run that sampled, feature extraction included.\n\n"
-            f"{table(rows, real)}\n\n![FD against network evaluations](../docs/quality.png)\n\n"
+            f"{table([r for r in rows if r['model'] not in dict(cands)], real)}\n\n![FD against network evaluations](../docs/quality.png)\n\n"
             "## The paper's FID for the released models (Song et al. 2023, Tables 2 and 3; the paper's numbers, "
             "not measured here)\n\nFID with OpenAI's evaluator (TF Inception, the `VIRTUAL_*` reference "
             "batches), 50,000 samples. Reproduce a row with `python -m cm_core fetch cd_imagenet64_lpips` and "
             "`python -m cm_core fetch --ref imagenet64 --ref inception`, then `python -m cm_core evaluate "
             "cd_imagenet64_lpips --num-samples 50000 --num-evals 2` (under `torchrun` on GPUs).\n\n"
-            f"{PAPER}\n\n(CD rows use the LPIPS checkpoints.)\n")
+            f"{PAPER}\n\n(CD rows use the LPIPS checkpoints.)\n" + candidates_text(cands, rows, real))
     (ROOT / "bench" / "QUALITY.md").write_text(text)
     plot(rows, real, ROOT / "docs" / "quality.png")
     print(text)

@@ -21,7 +21,8 @@ _HELP = {
     "ict_p_mean": "iCT and ECT: mean of the lognormal over noise levels", "ict_p_std": "iCT and ECT: its std",
     "ect_double": "ECT: steps per stage (t - r halves each stage)", "ect_q": "ECT: q of r(t)",
     "ect_k": "ECT: k of r(t)", "ect_b": "ECT: b of r(t)", "ect_c": "ECT: pseudo-Huber c (0: L2 norm)",
-    "ect_weighting": "ECT: inverse_gap (the paper's 1 / (t - r)) or uniform (more weight at high t)",
+    "ect_weighting": "ECT: snr_plus_k (1/t^2 + 1/sigma_data^2, ECT's), inverse_gap (1 / (t - r), iCT's) "
+                     "or uniform",
     "ict_start_scales": "iCT: s0 of the doubling N(k)", "ict_end_scales": "iCT: s1 of the doubling N(k)",
     "init": "start from these network weights: a released .pt, a Hub repo id, a registry name "
             "or our .safetensors (fine-tuning; or an EDM teacher for ECT-style CT)",

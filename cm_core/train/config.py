@@ -87,7 +87,7 @@ class TrainConfig:
     ect_k: float = 8.0
     ect_b: float = 1.0
     ect_c: float = 0.0
-    ect_weighting: str = "inverse_gap"  # the paper's 1 / (t - r), or uniform (1)
+    ect_weighting: str = "snr_plus_k"  # 1/t^2 + 1/sigma_data^2 (ECT's), inverse_gap (iCT's), uniform
 
     def arch(self) -> ArchSpec:
         """The network's :class:`ArchSpec`."""
@@ -112,7 +112,7 @@ class TrainConfig:
         """Raise ``ValueError`` naming the valid choices for any unknown enum-like field."""
         choices = {"method": ("edm", "cd", "ct", "ict", "ect"), "rng": ("position", "step"),
                    "precision": ("fp32", "bf16", "fp16"), "optimizer": ("adam", "radam"),
-                   "ect_weighting": ("inverse_gap", "uniform")}
+                   "ect_weighting": ("snr_plus_k", "inverse_gap", "uniform")}
         for name, valid in choices.items():
             if getattr(self, name) not in valid:
                 raise ValueError(f"--{name.replace('_', '-')} must be one of {', '.join(valid)}, "

@@ -8,11 +8,12 @@ smaller ``r`` whose gap to ``t`` halves at every stage (``--ect-double`` steps e
 
 Both points share the noise ``z`` and the dropout masks; the target ``f(x + r z, r)`` is the
 student under stop-gradient (``x`` itself where ``r = 0``), with no EMA. The loss is
-``(sqrt(||f(x + t z, t) - target||^2 + c^2) - c) / (t - r)``: pseudo-Huber with ``--ect-c``
-(0: the plain L2 norm, the paper's adaptive weighting with p = 1/2), weighted by ``1 / (t - r)``
-(``--ect-weighting inverse_gap``, the paper's) or by 1 (``uniform``). The paper's weight gives the
-draws above t = 10 about 1% of the total weight under ``--ict-p-mean 1``; one-step sampling starts
-at t = 80, so short runs learn that end slowly (see checkpoints/embedded/TRAINING.md).
+``w(t, r) (sqrt(||f(x + t z, t) - target||^2 + c^2) - c)``: pseudo-Huber with ``--ect-c`` (0: the
+plain L2 norm, ECT's adaptive weighting with p = 1/2, which makes the gradient independent of the
+gap's size). ``--ect-weighting``: ``snr_plus_k``, ``w = 1/t^2 + 1/sigma_data^2`` (ECT's released
+code, ``ECMLoss`` with ``wt='snrpk'``); ``inverse_gap``, ``w = 1 / (t - r)`` (iCT's lambda); or
+``uniform``, ``w = 1``. ECT's released CIFAR-10 one-hour run tunes with ``q = 256`` (``--ect-q``)
+and no doubling within the run, ``c = 0``, P_mean -1.1, P_std 2.0.
 """
 from __future__ import annotations
 
@@ -35,6 +36,15 @@ def t_to_r(t: torch.Tensor, stage: int, cfg: TrainConfig) -> torch.Tensor:
     return torch.clamp(t * (1 - adj / cfg.ect_q ** (stage + 1)), min=0)
 
 
+def ect_weight(t: torch.Tensor, r: torch.Tensor, cfg: TrainConfig) -> torch.Tensor:
+    """The loss weight ``w(t, r)`` of ``cfg.ect_weighting`` (module docstring), per sample [B]."""
+    if cfg.ect_weighting == "snr_plus_k":
+        return 1 / t ** 2 + 1 / cfg.sigma_data ** 2
+    if cfg.ect_weighting == "inverse_gap":
+        return 1 / (t - r)
+    return torch.ones_like(t)
+
+
 class ECTObjective:
     """ECT: no target network (``extra`` is empty) and nothing to update after a step."""
 
@@ -53,8 +63,7 @@ class ECTObjective:
             at_r = model(x + r[:, None, None, None] * z, r.clamp(min=self.cfg.sigma_min), labels)
             target = torch.where((r > 0)[:, None, None, None], at_r, x)
         pred = model(x + t[:, None, None, None] * z, t, labels)
-        weight = 1 / (t - r) if self.cfg.ect_weighting == "inverse_gap" else torch.ones_like(t)
-        return (pseudo_huber(pred, target, self.cfg.ect_c) * weight).mean()
+        return (pseudo_huber(pred, target, self.cfg.ect_c) * ect_weight(t, r, self.cfg)).mean()
 
     def after_step(self, model: Denoiser, step: int) -> None:
         """Nothing: the target is the student itself."""
