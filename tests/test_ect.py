@@ -77,3 +77,10 @@ def test_ect_loss_is_finite_and_falls_on_the_digits(tmp_path: Path):
     after = _held_out_loss(res["model"], _cfg(tmp_path, "ect", 30, **fixed))
     assert after < 0.95 * before, (before, after)  # 1.127 -> 1.024 here
     assert load_denoiser(res["model"], device="cpu").kind == "cm"
+
+
+def test_a_config_stored_before_the_weighting_choice_resumes_with_the_weighting_it_ran_with():
+    stored = TrainConfig(method="ect").to_json().replace('"ect_weighting": "snr_plus_k", ', "")
+    assert "ect_weighting" not in stored
+    assert TrainConfig.from_json(stored).ect_weighting == "inverse_gap"
+    assert TrainConfig.from_json(TrainConfig(method="ect").to_json()).ect_weighting == "snr_plus_k"

@@ -130,5 +130,6 @@ class TrainConfig:
         raw = json.loads(text)
         d = {k: v for k, v in raw.items() if k in known}
         d.setdefault("rng", "step")  # configs written before per-position seeding existed
+        d.setdefault("ect_weighting", "inverse_gap")  # ECT configs written before the choice existed
         d.update({k: v for k, v in override.items() if v is not None})
         return cls(**d)
