@@ -118,10 +118,19 @@ def candidates_text(cands: list[tuple[str, str]], rows: list[dict], real: dict) 
         return ""
     mine = [r for r in rows if r["model"] in dict(cands)]
     default = next(r for r in rows if r["model"] == "cd_digits32" and r["network_evals"] == 1)
-    files = ", ".join(f"`{n}` = `{f}`" for n, f in cands)
+    files = ", ".join(f"`{n}`: run `{Path(f).parent.name}` at step {_step(f)}" for n, f in cands)
     return ("\n## Trained here, not shipped\n\nConsistency models trained on the built-in digits "
-            f"(`checkpoints/embedded/TRAINING.md`; {files}), evaluated as above:\n\n{table(mine, real)}\n\n"
-            + "\n\n".join(targets(n, rows, default) for n, _ in cands) + "\n")
+            f"({files}), evaluated as above:\n\n{table(mine, real)}\n\n"
+            + "\n\n".join(targets(n, rows, default) for n, _ in cands)
+            + "\n\nHow they were trained, the recipes tried and why they miss: "
+              "`checkpoints/embedded/TRAINING.md`, section 4.\n")
+
+
+def _step(path: str) -> str:
+    """The training step a weights file records (its ``step`` metadata), or ``?``."""
+    from safetensors import safe_open
+    with safe_open(path, "pt") as f:
+        return (f.metadata() or {}).get("step", "?")
 
 
 def plot(rows: list[dict], real: dict, path: Path) -> None:
