@@ -19,7 +19,6 @@ at least 25% below the default's, two-step FD below one-step, one-step class acc
 from __future__ import annotations
 
 import json
-import platform
 import sys
 import tempfile
 import time
@@ -32,6 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from cm_core.accel.cpu import cpu_description  # noqa: E402
 from cm_core.evaluation.digits import real_digits_uint8  # noqa: E402
 from cm_core.evaluation.evaluate import evaluate_files  # noqa: E402
 from cm_core.evaluation.run_model import evaluate_model, settings_label  # noqa: E402
@@ -46,17 +46,6 @@ PAPER = """| dataset | CD 1 step | CD 2 steps | CT 1 step | CT 2 steps | EDM tea
 | ImageNet 64 (class-cond.) | 6.20 | 4.70 | 13.0 | 11.1 | 2.44 |
 | LSUN bedroom 256 | 7.80 | 5.22 | 16.0 | 7.85 | 3.57 |
 | LSUN cat 256 | 11.0 | 8.84 | 20.7 | 11.7 | 6.69 |"""
-
-
-def cpu_name() -> str:
-    """The CPU's model name with its family and model numbers (the name alone can hide the generation)."""
-    try:
-        info = dict(line.split(":", 1) for line in Path("/proc/cpuinfo").read_text().split("\n\n")[0].splitlines()
-                    if ":" in line)
-        info = {k.strip(): v.strip() for k, v in info.items()}
-        return f"{info['model name']} (family {info.get('cpu family', '?')} model {info.get('model', '?')})"
-    except (OSError, KeyError):
-        return platform.processor() or "unknown CPU"
 
 
 def real_row(num: int) -> dict:
@@ -175,7 +164,7 @@ def main(num_samples: int, out: str, threads: int, candidate: tuple[str, ...]) -
     real = real_row(num_samples)
     text = (f"# Sample quality of the embedded models\n\n"
             f"Measured with `python bench/quality.py --num-samples {num_samples}` (the `evaluate` command's code, "
-            f"`--features digits`) on {cpu_name()}, {threads} threads, torch {torch.__version__}, "
+            f"`--features digits`) on {cpu_description()}, {threads} threads, torch {torch.__version__}, "
             f"{time.strftime('%Y-%m-%d')}.\n\n"
             "FD: Frechet distance between the digits classifier's hidden features of the samples and of the "
             "1,347 real training-split digits (lower is better). Class accuracy: the requested class, as an SVM "

@@ -35,27 +35,17 @@ from load_runs import BurstResult, burst, mb, queue_full_check, soak, soak_markd
 
 
 # ----------------------------------------------------------------------------- report
-def _cpu_name() -> str:
-    """The CPU's model name, with its family and model numbers (speed figures depend on them)."""
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            k, _, v = line.partition(":")
-            info.setdefault(k.strip(), v.strip())
-    except OSError:
-        return platform.processor() or "unknown CPU"
-    return f"{info.get('model name', '?')}, family {info.get('cpu family', '?')} model {info.get('model', '?')}"
-
-
 def markdown(outcomes: list[Outcome], b: BurstResult | None, q: Counter | None, pwned: bool,
              start_s: float, cmd: str) -> str:
     import gradio
     import torch
+
+    from cm_core.accel.cpu import cpu_description
     tried = len(outcomes)
     good = sum(o.as_expected for o in outcomes)
     crashes = [o for o in outcomes if not o.as_expected]
     lines = [
-        f"Measured with `{cmd}` on {platform.machine()} Linux, {os.cpu_count()} CPU cores (shared, {_cpu_name()}), "
+        f"Measured with `{cmd}` on {platform.machine()} Linux, {os.cpu_count()} CPU cores (shared, {cpu_description()}), "
         f"Python {platform.python_version()}, torch {torch.__version__}, gradio {gradio.__version__}; "
         f"the app on 127.0.0.1 with random-weight embedded models (32 px), "
         f"`CM_TORCH_THREADS={os.environ.get('CM_TORCH_THREADS', '1')}`, app start {start_s:.1f} s.",

@@ -47,6 +47,11 @@ def test_native_bf16_detection(tmp_path, monkeypatch):
     info.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
     assert "avx512_bf16" in cpu.cpuinfo(str(info))[1]
     assert cpu.cpuinfo(str(tmp_path / "absent")) == ("", set())
+    two = tmp_path / "two_cpus"
+    two.write_text("processor\t: 0\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nflags\t\t: avx2\n\n"
+                   "processor\t: 1\ncpu family\t: 6\nmodel\t\t: 9\nmodel name\t: other\nflags\t\t: sse\n")
+    assert cpu.cpuinfo(str(two)) == ("AMD EPYC", {"avx2"})
+    assert cpu.cpu_description(str(two)) == "AMD EPYC (family 25 model 1)"
     for env, want in (("0", False), ("1", True)):
         monkeypatch.setenv("CM_CPU_BF16", env)
         cpu.native_bf16.cache_clear()

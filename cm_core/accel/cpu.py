@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
+import platform
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,7 +30,7 @@ import torch
 
 from .compile_cache import Compiler, StepFn
 
-__all__ = ["CPU_BUCKETS", "SMALL_NET_PARAMS", "CpuPlan", "cpu_compiler", "cpu_plan", "cpuinfo",
+__all__ = ["CPU_BUCKETS", "SMALL_NET_PARAMS", "CpuPlan", "cpu_compiler", "cpu_description", "cpu_plan", "cpuinfo",
            "native_bf16", "small_net"]
 
 SMALL_NET_PARAMS = 20_000_000
@@ -40,20 +41,34 @@ CPU_BUCKETS: tuple[int, ...] = (1, 2, 4, 8, 16)
 _BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
+def _cpu_fields(path: str = "/proc/cpuinfo") -> dict[str, str]:
+    """Each key of ``/proc/cpuinfo`` with its first value (empty where the file is missing)."""
+    fields: dict[str, str] = {}
+    try:
+        for line in Path(path).read_text().splitlines():
+            key, sep, value = line.partition(":")
+            if sep:
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:
+        pass
+    return fields
+
+
 def cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, set[str]]:
     """The ``model name`` and the ``flags`` of the first CPU in ``/proc/cpuinfo`` (empty where
     there is none)."""
-    model, flags = "", None
-    try:
-        for line in Path(path).read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and not model:
-                model = value.strip()
-            elif key.strip() in ("flags", "Features") and flags is None:
-                flags = set(value.split())
-    except OSError:
-        pass
-    return model, flags or set()
+    fields = _cpu_fields(path)
+    flags = fields.get("flags", fields.get("Features", ""))
+    return fields.get("model name", ""), set(flags.split())
+
+
+def cpu_description(path: str = "/proc/cpuinfo") -> str:
+    """The first CPU's model name with its family and model numbers, e.g. ``AMD EPYC (family 25
+    model 1)``: the name alone can hide the generation that speed figures depend on."""
+    f = _cpu_fields(path)
+    if not f:
+        return platform.processor() or "unknown CPU"
+    return f"{f.get('model name', '?')} (family {f.get('cpu family', '?')} model {f.get('model', '?')})"
 
 
 @functools.lru_cache(maxsize=1)
