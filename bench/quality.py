@@ -12,9 +12,9 @@ evaluations). Needs matplotlib (``pip install matplotlib``) for the plot.
     python bench/quality.py --num-samples 500 # quicker
     python bench/quality.py --candidate ect_digits32=runs/ect/model.safetensors
 
-``--candidate NAME=FILE`` adds a consistency model trained here (the embedded digits network) at 1
-and 2 evaluations, in a table of its own, checked against what a new default must show: one-step FD
-at least 25% below the default's, two-step FD below one-step, one-step class accuracy >= 0.97.
+``--candidate NAME=FILE`` adds a consistency model trained here (weights for the default model's
+network) at 1 and 2 evaluations, in a table of its own, checked against what a new default must
+show: one-step FD at least 25% below the default's, two-step FD below one-step, one-step class accuracy >= 0.97.
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from cm_core.accel.cpu import cpu_description  # noqa: E402
 from cm_core.evaluation.digits import real_digits_uint8  # noqa: E402
 from cm_core.evaluation.evaluate import evaluate_files  # noqa: E402
 from cm_core.evaluation.run_model import evaluate_model, settings_label  # noqa: E402
-from cm_core.models.registry import get_spec  # noqa: E402
+from cm_core.models.registry import DEFAULT_MODEL, get_spec  # noqa: E402
 from cm_core.sampling.generate import SampleSettings  # noqa: E402
 
 RUNS = [("cd_digits32", SampleSettings(num_evals=n)) for n in (1, 2, 4)] + \
@@ -106,7 +106,7 @@ def candidates_text(cands: list[tuple[str, str]], rows: list[dict], real: dict) 
     if not cands:
         return ""
     mine = [r for r in rows if r["model"] in dict(cands)]
-    default = next(r for r in rows if r["model"] == "cd_digits32" and r["network_evals"] == 1)
+    default = next(r for r in rows if r["model"] == DEFAULT_MODEL and r["network_evals"] == 1)
     files = ", ".join(f"`{n}`: run `{Path(f).parent.name}` at step {_step(f)}" for n, f in cands)
     return ("\n## Trained here, not shipped\n\nConsistency models trained on the built-in digits "
             f"({files}), evaluated as above:\n\n{table(mine, real)}\n\n"
@@ -154,7 +154,7 @@ def main(num_samples: int, out: str, threads: int, candidate: tuple[str, ...]) -
         raise click.BadParameter(f"give NAME=FILE with an existing weights file, got {candidate}")
     rows = []
     runs = [(m, s, None, m) for m, s in RUNS] + \
-           [("cd_digits32", SampleSettings(num_evals=n), f, name) for name, f in cands for n in (1, 2)]
+           [(DEFAULT_MODEL, SampleSettings(num_evals=n), f, name) for name, f in cands for n in (1, 2)]
     for model, settings, checkpoint, name in runs:
         label = settings_label(get_spec(model), settings)
         r = {**timed_run(model, settings, num_samples, f"{out}/{name}/{label}", checkpoint), "model": name}
