@@ -68,14 +68,14 @@ def test_the_target_is_the_student_under_stop_gradient_or_the_clean_image():
 
 
 def test_ect_loss_is_finite_and_falls_on_the_digits(tmp_path: Path):
-    """Within the first stage, 5 -> 30 steps: the one-step denoising error falls."""
+    """Within the first stage, 5 -> 40 steps: the one-step denoising error falls."""
     fixed = dict(ect_double=1000)
     early = run_training(_cfg(tmp_path, "ect", 5, save_every=5, **fixed), progress=False)
     before = _held_out_loss(early["model"], _cfg(tmp_path, "ect", 5, **fixed))
-    res = run_training(_cfg(tmp_path, "ect", 30, **fixed), resume=True, progress=False)
+    res = run_training(_cfg(tmp_path, "ect", 40, **fixed), resume=True, progress=False)
     assert all(math.isfinite(v) for v in res["losses"])
-    after = _held_out_loss(res["model"], _cfg(tmp_path, "ect", 30, **fixed))
-    assert after < 0.95 * before, (before, after)  # 1.127 -> 1.024 here
+    after = _held_out_loss(res["model"], _cfg(tmp_path, "ect", 40, **fixed))
+    assert after < 0.9 * before, (before, after)
     assert load_denoiser(res["model"], device="cpu").kind == "cm"
 
 
