@@ -21,6 +21,7 @@ from cm_core.accel.planner import (
     choose,
     interleaved_times,
     make_plan,
+    out_of_the_race,
     plan_mode,
     timed_quietly,
 )
@@ -91,13 +92,40 @@ def test_a_candidate_far_slower_on_its_first_run_is_not_timed():
     plan = make_plan([Candidate("exact", _step(0.0), exact=True), Candidate("emulated bf16", slow)], X,
                      timer=timer)
     trial = next(t for t in plan.trials if t.name == "emulated bf16")
-    assert plan.chosen == "exact" and timer.seen == [["exact"]]
+    assert plan.chosen == "exact" and timer.seen == []  # the exact path alone: nothing to race
     assert trial.ms_per_img is None and trial.error.startswith("not timed: it ran") and trial.slower > 1.5
     # at a larger batch, one found that slow is not even run
     again = make_plan([Candidate("exact", _step(0.0), exact=True), Candidate("emulated bf16", _boom("ran"))],
                       X, timer=_timer({"exact": 100}), skip={"emulated bf16": trial.slower})
     skipped = next(t for t in again.trials if t.name == "emulated bf16")
     assert skipped.error.startswith("not run:") and skipped.slower == trial.slower
+
+
+def _sleeper(secs: float, offset: float = 0.0):
+    def build():
+        def step(x, sigma, labels):
+            time.sleep(secs)
+            return x * 0.5 + offset
+        return step
+    return build
+
+
+def test_first_runs_that_settle_the_race_are_not_timed_again():
+    firsts = {"exact": [0.50], "fp32-cl": [0.45], "bf16": [0.25], "compiled": []}
+    assert out_of_the_race(firsts) == {"exact", "fp32-cl"}  # over 1.5 x 0.25 + 0.01 s
+    assert out_of_the_race({"exact": [0.011], "bf16": [0.001]}) == set()  # within timer noise
+    # the exact path and a near-exact copy at 2x the bf16 one's time: bf16 wins without rounds
+    timer = _timer({})
+    plan = make_plan([Candidate("exact", _sleeper(0.08), exact=True), Candidate("fp32-cl", _sleeper(0.07)),
+                      Candidate("bf16", _sleeper(0.03, 1e-3))], X, timer=timer)
+    times = {t.name: t.ms_per_img for t in plan.trials}
+    assert plan.chosen == "bf16" and timer.seen == [] and "decided on first runs" in plan.why
+    assert times["exact"] == pytest.approx(40, abs=15) and times["bf16"] == pytest.approx(15, abs=10)
+    # close first runs race in rounds
+    timer = _timer({"exact": 100, "fp32-cl": 90})
+    plan = make_plan([Candidate("exact", _sleeper(0.03), exact=True), Candidate("fp32-cl", _sleeper(0.03))],
+                     X, timer=timer)
+    assert timer.seen == [["exact", "fp32-cl"]] and plan.chosen == "fp32-cl"
 
 
 class _Layers(torch.nn.Module):

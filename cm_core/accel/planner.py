@@ -42,7 +42,7 @@ from .compile_cache import StepFn
 from .verify import MAX_ABS, MIN_PSNR, compare
 
 __all__ = ["MARGIN", "PLAN_MODES", "SLOW", "Activity", "Candidate", "Deadline", "Plan", "TooSlow", "Trial",
-           "choose", "interleaved_times", "make_plan", "plan_mode"]
+           "choose", "interleaved_times", "make_plan", "out_of_the_race", "plan_mode"]
 
 log = logging.getLogger("cm_core.accel.planner")
 
@@ -330,7 +330,8 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
     watch, stops it there. ``skip`` names those already found too slow at a smaller batch (name:
     times slower), which are not even run. ``timer`` (default: :func:`interleaved_times` over
     the first runs and as many rounds, 1 to 7, as fit ``budget_s`` seconds, taking each one's
-    fastest run) returns seconds per call by name. The fastest, not the median: a first call's
+    fastest run) returns seconds per call by name. It times only the runs still in the race
+    (:func:`out_of_the_race`), and none when one is left: the others keep their first run's time. The fastest, not the median: a first call's
     costs (a fresh copy's weight reorders took 20% of one LSUN 256 call) and a busy neighbour
     only ever add time, and of two or three samples a median is a mean that keeps them.
     ``activity``: the serving calls beside the planner; every run is timed while none runs
@@ -352,11 +353,30 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
         if run is not None:
             runs[c.name] = run
             firsts[c.name] = [] if c.warm else [secs]
-    per_round = sum(firsts[name][0] if firsts[name] else ref_s for name in runs)
-    rounds = max(1, min(7, int(budget_s / max(per_round, 1e-9))))
-    secs_by_name = (timer or (lambda r: interleaved_times(r, rounds=rounds, warmup=0, prior=firsts,
-                                                            activity=activity, stat=min)))(runs)
+    out = out_of_the_race(firsts, slow)
+    racing = {name: run for name, run in runs.items() if name not in out}
+    secs_by_name = {name: firsts[name][0] for name in runs if firsts[name]}
+    if len(racing) > 1 or not all(firsts[name] for name in racing):
+        per_round = sum(firsts[name][0] if firsts[name] else ref_s for name in racing)
+        rounds = max(1, min(7, int(budget_s / max(per_round, 1e-9))))
+        secs_by_name.update((timer or (lambda r: interleaved_times(r, rounds=rounds, warmup=0, prior=firsts,
+                                                                   activity=activity, stat=min)))(racing))
     timed = tuple(Trial(t.name, secs_by_name[t.name] * 1000 / n if t.name in secs_by_name else None,
                         t.max_abs, t.psnr, t.ok, t.error, t.slower) for t in trials.values())
     chosen, why = choose(timed, exact[0].name, margin)
+    if out and len(racing) == 1:
+        why += f"; decided on first runs: every other one took over {slow:g}x its time"
     return Plan(chosen, why, n, timed)
+
+
+def out_of_the_race(firsts: Mapping[str, Sequence[float]], slow: float = SLOW) -> set[str]:
+    """The names whose first run (``firsts``: seconds by name; empty when not timed) took over
+    ``slow`` times the fastest first run, plus 10 ms of timer noise. A first run costs at most
+    about 20% more than later ones (a fresh copy's weight reorders), so no later round can make
+    them the fastest: they keep their first run's time and are not timed again. With ``slow`` =
+    1.5, a bf16 candidate at half the exact path's time decides the plan on first runs alone."""
+    timed = {name: s[0] for name, s in firsts.items() if s}
+    if not timed:
+        return set()
+    best = min(timed.values())
+    return {name for name, secs in timed.items() if secs > slow * best + 0.01}
