@@ -100,6 +100,12 @@ def test_cli_trains(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cli" / "model.safetensors").is_file()
     assert "training_config" in _meta(tmp_path / "cli" / "model.safetensors")
+    # resuming names each setting of the command that the stored recipe overrides, and only those
+    again = CliRunner().invoke(_cli(), [*args[:7], "4", *args[8:], "--lr", "0.01", "--ema", "0.9"])
+    assert again.exit_code == 0, again.output
+    warning = next(line for line in again.output.splitlines() if line.startswith("warning: resuming"))
+    assert "--lr 0.01 (stored: 0.0004)" in warning and "--ema 0.9 (stored: 0.999)" in warning
+    assert "--batch-size" not in warning and "--channel-mult" not in warning and "METHOD" not in warning
 
 
 def _cli():

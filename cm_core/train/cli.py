@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import fields
+from pathlib import Path
 
 import click
 
@@ -102,12 +103,27 @@ def train(method: str | None, run: str | None, data: str | None, out: str | None
     cfg = TrainConfig(**fields_)
     if method == "cd" and cfg.teacher is None:
         raise click.UsageError("cd needs --teacher (e.g. edm_digits32 or runs/edm/model.safetensors)")
+    given = {*base, *(k for k, v in kw.items() if v is not None), "method", *(("data",) if data else ())}
+    if resume and rank_world()[0] == 0:
+        _warn_ignored(Path(out), {name: getattr(cfg, name) for name in given if hasattr(cfg, name)})
     try:
         res = run_training(cfg, resume=resume, progress=not quiet)
     except (LpipsUnavailable, ValueError) as e:
         raise click.ClickException(str(e)) from None
     if rank_world()[0] == 0:
         click.echo(f"done: {res['step']} steps -> {res['model']}")
+
+
+def _warn_ignored(out: Path, given: dict[str, object]) -> None:
+    """A warning for each setting of this command that resuming ``out`` will not use."""
+    from .loop import ignored_on_resume
+    diff = ignored_on_resume(out, given)
+    if diff:
+        flag = {"method": "METHOD"}
+        items = "; ".join(f"{flag.get(name, '--' + name.replace('_', '-'))} {new} (stored: {old})"
+                          for name, (new, old) in diff.items())
+        click.echo(f"warning: resuming {out} with the recipe it was started with, so these are not used: "
+                   f"{items}. Start a new --out to change them.", err=True)
 
 
 def _plot(method: str | None, run: str | None) -> None:

@@ -7,6 +7,7 @@ single-process ``--rng step`` loop here is kept only to reproduce the shipped em
 bit-exactly (``checkpoints/embedded/TRAINING.md``)."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
 from pathlib import Path
 
@@ -34,16 +35,30 @@ def _epoch_of(step: int, cfg: TrainConfig, ds: ImageDataset) -> int:
     return step * cfg.batch_size // max(len(ds), 1)
 
 
+#: what a resumed run takes from its command; none of them changes the result
+RESUME_MAY_CHANGE = ("steps", "device", "threads", "save_every", "sample_every", "out", "workers", "grad_accum")
+
+
 def _prepare(cfg: TrainConfig, resume: bool) -> TrainConfig:
-    """Resuming takes the stored config (only ``steps``, ``device``, ``threads``, ``save_every``,
-    ``sample_every``, ``workers`` and ``grad_accum`` may change: none of them changes the result)."""
+    """Resuming takes the stored config, but for the fields of :data:`RESUME_MAY_CHANGE`."""
     stored = stored_config(Path(cfg.out)) if resume else None
     if stored is None:
         cfg.check()
         return cfg
-    return replace(stored, steps=cfg.steps, device=cfg.device, threads=cfg.threads,
-                   save_every=cfg.save_every, sample_every=cfg.sample_every, out=cfg.out, workers=cfg.workers,
-                   grad_accum=cfg.grad_accum)
+    return replace(stored, **{name: getattr(cfg, name) for name in RESUME_MAY_CHANGE})
+
+
+def ignored_on_resume(out: Path, given: Mapping[str, object]) -> dict[str, tuple[object, object]]:
+    """The settings in ``given`` (field name: value, as a command passed them) that a resumed run
+    in ``out`` will not use, because its stored config has another value: {name: (given,
+    stored)}. Empty when ``out`` holds no resumable run."""
+    stored = stored_config(out)
+    if stored is None:
+        return {}
+    def same(a: object, b: object) -> bool:  # JSON gives lists where a config holds tuples
+        return tuple(a) == tuple(b) if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) else a == b
+    return {name: (value, getattr(stored, name)) for name, value in given.items()
+            if name not in RESUME_MAY_CHANGE and hasattr(stored, name) and not same(value, getattr(stored, name))}
 
 
 def train_step(model: Denoiser, objective: Objective, opt: torch.optim.Optimizer,
