@@ -46,7 +46,8 @@ EDM = {"imagenet64": dict(batch_size=4096, lr=1e-4, dropout=0.1),
 
 
 # iCT (Song & Dhariwal 2023): what the paper sets for its CIFAR-10 and ImageNet 64 runs.
-ICT = {"ict_cifar10": dict(batch_size=1024, steps=400_000, dropout=0.3, image_size=32, class_cond=False),
+ICT = {"ict_cifar10": dict(batch_size=1024, steps=400_000, dropout=0.3, image_size=32, class_cond=False,
+                           lr=1e-4, optimizer="radam", ema=0.99993),
        "ict_imagenet64": dict(batch_size=4096, steps=800_000, dropout=0.2, **ARCH["imagenet64"])}
 
 
