@@ -210,13 +210,13 @@ def test_graph_bookkeeping_with_stand_in_graphs(den, monkeypatch):
     """The CUDA-graph logic on CPU with a stand-in for GraphedCall: one capture per sampling
     loop, re-captured once the compiled step is ready, un-graphed from then on if capture fails."""
     captures = StaticGraph.captures = []
-    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", StaticGraph)
     gate = threading.Event()
 
     def gated(fn):
         return lambda *a: (gate.wait(30), fn(*a))[1]
     fast = optimize(den, copy=True, compiler=gated, warm_buckets=())
-    fast.cuda_graphs = True
+    fast.graphs.enabled = True
     seeds, st = [5, 6, 7], SampleSettings(num_evals=2)
     lab = labels_for(SPEC, seeds, None)
     exact = sample_batch(den, SPEC, seeds, st, lab)
@@ -226,12 +226,12 @@ def test_graph_bookkeeping_with_stand_in_graphs(den, monkeypatch):
     gate.set()
     assert fast.wait(timeout=30) and fast.ready(4)
     assert (sample_batch(fast, SPEC, seeds, st, lab) - exact).abs().max() < 1e-5
-    assert len(captures) == 2 and len(fast._graphs) == 1 and list(fast._graphs)[0][-1] is True
+    assert len(captures) == 2 and len(fast.graphs) == 1 and fast.graphs.keys()[0][-1] is True
 
     def broken(*a, **k):
         raise RuntimeError("capture invalidated")
-    monkeypatch.setattr(fast_mod, "GraphedCall", broken)
-    fast._graphs.clear()
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", broken)
+    fast.graphs.clear()
     assert (sample_batch(fast, SPEC, seeds, st, lab) - exact).abs().max() < 1e-5
     assert "capture invalidated" in fast.stats["graph_error"]
     x = torch.randn(3, 3, 32, 32)
@@ -243,11 +243,11 @@ def test_no_capture_while_a_compilation_runs(den, monkeypatch):
     """Autotuning synchronises the device, which would invalidate a capture: while any bucket
     compiles, graphed loops run un-graphed (and uncached); the capture comes once it is done."""
     captures = StaticGraph.captures = []
-    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", StaticGraph)
     started, gate = threading.Event(), threading.Event()
     fast = optimize(den, copy=True, warm_buckets=(4,),
                     compiler=lambda fn: lambda *a: (started.set(), gate.wait(30), fn(*a))[2])
-    fast.cuda_graphs = True
+    fast.graphs.enabled = True
     assert started.wait(30)  # bucket 4 is compiling
     seeds, st = [5, 6, 7], SampleSettings(num_evals=2)
     lab = labels_for(SPEC, seeds, None)
@@ -274,9 +274,9 @@ def test_out_of_memory_in_a_capture_is_raised_and_graphs_stay_on(den, monkeypatc
             if fail:
                 raise fail.pop()
             super().__init__(fn, inputs, pool)
-    monkeypatch.setattr(fast_mod, "GraphedCall", Graph)
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", Graph)
     fast = optimize(den, copy=True)
-    fast.cuda_graphs = True
+    fast.graphs.enabled = True
     x = torch.randn(2, 3, 32, 32)
     with pytest.raises(torch.OutOfMemoryError):
         fast.run_graphed("double", lambda t: t * 2, x)
@@ -290,10 +290,10 @@ def test_out_of_memory_in_a_capture_is_raised_and_graphs_stay_on(den, monkeypatc
 def test_sampling_runs_as_one_graph_for_new_seeds(den, monkeypatch):
     """One- and two-step sampling on a graph-capable fast denoiser: one capture per step count,
     and replays for new seeds (new noise, new labels) equal the exact samplers."""
-    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", StaticGraph)
     StaticGraph.captures = []
     fast = optimize(den, copy=True)
-    fast.cuda_graphs = True
+    fast.graphs.enabled = True
     progress = []
 
     def cb(d):
@@ -312,12 +312,12 @@ def test_sampling_runs_as_one_graph_for_new_seeds(den, monkeypatch):
 def test_heun_runs_as_one_graph(monkeypatch):
     """The EDM teachers' Heun loop on a graph-capable fast denoiser: one capture, and replays for
     new noise and labels equal the exact sampler."""
-    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", StaticGraph)
     StaticGraph.captures = []
     torch.manual_seed(0)
     teacher = Denoiser(build_unet(SPEC.arch), "edm", num_classes=10, image_size=32)
     fast = optimize(teacher, copy=True)
-    fast.cuda_graphs = True
+    fast.graphs.enabled = True
     progress = []
 
     def cb(d):
@@ -334,19 +334,19 @@ def test_heun_runs_as_one_graph(monkeypatch):
 
 def test_graph_cache_is_bounded(den, monkeypatch):
     """Each batch shape / schedule is a graph; beyond max_graphs the least recently used goes."""
-    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", StaticGraph)
     StaticGraph.captures = []
     fast = optimize(den, copy=True)
-    fast.cuda_graphs, fast.max_graphs = True, 2
+    fast.graphs.enabled, fast.graphs.max_graphs = True, 2
     run = {n: (lambda n=n: sample_batch(fast, SPEC, list(range(n)), SampleSettings(num_evals=1),
                                         labels_for(SPEC, list(range(n)), None))) for n in (1, 2, 3)}
     for n in (1, 2, 1, 3):  # 3 evicts 2 (1 was used more recently)
         run[n]()
-    assert len(StaticGraph.captures) == 3 and len(fast._graphs) == 2
+    assert len(StaticGraph.captures) == 3 and len(fast.graphs) == 2
     run[1]()
     assert len(StaticGraph.captures) == 3  # still cached
     run[2]()
-    assert len(StaticGraph.captures) == 4 and len(fast._graphs) == 2
+    assert len(StaticGraph.captures) == 4 and len(fast.graphs) == 2
 
 
 def test_editing_loops_run_as_one_graph(den, monkeypatch):
@@ -354,10 +354,10 @@ def test_editing_loops_run_as_one_graph(den, monkeypatch):
     one capture per editor and schedule, replays equal to the exact editors for NEW images
     (the reference, mask and noise are graph inputs, not frozen into the capture)."""
     from cm_core import editing
-    monkeypatch.setattr(fast_mod, "GraphedCall", StaticGraph)
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", StaticGraph)
     StaticGraph.captures = []
     fast = optimize(den, copy=True)
-    fast.cuda_graphs = True
+    fast.graphs.enabled = True
     lab, ts = torch.tensor([1, 7]), (0, 9, 17)
 
     def mask(im):  # a different mask for every image batch: keep where the red channel is > 0

@@ -33,13 +33,12 @@ Everything CUDA-specific is guarded by ``device.type == "cuda"``.
 Every variant other than the exact one checks itself against exact fp32 the first time it would
 serve (:mod:`cm_core.accel.verify`); beyond the quality bound the exact fp32 path serves instead.
 
-Parts: :mod:`cm_core.accel.cuda_graphs` (:class:`GraphedCall`) and :mod:`cm_core.accel.compile_cache` (persistent
+Parts: :mod:`cm_core.accel.cuda_graphs` (:class:`GraphedCall`, :class:`GraphCache`) and :mod:`cm_core.accel.compile_cache` (persistent
 caches, :class:`~cm_core.accel.compile_cache.BackgroundCompiler`); their public names are re-exported here.
 """
 from __future__ import annotations
 
-import threading
-from collections import ChainMap, OrderedDict
+from collections import ChainMap
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -53,11 +52,10 @@ from .compile_cache import (
     StepFn,
     configure_compile_cache,
     default_compiler,
-    log,
 )
 from .cpu import native_bf16
 from .cpu_attention import attention_processors, install_cpu_attention
-from .cuda_graphs import GraphedCall, capture_slot, is_oom, timed
+from .cuda_graphs import GraphCache, GraphedCall, timed
 from .lean_blocks import install_lean_resnets
 from .planner import Activity
 from .verify import Check, SelfCheck, _pad
@@ -130,15 +128,11 @@ class FastDenoiser(torch.nn.Module):
             install_lean_resnets(self.den.net)
         self.device, self.dtype, self.channels_last = device, dtype, channels_last
         self.buckets, self.pad = tuple(sorted(buckets)), pad
-        self.cuda_graphs = cuda_graphs and device.type == "cuda"
         self.resolution = int(den.image_size or den.net.config.sample_size)
         # the compiled step, compiled per bucket in the background (None: eager only)
         self.compiler = (BackgroundCompiler(compiler(self._step_impl), self._dummy, device,
                                             self._accept_compiled, cache_file)
                          if compiler is not None else None)
-        self._graphs: OrderedDict[tuple, GraphedCall] = OrderedDict()  # least recently used first
-        self._pool = torch.cuda.graph_pool_handle() if self.cuda_graphs else None
-        self._lock = threading.RLock()
         # set by optimize where the planner chooses the variant per bucket (accel/planned.py);
         # every call is counted in ``serving``, so that the planner never times over one
         self.planned: Callable[[int], StepFn | None] | None = None
@@ -146,15 +140,13 @@ class FastDenoiser(torch.nn.Module):
         # eager/compiled_calls count network calls run outside graphs (and in warm-up and capture);
         # a replay counts once in graph_replays, whatever its number of evaluations
         # (the compiler's compile_s and compile_error are read through it)
-        counts = {"eager_calls": 0, "compiled_calls": 0, "graph_replays": 0, "graph_deferred": 0,
-                  "graph_error": None, "exact_calls": 0, "planned_calls": 0}
+        counts = {"eager_calls": 0, "compiled_calls": 0, "exact_calls": 0, "planned_calls": 0}
+        self.graphs = GraphCache(cuda_graphs and device.type == "cuda", counts)  # whole-loop graphs
         compiling = self.compiler.stats if self.compiler is not None else {"compile_s": {}, "compile_error": None}
         self.stats: ChainMap = ChainMap(counts, compiling)
         self.exact = exact
         self.checker = SelfCheck(self.den, exact, device, self._step_for, self._variant_name, verify)
         self.stats["checks"] = self.checker.checks
-
-    max_graphs = 32  # CUDA graphs kept (least recently used dropped first)
 
     # --- Denoiser attributes used by the samplers, generate.py and the app
     kind = property(lambda self: self.den.kind)
@@ -178,17 +170,21 @@ class FastDenoiser(torch.nn.Module):
             self.exact.dropout = p
 
     @property
+    def cuda_graphs(self) -> bool:
+        """Whether whole loops run as CUDA graphs (:class:`GraphCache`), unless a capture failed."""
+        return self.graphs.enabled
+
+    @property
     def graphs_active(self) -> bool:
         """Whether loops run as CUDA graphs: on CUDA, graphs on, and no capture has failed."""
-        return self.cuda_graphs and self.stats["graph_error"] is None
+        return self.graphs.active
 
     def close(self) -> None:
         """Release what keeps device memory: queued compilations and the cached CUDA graphs
         (called by the app's model cache when it evicts this model)."""
         if self.compiler is not None:
             self.compiler.stop()
-        with self._lock:
-            self._graphs.clear()
+        self.graphs.clear()
 
     @property
     def checks(self) -> dict:
@@ -342,42 +338,4 @@ class FastDenoiser(torch.nn.Module):
         if not self.graphs_active:
             return fn(*inputs)
         b = self._bucket(next(t for t in inputs if t is not None).shape[0])
-        full = (key, self.ready(b))
-        with self._lock:  # replays (and their output clones) one at a time: graphs share a pool
-            g = self._graphs.get(full)
-            if g is not None:
-                self._graphs.move_to_end(full)
-            elif (g := self._capture(key, fn, inputs)) is not None:
-                self._keep_graph(full, g)
-            if g is not None:
-                self.stats["graph_replays"] += 1
-                return g(*inputs)
-        return fn(*inputs)  # un-graphed, outside the locks
-
-    def _capture(self, key: object, fn: Callable[..., torch.Tensor],
-                 inputs: Sequence[torch.Tensor | None]) -> GraphedCall | None:
-        """A new graph of ``fn``, or None: a compilation is under way (captured on a later call)
-        or the capture failed (graphs off for good). Out of memory is raised, graphs staying on,
-        so that the caller's retry (the app's model cache evicts other models) can succeed."""
-        with capture_slot() as free:
-            if not free:
-                self.stats["graph_deferred"] += 1
-                return None
-            try:
-                return GraphedCall(fn, inputs, self._pool)
-            except Exception as e:  # noqa: BLE001 - run un-graphed from now on
-                if is_oom(e):
-                    raise
-                self.stats["graph_error"] = f"{type(e).__name__}: {e}"
-                log.warning("CUDA graph capture of %r failed, running without graphs: %s", key, e)
-                return None
-
-    def _keep_graph(self, full: tuple, g: GraphedCall) -> None:
-        """Cache ``g`` under ``(key, compiled)``, dropping the key's other (eager) graph and the
-        least recently used graphs beyond ``max_graphs``: every distinct batch shape, noise
-        schedule and editor is a graph, and each holds its outputs in the shared memory pool."""
-        for k in [k for k in self._graphs if k[0] == full[0]]:
-            del self._graphs[k]
-        self._graphs[full] = g
-        while len(self._graphs) > self.max_graphs:
-            self._graphs.popitem(last=False)
+        return self.graphs.run(key, self.ready(b), fn, inputs)
