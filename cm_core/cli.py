@@ -83,10 +83,11 @@ def _plan(name: str, sizes: list[int], compile_: bool, device: str | None) -> No
 def _check_fast(name: str, sizes: list[int], compile_: bool, device: str | None) -> None:
     """``models --check-fast``: each variant's max abs / PSNR vs fp32 and the path each batch gets."""
     from .accel.entry import optimize
+    from .accel.verify import short_dtype
     den = _load(name, device)
     fast = optimize(den, compile=compile_, warm_buckets=tuple(sizes) if compile_ else ())
     fast.wait()
-    click.echo(f"{name} on {fast.device}: fast dtype {str(fast.dtype).removeprefix('torch.')}, "
+    click.echo(f"{name} on {fast.device}: fast dtype {short_dtype(fast.dtype)}, "
                f"channels_last {fast.channels_last}, compiled {fast.compiled_step is not None}")
     checks = fast.check_variants(tuple(sizes), compiled=compile_)
     for c in checks:

@@ -135,7 +135,7 @@ def test_first_serve_checks_the_variant(trained):
         sampling.onestep(f, _noise(3), torch.tensor([1, 2, 3]))
     (key, c), = f.checks.items()
     assert key == (4, False) and c.ok and 0 < c.max_abs < 1e-4 and math.isfinite(c.psnr)
-    assert f.describe_path(3).startswith("fast float32 eager, channels_last") and "PSNR" in f.describe_path(3)
+    assert f.describe_path(3).startswith("fast fp32 channels_last eager, bucket 4") and "PSNR" in f.describe_path(3)
     assert f.stats["eager_calls"] == 1 and f.stats["exact_calls"] == 0
 
 
@@ -168,10 +168,10 @@ def test_service_info_line_names_the_path(tmp_path, monkeypatch):
     assert model_cache._use_fast(torch.device("cpu"))
     monkeypatch.setattr(model_cache, "_CACHE", S.ModelCache(capacity=1, device="cpu"))
     res = S.generate(S.GenerateRequest(model="cd_digits32", steps=1, batch_size=2, class_label=3))
-    assert "path: fast bfloat16 eager" in res.summary() and "vs fp32" in res.summary()
+    assert "path: fast bf16 channels_last eager" in res.summary() and "vs fp32" in res.summary()
     img = np.zeros((32, 32, 3), np.uint8)
     edit = S.denoise("cd_digits32", img, noise_level=20)
-    assert "bfloat16" in edit.summary() and "PSNR" in edit.summary()
+    assert "bf16" in edit.summary() and "PSNR" in edit.summary()
 
 
 def test_cli_check_fast(monkeypatch):
@@ -182,7 +182,7 @@ def test_cli_check_fast(monkeypatch):
     if BF16:
         assert "bucket 4: max abs" in res.output and "batch 3: serves fast" in res.output
     else:
-        assert "batch 3: serves exact float32" in res.output
+        assert "batch 3: serves fp32 exact" in res.output
     bad = CliRunner().invoke(main, ["models", "--check-fast", "no_such_model"])
     assert bad.exit_code != 0 and "no_such_model" in bad.output
 
@@ -229,6 +229,6 @@ def test_interleaved_bench_runs(monkeypatch):
     (row,) = cpu_interleaved.interleave("cd_digits32", rounds=1)
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[:3] == ["cd_digits32", "2", "1"] and all(float(c) > 0 for c in cells[3:6])
-    assert cells[6].endswith("x") and "fast float32" in cells[8]
+    assert cells[6].endswith("x") and "fast fp32 channels_last eager" in cells[8]
     assert cells[9:] == ["-", "-"]  # no candidates timed alone unless asked (and planned)
     assert "cpu_interleaved" in sys.modules

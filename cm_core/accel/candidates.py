@@ -24,18 +24,10 @@ from .compile_cache import Compiler, StepFn
 from .cpu import cpu_compiler
 from .fast import FastDenoiser, default_compiler
 from .planner import Activity, Candidate, Deadline, Plan, Timer, make_plan
-from .verify import fixed_input
+from .verify import EXACT, fixed_input, variant_name
 
 __all__ = ["EXACT", "candidates", "plan_denoiser", "variant_name"]
 
-EXACT = "fp32 exact"  # the name of the exact fp32 candidate
-_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def variant_name(dtype: torch.dtype, channels_last: bool, compiled: bool = False) -> str:
-    """A variant candidate's name, e.g. "bf16 channels_last eager"."""
-    short = next(k for k, v in _DTYPES.items() if v == dtype)
-    return f"{short}{' channels_last' if channels_last else ''} {'compiled' if compiled else 'eager'}"
 
 
 def _exact(den: Denoiser) -> Callable[[], StepFn]:

@@ -58,7 +58,7 @@ from .cpu_attention import attention_processors, install_cpu_attention
 from .cuda_graphs import GraphCache, GraphedCall, timed
 from .lean_blocks import install_lean_resnets
 from .planner import Activity
-from .verify import Check, SelfCheck, _pad
+from .verify import EXACT, Check, SelfCheck, _pad, variant_name
 
 __all__ = ["DEFAULT_BUCKETS", "FastDenoiser", "GraphedCall", "attention_processors", "bucket_for",
            "configure_compile_cache", "default_compiler", "pick_dtype", "timed"]
@@ -192,9 +192,7 @@ class FastDenoiser(torch.nn.Module):
         return self.checker.checks
 
     def _variant_name(self, b: int, compiled: bool) -> str:
-        how = "compiled" if compiled else "eager"
-        cl = ", channels_last" if self.channels_last else ""
-        return f"{str(self.dtype).removeprefix('torch.')} {how}{cl}, bucket {b}"
+        return f"{variant_name(self.dtype, self.channels_last, compiled)}, bucket {b}"
 
     def _step_for(self, compiled: bool) -> StepFn:
         comp = self.compiled_step
@@ -292,12 +290,12 @@ class FastDenoiser(torch.nn.Module):
         if self.ready(b) and (b, True) in self.checks:
             c = self.checks[(b, True)]
         elif self.checker.is_exact(False):
-            return "exact float32"
+            return EXACT
         elif (c := self.checks.get((b, False))) is None:
             return f"fast {self._variant_name(b, False)} (not checked yet)"
         if c.ok:
             return f"fast {c.variant} (max abs {c.max_abs:.1e}, PSNR {c.psnr:.1f} dB vs fp32)"
-        return f"exact float32 (fast {c.variant} turned off: max abs {c.max_abs:.1e}, PSNR {c.psnr:.1f} dB)"
+        return f"{EXACT} (fast {c.variant} turned off: max abs {c.max_abs:.1e}, PSNR {c.psnr:.1f} dB)"
 
     def _bucket(self, n: int) -> int:
         return bucket_for(n, self.buckets) if self.pad else n

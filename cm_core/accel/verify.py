@@ -30,8 +30,8 @@ from ..models.denoiser import Denoiser
 from .compile_cache import StepFn
 from .cpu import small_net
 
-__all__ = ["MAX_ABS", "MIN_PSNR", "Check", "SelfCheck", "check_images", "compare",
-           "describe_path", "fixed_input"]
+__all__ = ["EXACT", "MAX_ABS", "MIN_PSNR", "Check", "SelfCheck", "check_images", "compare",
+           "describe_path", "fixed_input", "short_dtype", "variant_name"]
 
 MAX_ABS = 3e-2
 MIN_PSNR = 40.0
@@ -41,7 +41,7 @@ log = logging.getLogger("cm_core.fast")
 @dataclass(frozen=True)
 class Check:
     """The measured error of one variant against exact fp32 on the fixed input."""
-    variant: str      # e.g. "bfloat16 eager, bucket 4"
+    variant: str      # e.g. "bf16 channels_last eager, bucket 4"
     max_abs: float    # in [-1, 1] units, clamped outputs
     psnr: float       # dB, 8-bit images (inf when equal)
     ok: bool          # within MAX_ABS and MIN_PSNR
@@ -95,6 +95,21 @@ def _pad(t: torch.Tensor | None, b: int) -> torch.Tensor | None:
     return torch.cat([t, t[-1:].expand(b - t.shape[0], *t.shape[1:])])
 
 
+EXACT = "fp32 exact"  # the exact fp32 path: the planner's exact candidate and the info lines' name
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def short_dtype(dtype: torch.dtype) -> str:
+    """"fp32", "bf16", "fp16" (else torch's name without the prefix)."""
+    return next((k for k, v in _DTYPES.items() if v == dtype), str(dtype).removeprefix("torch."))
+
+
+def variant_name(dtype: torch.dtype, channels_last: bool, compiled: bool = False) -> str:
+    """A variant's name, e.g. "bf16 channels_last eager": the planner's candidates and the
+    fast path's info lines say the same."""
+    return f"{short_dtype(dtype)}{' channels_last' if channels_last else ''} {'compiled' if compiled else 'eager'}"
+
+
 def describe_path(den: object, n: int) -> str:
     """Which path serves a batch of ``n`` on ``den`` and its measured error (the info lines)."""
     fn = getattr(den, "describe_path", None)
@@ -104,7 +119,7 @@ def describe_path(den: object, n: int) -> str:
         dtype = next(den.parameters()).dtype  # type: ignore[attr-defined]
     except (AttributeError, StopIteration):
         return "exact"
-    return f"exact {str(dtype).removeprefix('torch.')}"
+    return f"{short_dtype(dtype)} exact"
 
 
 class SelfCheck:
