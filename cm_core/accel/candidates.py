@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
+from functools import partial
 
 import torch
 
@@ -24,16 +25,14 @@ from .compile_cache import Compiler, StepFn
 from .cpu import cpu_compiler
 from .fast import FastDenoiser, default_compiler
 from .planner import Activity, Candidate, Deadline, Plan, Timer, make_plan
-from .verify import EXACT, fixed_input, variant_name
+from .verify import EXACT, exact_step, fixed_input, variant_name
 
 __all__ = ["EXACT", "candidates", "plan_denoiser", "variant_name"]
 
 
 
 def _exact(den: Denoiser) -> Callable[[], StepFn]:
-    def build() -> StepFn:
-        return lambda x, sigma, labels: den(x.float(), sigma, labels).float()
-    return build
+    return lambda: partial(exact_step, den)
 
 
 def _variant(den: Denoiser, dtype: torch.dtype, channels_last: bool,

@@ -41,6 +41,7 @@ from __future__ import annotations
 from collections import ChainMap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol
 
 import torch
 
@@ -102,6 +103,16 @@ def bucket_for(n: int, buckets: Sequence[int]) -> int:
 
 
 # --------------------------------------------------------------------------------- the denoiser
+class BucketPlans(Protocol):
+    """What serves each batch bucket once planned (:class:`~cm_core.accel.planned.PlannedSteps`)."""
+
+    def __call__(self, bucket: int) -> StepFn | None:
+        """The chosen step of ``bucket``, or None while it is not ready (the fixed plan serves)."""
+
+    def describe(self, bucket: int) -> str | None:
+        """The info line's path once ``bucket`` serves its plan, else None."""
+
+
 class FastDenoiser(torch.nn.Module):
     """A :class:`Denoiser` run fast: same call contract, plus whole-loop :meth:`run_graphed`.
 
@@ -135,7 +146,7 @@ class FastDenoiser(torch.nn.Module):
                          if compiler is not None else None)
         # set by optimize where the planner chooses the variant per bucket (accel/planned.py);
         # every call is counted in ``serving``, so that the planner never times over one
-        self.planned: Callable[[int], StepFn | None] | None = None
+        self.planned: BucketPlans | None = None
         self.serving = Activity()
         # eager/compiled_calls count network calls run outside graphs (and in warm-up and capture);
         # a replay counts once in graph_replays, whatever its number of evaluations
@@ -284,9 +295,8 @@ class FastDenoiser(torch.nn.Module):
     def describe_path(self, n: int) -> str:
         """Which path serves a batch of ``n`` now, and its measured error vs fp32 (info lines)."""
         b = self._check_bucket(n)
-        planned = getattr(self.planned, "describe", None)
-        if planned is not None and (text := planned(b)) is not None:
-            return str(text)
+        if self.planned is not None and (text := self.planned.describe(b)) is not None:
+            return text
         if self.ready(b) and (b, True) in self.checks:
             c = self.checks[(b, True)]
         elif self.checker.is_exact(False):

@@ -31,7 +31,7 @@ from .compile_cache import StepFn
 from .cpu import small_net
 
 __all__ = ["EXACT", "MAX_ABS", "MIN_PSNR", "Check", "SelfCheck", "check_images", "compare",
-           "describe_path", "fixed_input", "short_dtype", "variant_name"]
+           "describe_path", "exact_step", "fixed_input", "short_dtype", "variant_name"]
 
 MAX_ABS = 3e-2
 MIN_PSNR = 40.0
@@ -110,6 +110,13 @@ def variant_name(dtype: torch.dtype, channels_last: bool, compiled: bool = False
     return f"{short_dtype(dtype)}{' channels_last' if channels_last else ''} {'compiled' if compiled else 'eager'}"
 
 
+def exact_step(den: Callable[..., torch.Tensor], x: torch.Tensor, sig: torch.Tensor,
+               labels: torch.Tensor | None) -> torch.Tensor:
+    """``den`` (the fp32 :class:`~cm_core.models.denoiser.Denoiser`) with the fast path's step
+    contract: x [B, C, H, W] and the result in float32, whatever dtype ``x`` came in."""
+    return den(x.float(), sig, labels).float()
+
+
 def describe_path(den: object, n: int) -> str:
     """Which path serves a batch of ``n`` on ``den`` and its measured error (the info lines)."""
     fn = getattr(den, "describe_path", None)
@@ -184,5 +191,4 @@ class SelfCheck:
 
     def exact_step(self, x: torch.Tensor, sig: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
         """The exact fp32 path with the step's contract (f32 in, f32 out)."""
-        den = self.exact if self.exact is not None else self.den
-        return den(x.float(), sig, labels).float()
+        return exact_step(self.exact if self.exact is not None else self.den, x, sig, labels)
