@@ -33,8 +33,9 @@ Everything CUDA-specific is guarded by ``device.type == "cuda"``.
 Every variant other than the exact one checks itself against exact fp32 the first time it would
 serve (:mod:`cm_core.accel.verify`); beyond the quality bound the exact fp32 path serves instead.
 
-Parts: :mod:`cm_core.accel.cuda_graphs` (:class:`GraphedCall`, :class:`GraphCache`) and :mod:`cm_core.accel.compile_cache` (persistent
-caches, :class:`~cm_core.accel.compile_cache.BackgroundCompiler`); their public names are re-exported here.
+Parts: :mod:`cm_core.accel.cuda_graphs` (:class:`GraphedCall`, :class:`GraphCache`) and
+:mod:`cm_core.accel.compile_cache` (persistent caches,
+:class:`~cm_core.accel.compile_cache.BackgroundCompiler`); their public names are re-exported here.
 """
 from __future__ import annotations
 
@@ -182,7 +183,8 @@ class FastDenoiser(torch.nn.Module):
 
     @property
     def cuda_graphs(self) -> bool:
-        """Whether whole loops run as CUDA graphs (:class:`GraphCache`), unless a capture failed."""
+        """Whether whole loops are set to run as CUDA graphs (:class:`GraphCache`); see
+        :attr:`graphs_active` for whether they still do."""
         return self.graphs.enabled
 
     @property

@@ -330,10 +330,11 @@ def make_plan(candidates: Sequence[Candidate], inputs: Inputs, timer: Timer | No
     watch, stops it there. ``skip`` names those already found too slow at a smaller batch (name:
     times slower), which are not even run. ``timer`` (default: :func:`interleaved_times` over
     the first runs and as many rounds, 1 to 7, as fit ``budget_s`` seconds, taking each one's
-    fastest run) returns seconds per call by name. It times only the runs still in the race
-    (:func:`out_of_the_race`), and none when one is left: the others keep their first run's time. The fastest, not the median: a first call's
+    fastest run) returns seconds per call by name. The fastest, not the median: a first call's
     costs (a fresh copy's weight reorders took 20% of one LSUN 256 call) and a busy neighbour
-    only ever add time, and of two or three samples a median is a mean that keeps them.
+    only ever add time, and of two or three samples a median is a mean that keeps them. Only
+    the runs still in the race are timed (:func:`out_of_the_race`), none when one is left; the
+    others keep their first run's time.
     ``activity``: the serving calls beside the planner; every run is timed while none runs
     (:class:`Activity`)."""
     exact = [c for c in candidates if c.exact]

@@ -87,7 +87,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     **_lsun_set("cat"),
     "ict_imagenet64": _imagenet(**_ICT, batch_size=4096, steps=800_000, dropout=0.2, note=_ICT_NOTE),
     "ict_cifar10": {**_ORIGINAL, **_CIFAR10, **_ICT, "batch_size": 1024, "steps": 400_000, "dropout": 0.3,
-                    "ema": 0.99993, "note": _ICT_CIFAR10_NOTE + "; the network: the paper trains NCSN++, this is an ADM UNet "
+                    "ema": 0.99993,
+                    "note": _ICT_CIFAR10_NOTE + "; the network: the paper trains NCSN++, this is an ADM UNet "
                     "of 68M parameters at 32x32 (our choice, DDPM's CIFAR-10 widths)"},
 }
 _FIELDS = {f.name for f in fields(TrainConfig)}
