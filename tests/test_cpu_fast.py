@@ -232,3 +232,25 @@ def test_interleaved_bench_runs(monkeypatch):
     assert cells[6].endswith("x") and "fast fp32 channels_last eager" in cells[8]
     assert cells[9:] == ["-", "-"]  # no candidates timed alone unless asked (and planned)
     assert "cpu_interleaved" in sys.modules
+
+
+def test_hub_standin_writes_a_snapshot_that_loads(monkeypatch, tmp_path):
+    """bench/hub_standin.py: a snapshot in the Hub cache layout (refs/main names it) whose
+    pipeline folder loads as the same network (here the embedded model, given a Hub repo)."""
+    import dataclasses
+    from pathlib import Path
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parent.parent / "bench"))
+    import hub_standin
+    from cm_core.models.registry import get_spec
+    spec = dataclasses.replace(get_spec("cd_digits32"), hub_repo="someone/digits")
+    monkeypatch.setattr(hub_standin, "get_spec", lambda name: spec)
+    snap = hub_standin.write_standin("cd_digits32", tmp_path)
+    repo = tmp_path / "models--someone--digits"
+    assert snap == repo / "snapshots" / (repo / "refs" / "main").read_text()
+    got, want = load_denoiser(str(snap), device="cpu"), load_denoiser("cd_digits32", device="cpu")
+    x, sig, lab = torch.randn(2, 3, 32, 32), torch.full((2,), 2.0), torch.tensor([3, 4])
+    with torch.no_grad():
+        assert torch.equal(got(x, sig, lab), want(x, sig, lab))
+    monkeypatch.setattr(hub_standin, "get_spec", get_spec)
+    with pytest.raises(SystemExit, match="no Hub repo; choose one of"):
+        hub_standin.write_standin("cd_digits32", tmp_path)
