@@ -229,7 +229,7 @@ def bench_model(spec: ModelSpec, device: torch.device, big: int, steps_list: tup
           f"graph error {st['graph_error']}, exact calls {st['exact_calls']}", flush=True)
     for n in sorted({1, 2, big}):
         print(f"  batch {n}: {fast.describe_path(n)}", flush=True)
-    if device.type == "cuda":  # the planner's table of the CUDA candidates (eager fp16/bf16, compiled)
+    if device.type == "cuda":  # the planner's table of the CUDA candidates (fp16/bf16: eager, compiled, graphed)
         from cm_core.accel.candidates import plan_denoiser
         for n in (1, big):
             print(plan_denoiser(den, n, compile=compile is not False).table(), flush=True)

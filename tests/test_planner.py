@@ -429,3 +429,36 @@ def test_cm_plan_off_keeps_the_fixed_plan(planned_env, monkeypatch):
     assert optimize(planned_env, copy=True).planned is None
     monkeypatch.setenv("CM_PLAN", "measure")
     assert optimize(planned_env, copy=True, dtype="bf16").planned is None  # an explicit choice is kept
+
+
+def test_a_graphed_candidate_captures_once_per_shape_and_a_failed_capture_loses(monkeypatch):
+    """The CUDA candidates' graph replay, on CPU with a stand-in of GraphedCall's semantics
+    (static input buffers filled at each replay): one capture per input shape, the step's own
+    numbers; a capture that fails makes the candidate lose, and the exact path is chosen."""
+    from cm_core.accel import cuda_graphs
+    from cm_core.accel.candidates import graphed
+    captures = []
+
+    class Stand:
+        def __init__(self, fn, inputs, pool=None):
+            self.fn, self.inputs = fn, [t.clone() if t is not None else None for t in inputs]
+            captures.append(fn)
+
+        def __call__(self, *inputs):
+            for dst, src in zip(self.inputs, inputs):
+                if dst is not None:
+                    dst.copy_(src)
+            return self.fn(*self.inputs).clone()
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", Stand)
+    step = graphed(_step(1e-3))()
+    for x in (X[0], X[0] * 2, torch.ones(1, 3, 4, 4)):
+        assert torch.equal(step(x, X[1][: len(x)], None), x * 0.5 + 1e-3)
+    assert len(captures) == 2  # shapes [2, 3, 4, 4] and [1, 3, 4, 4]
+
+    def broken(*a, **k):
+        raise RuntimeError("operation not permitted when stream is capturing")
+    monkeypatch.setattr(cuda_graphs, "GraphedCall", broken)
+    plan = make_plan([Candidate("exact", _step(0.0), exact=True),
+                      Candidate("fp16 graphed", graphed(_step(0.0)), warm=True)], X, timer=_timer({"exact": 100}))
+    lost = next(t for t in plan.trials if t.name == "fp16 graphed")
+    assert plan.chosen == "exact" and not lost.ok and "not permitted" in lost.error

@@ -8,7 +8,10 @@ the unclamped denoised estimate, f32): the exact fp32 :class:`Denoiser` itself, 
 - CPU: fp32 contiguous (exact), fp32 channels_last, bf16 channels_last (with the chunked CPU
   attention of :mod:`~cm_core.accel.cpu_attention`), fp16 channels_last where oneDNN has fp16
   kernels, and their compiled versions when ``compile`` is on.
-- CUDA: fp32 (exact), fp16 and bf16 channels_last eager, and compiled when ``compile`` is on.
+- CUDA: fp32 (exact), fp16 and bf16 channels_last eager, compiled when ``compile`` is on, and
+  the fastest build of each (compiled, else eager) replayed as one CUDA graph per input shape
+  (:func:`graphed`): at batch 1 launch overheads are most of a call. A capture that fails raises
+  and the candidate loses.
 
 A variant copy is built only when the planner tries it and dropped with the plan.
 """
@@ -21,13 +24,14 @@ from functools import partial
 import torch
 
 from ..models.denoiser import Denoiser
+from . import cuda_graphs
 from .compile_cache import Compiler, StepFn
 from .cpu import cpu_compiler
 from .fast import FastDenoiser, default_compiler
 from .planner import Activity, Candidate, Deadline, Plan, Timer, make_plan
 from .verify import EXACT, exact_step, fixed_input, variant_name
 
-__all__ = ["EXACT", "candidates", "plan_denoiser", "variant_name"]
+__all__ = ["EXACT", "candidates", "graphed", "plan_denoiser", "variant_name"]
 
 
 
@@ -72,7 +76,30 @@ def candidates(den: Denoiser, compile: bool = False, limit: Deadline | None = No
         if comp is not None:
             out.append(Candidate(variant_name(dt, True, compiled=True), _variant(den, dt, True, comp, None),
                                  warm=True))
+        if dev.type == "cuda":
+            out.append(Candidate(variant_name(dt, True, compiled=comp is not None) + " graphed",
+                                 graphed(_variant(den, dt, True, comp, None)), warm=True))
     return out
+
+
+def graphed(build: Callable[[], StepFn]) -> Callable[[], StepFn]:
+    """A builder of ``build``'s step replayed as a CUDA graph
+    (:class:`~cm_core.accel.cuda_graphs.GraphedCall`), one per input shape, captured at its first
+    call with those inputs. No capture while a compilation runs in this process: that call
+    raises, as does a capture that fails."""
+    def make() -> StepFn:
+        step, graphs = build(), {}
+
+        def run(x: torch.Tensor, sigma: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+            key = (tuple(x.shape), labels is None)
+            if key not in graphs:
+                with cuda_graphs.capture_slot() as free:
+                    if not free:
+                        raise RuntimeError("a compilation is under way in this process: no capture now")
+                    graphs[key] = cuda_graphs.GraphedCall(step, (x, sigma, labels))
+            return graphs[key](x, sigma, labels)
+        return run
+    return make
 
 
 def plan_denoiser(den: Denoiser, bucket: int, compile: bool = False, timer: Timer | None = None,
