@@ -152,6 +152,7 @@ def main(num_samples: int, out: str, threads: int, candidate: tuple[str, ...]) -
     cands = [tuple(c.split("=", 1)) for c in candidate]
     if any(len(c) != 2 or not Path(c[1]).is_file() for c in cands):
         raise click.BadParameter(f"give NAME=FILE with an existing weights file, got {candidate}")
+    trained_here = dict(cands)
     rows = []
     runs = [(m, s, None, m) for m, s in RUNS] + \
            [(DEFAULT_MODEL, SampleSettings(num_evals=n), f, name) for name, f in cands for n in (1, 2)]
@@ -173,7 +174,8 @@ def main(num_samples: int, out: str, threads: int, candidate: tuple[str, ...]) -
             "(at most 10). The first row evaluates real digits the same way: the held-out split against the "
             "training split, and class accuracy on the training split, which the SVM never saw. Sampling "
             "seconds: wall time of the run that sampled, feature extraction included.\n\n"
-            f"{table([r for r in rows if r['model'] not in dict(cands)], real)}\n\n![FD against network evaluations](../docs/quality.png)\n\n"
+            f"{table([r for r in rows if r['model'] not in trained_here], real)}\n\n"
+            "![FD against network evaluations](../docs/quality.png)\n\n"
             "## The paper's FID for the released models (Song et al. 2023, Tables 2 and 3; the paper's numbers, "
             "not measured here)\n\nFID with OpenAI's evaluator (TF Inception, the `VIRTUAL_*` reference "
             "batches), 50,000 samples. Reproduce a row with `python -m cm_core fetch cd_imagenet64_lpips` and "

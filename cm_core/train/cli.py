@@ -105,7 +105,7 @@ def train(method: str | None, run: str | None, data: str | None, out: str | None
         raise click.UsageError("cd needs --teacher (e.g. edm_digits32 or runs/edm/model.safetensors)")
     given = {*base, *(k for k, v in kw.items() if v is not None), "method", *(("data",) if data else ())}
     if resume and rank_world()[0] == 0:
-        _warn_ignored(Path(out), {name: getattr(cfg, name) for name in given if hasattr(cfg, name)})
+        _warn_ignored(Path(out), {name: getattr(cfg, name) for name in given})
     try:
         res = run_training(cfg, resume=resume, progress=not quiet)
     except (LpipsUnavailable, ValueError) as e:
